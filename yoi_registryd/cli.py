@@ -1,0 +1,94 @@
+"""Command line: ``yoi-registryd [serve]``, ``check-config PATH``, ``version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from yoi_registryd import __version__
+from yoi_registryd.config import Config, ConfigError, load_config, resolve_config_path
+from yoi_registryd.daemon import Daemon
+from yoi_registryd.logs import setup_logging
+
+log = logging.getLogger("yoi_registryd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yoi-registryd",
+        description="Runtime Registry daemon for yoi workspaces.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $YOI_REGISTRYD_CONFIG, else /etc/yoi-registryd/config.toml "
+        "if it exists, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override logging.level from the config",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run the daemon (the default)")
+    check = sub.add_parser("check-config", help="validate a config file and exit 0 or 1")
+    check.add_argument("path", nargs="?", help="the file to check (default: as --config)")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _load(path_arg: str | None) -> tuple[Config, str]:
+    path = resolve_config_path(path_arg)
+    if path is None:
+        return Config(), "built-in defaults"
+    return load_config(path), str(path)
+
+
+def check_config(path_arg: str | None) -> int:
+    try:
+        config, where = _load(path_arg)
+    except ConfigError as exc:
+        where = f"{exc.source}: " if exc.source else ""
+        for problem in exc.problems:
+            print(f"{where}{problem}", file=sys.stderr)
+        return 1
+    print(f"{where}: OK ({len(config.sources)} sources)")
+    return 0
+
+
+def serve(path_arg: str | None, log_level: str | None) -> int:
+    try:
+        config, where = _load(path_arg)
+    except ConfigError as exc:
+        setup_logging(log_level or "info")
+        for problem in exc.problems:
+            log.error("invalid configuration %s: %s", exc.source or "", problem)
+        return 1
+    setup_logging(log_level or config.logging.level)
+    log.info("yoi-registryd %s starting with %s", __version__, where)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    await Daemon(config).run(handle_signals=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "check-config":
+        return check_config(args.path or args.config)
+    return serve(args.config, args.log_level)

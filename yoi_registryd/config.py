@@ -1,0 +1,271 @@
+"""Typed daemon configuration, loaded from TOML into msgspec Structs with defaults.
+
+Unknown keys are errors, durations are written ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"``
+(or a number of seconds), and every problem is reported with the dotted path of the key
+that caused it, so ``yoi-registryd check-config`` can tell an operator exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from yoi_registryd.ids import is_valid_identifier
+
+DEFAULT_PORT: Final = 38790
+DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
+SYSTEM_CONFIG_PATH: Final = Path("/etc/yoi-registryd/config.toml")
+CONFIG_ENV: Final = "YOI_REGISTRYD_CONFIG"
+
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` name each bad key and why."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+class Duration(timedelta):
+    """A timedelta written in config as ``"500ms"``, ``"2s"``, ``"5m"``, ``"1h"`` or seconds."""
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as '500ms', '2s' or '5m'")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            match = _DURATION_RE.match(value)
+            if match is None:
+                raise ValueError(
+                    f"invalid duration {value!r}: expected a number with a unit "
+                    "(ms, s, m, h, d), such as '500ms', '2s' or '5m'"
+                )
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        else:
+            raise ValueError("expected a duration such as '500ms', '2s' or '5m'")
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return cls(seconds=seconds)
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Duration:
+        return Duration.parse(obj)
+    raise NotImplementedError(f"unsupported config type {type_!r}")
+
+
+def default_data_dir() -> Path:
+    """The yoi data dir: ``$YOI_DATA_DIR``, else ``$YOI_HOME``, else ``$HOME/.yoi``."""
+    for var in ("YOI_DATA_DIR", "YOI_HOME"):
+        if value := os.environ.get(var):
+            return Path(value)
+    return Path.home() / ".yoi"
+
+
+def default_runtime_dir() -> Path:
+    """Where yoi keeps liveness sockets (contract section 2)."""
+    if value := os.environ.get("YOI_RUNTIME_DIR"):
+        return Path(value)
+    if value := os.environ.get("YOI_HOME"):
+        return Path(value) / "run"
+    if value := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(value) / "yoi"
+    return Path.home() / ".yoi" / "run"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    listen: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_LISTEN])
+    """Addresses to serve on: ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+    unix_socket_mode: str = "0660"
+    shutdown_grace: Duration = Duration(seconds=10)
+    conceal_invisible_workers: bool = True
+    """Answer a lookup of a worker the caller may not see as 404 ``unknown_worker``."""
+
+
+class SupervisorConfig(_Section):
+    backoff_initial: Duration = Duration(seconds=0.5)
+    backoff_max: Duration = Duration(seconds=60)
+    healthy_after: Duration = Duration(seconds=60)
+    """A source that ran this long before failing restarts with the initial delay again."""
+    jitter: bool = True
+    """Full jitter: each delay is drawn uniformly between 0 and the exponential ceiling."""
+
+
+class RegistryConfig(_Section):
+    channel_capacity: int = 1024
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class _SourceBase(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="kind", frozen=True
+):
+    pass
+
+
+class LocalSourceConfig(_SourceBase, tag="local"):
+    """The local compatibility source: a read-only projection of on-disk Worker metadata."""
+
+    runtime_id: str = "local-worker-runtime"
+    label: str = "Local Worker runtime"
+    data_dir: str | None = None
+    """The yoi data dir; default ``$YOI_DATA_DIR``, else ``$YOI_HOME``, else ``~/.yoi``."""
+    runtime_dir: str | None = None
+    """Where liveness sockets live; default as yoi (``$YOI_RUNTIME_DIR`` ...)."""
+    workspace_root: str | None = None
+    """Bind the source to one workspace: workers of other roots are excluded."""
+    rescan_interval: Duration = Duration(seconds=30)
+    stale_after: Duration = Duration(minutes=2)
+    liveness_check: bool = True
+    """Mark an ``active`` Worker whose liveness socket is absent as ``stale``."""
+    max_metadata_age: Duration | None = None
+    """Mark an ``active`` Worker whose metadata is older than this as ``stale``."""
+    max_metadata_bytes: int = 1024 * 1024
+    watch: bool = True
+    """Watch the pods directory for changes (the rescan remains as a safety net)."""
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    def resolved_runtime_dir(self) -> Path:
+        return Path(self.runtime_dir) if self.runtime_dir else default_runtime_dir()
+
+
+SourceConfig = LocalSourceConfig
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    sources: list[SourceConfig] = msgspec.field(default_factory=lambda: [LocalSourceConfig()])
+    """Omitted: one local source on the default data dir. ``sources = []``: none."""
+
+
+def parse_config(data: bytes | str, source: str | None = None) -> Config:
+    """Decode and validate TOML text; raise :class:`ConfigError` naming each bad key."""
+    try:
+        config = msgspec.toml.decode(data, type=Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_describe_validation_error(str(exc))], source) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], source) from None
+    problems = validate_config(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror}"], str(path)) from None
+    return parse_config(data, str(path))
+
+
+def resolve_config_path(explicit: str | None) -> Path | None:
+    """``--config``, else ``$YOI_REGISTRYD_CONFIG``, else the system file if it exists."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    if SYSTEM_CONFIG_PATH.exists():
+        return SYSTEM_CONFIG_PATH
+    return None
+
+
+def _describe_validation_error(text: str) -> str:
+    """Turn msgspec's ``... - at `$.a.b[0]``` into ``a.b[0]: ...``."""
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    path = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{path}: {message}"
+
+
+def parse_listen(address: str) -> tuple[Literal["tcp"], str, int] | tuple[Literal["unix"], str, int]:
+    """Split a listen address into ``("tcp", host, port)`` or ``("unix", path, 0)``."""
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError("a unix socket path must be absolute")
+        return ("unix", path, 0)
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected host:port, [v6]:port or unix:/path")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 0 to 65535")
+    return ("tcp", host, int(port_text))
+
+
+def validate_config(config: Config) -> list[str]:
+    """Checks that span keys or need more than a type: ids, uniqueness, addresses."""
+    problems: list[str] = []
+    if not config.server.listen:
+        problems.append("server.listen: at least one address is required")
+    for i, address in enumerate(config.server.listen):
+        try:
+            parse_listen(address)
+        except ValueError as exc:
+            problems.append(f"server.listen[{i}]: {exc}")
+    if not re.fullmatch(r"0?[0-7]{3}", config.server.unix_socket_mode):
+        problems.append("server.unix_socket_mode: expected an octal mode such as '0660'")
+    if config.registry.channel_capacity < 1:
+        problems.append("registry.channel_capacity: must be at least 1")
+    sup = config.supervisor
+    if sup.backoff_initial <= timedelta(0):
+        problems.append("supervisor.backoff_initial: must be greater than zero")
+    if sup.backoff_max < sup.backoff_initial:
+        problems.append("supervisor.backoff_max: must not be less than backoff_initial")
+    seen: dict[str, int] = {}
+    for i, src in enumerate(config.sources):
+        key = f"sources[{i}]"
+        if not is_valid_identifier(src.runtime_id):
+            problems.append(
+                f"{key}.runtime_id: {src.runtime_id!r} is not a valid id "
+                "(1 to 120 bytes of [A-Za-z0-9_:-])"
+            )
+        if src.runtime_id in seen:
+            problems.append(
+                f"{key}.runtime_id: {src.runtime_id!r} is already used by sources[{seen[src.runtime_id]}]"
+            )
+        seen.setdefault(src.runtime_id, i)
+        problems.extend(_validate_local(key, src))
+    return problems
+
+
+def _validate_local(key: str, src: LocalSourceConfig) -> list[str]:
+    problems = []
+    for name in ("data_dir", "runtime_dir", "workspace_root"):
+        value = getattr(src, name)
+        if value is not None and not value.startswith("/"):
+            problems.append(f"{key}.{name}: must be an absolute path")
+    if src.rescan_interval <= timedelta(0):
+        problems.append(f"{key}.rescan_interval: must be greater than zero")
+    if src.stale_after <= timedelta(0):
+        problems.append(f"{key}.stale_after: must be greater than zero")
+    if src.max_metadata_bytes < 1:
+        problems.append(f"{key}.max_metadata_bytes: must be at least 1")
+    return problems

@@ -1,0 +1,162 @@
+"""The typed error family: one code, one HTTP status, one place that renders them.
+
+Errors are raised from the registry layer (lookups, validation, routing) and rendered by
+the HTTP layer as ``{"error": {"code", "message", ...}}``. Messages are written here, from
+ids the caller already knows, so no error body can carry an endpoint, path or token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegistryError(Exception):
+    """Base of every error that reaches a client as a typed JSON body."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers: dict[str, str] = {}
+
+    def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
+        """The status and body as the client sees them."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message, **self.details}
+        return self.status, {"error": body}
+
+
+class InvalidIdentifier(RegistryError):
+    code = "invalid_identifier"
+    status = 400
+
+    def __init__(self, parameter: str) -> None:
+        super().__init__(
+            f"{parameter} must be 1 to 120 bytes of [A-Za-z0-9_:-]",
+            parameter=parameter,
+        )
+
+
+class InvalidQuery(RegistryError):
+    code = "invalid_query"
+    status = 400
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        if parameter is None:
+            super().__init__(message)
+        else:
+            super().__init__(message, parameter=parameter)
+
+
+class InvalidRequest(RegistryError):
+    """A request body that does not match the operation's schema."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class UnknownRuntime(RegistryError):
+    code = "unknown_runtime"
+    status = 404
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(f"no runtime {runtime_id!r} is registered", runtime_id=runtime_id)
+
+
+class UnknownHost(RegistryError):
+    code = "unknown_host"
+    status = 404
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__(f"no host {host_id!r} is registered", host_id=host_id)
+
+
+class UnknownWorker(RegistryError):
+    code = "unknown_worker"
+    status = 404
+
+    def __init__(self, runtime_id: str, worker_id: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} has no worker {worker_id!r}",
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+        )
+
+
+class WorkerNotVisible(RegistryError):
+    """The worker exists but the acting workspace may not see it.
+
+    On the wire it is concealed as ``unknown_worker`` 404 unless the configuration turns
+    concealment off, so that its existence does not leak across workspaces.
+    """
+
+    code = "worker_not_visible"
+    status = 403
+
+    def __init__(self, runtime_id: str, worker_id: str) -> None:
+        super().__init__(
+            f"worker {worker_id!r} of runtime {runtime_id!r} is not visible to this workspace",
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+        )
+        self.runtime_id = runtime_id
+        self.worker_id = worker_id
+
+    def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
+        if conceal_invisible:
+            return UnknownWorker(self.runtime_id, self.worker_id).wire()
+        return super().wire()
+
+
+class RuntimeUnavailable(RegistryError):
+    code = "runtime_unavailable"
+    status = 503
+
+    def __init__(self, runtime_id: str, retry_after: int = 5) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} is not reachable right now", runtime_id=runtime_id
+        )
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class OperationUnsupported(RegistryError):
+    code = "operation_unsupported"
+    status = 501
+
+    def __init__(self, runtime_id: str, operation: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} does not support {operation!r}",
+            runtime_id=runtime_id,
+            operation=operation,
+        )
+
+
+class RouteNotFound(RegistryError):
+    code = "not_found"
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__("no such API route")
+
+
+class MethodNotAllowed(RegistryError):
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self) -> None:
+        super().__init__("method not allowed on this route")
+
+
+class InternalError(RegistryError):
+    """Anything unexpected: logged in full for the operator, opaque for the client."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, request_id: str | None = None) -> None:
+        if request_id is None:
+            super().__init__("internal error")
+        else:
+            super().__init__("internal error", request_id=request_id)

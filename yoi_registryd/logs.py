@@ -1,0 +1,50 @@
+"""Operator logging: one line per event on stderr, journal-friendly under systemd.
+
+Under systemd (``JOURNAL_STREAM`` is set) each line starts with a syslog priority prefix
+(``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug) so journald files it at the
+right level; otherwise lines carry a timestamp and the level name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Final
+
+_PRIORITY: Final = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", "\n" + f"<{_priority(record)}>")
+        return f"<{_priority(record)}>{text}"
+
+
+def _priority(record: logging.LogRecord) -> int:
+    for level, prio in sorted(_PRIORITY.items(), reverse=True):
+        if record.levelno >= level:
+            return prio
+    return 7
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # hypercorn's per-request access log is off; its error log joins ours.
+    logging.getLogger("hypercorn.access").disabled = True
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))

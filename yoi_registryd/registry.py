@@ -1,0 +1,455 @@
+"""The RegistryActor, the only writer of registry state, and the Snapshots it publishes.
+
+Sources send messages (``yoi_registryd.messages``) over one bounded channel. The actor
+applies them, derives each runtime's status (including staleness, on its own timer), bumps
+a monotonic revision and publishes an immutable :class:`Snapshot`. HTTP handlers read the
+current snapshot without locks and see one consistent state for a whole request.
+
+Snapshots are copy-on-write per runtime: a change to one runtime rebuilds that runtime's
+entry only, so applying a change costs work proportional to that runtime, not the registry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Final
+
+import msgspec
+import trio
+
+from yoi_registryd.errors import UnknownHost, UnknownRuntime, UnknownWorker
+from yoi_registryd.messages import (
+    ObservationFailed,
+    ObservationSucceeded,
+    RuntimeDescriptor,
+    RuntimeObserved,
+    SourceMessage,
+    SourceRegistered,
+    SourceRemoved,
+    SupervisorChanged,
+    WorkersChanged,
+)
+from yoi_registryd.model import (
+    Capabilities,
+    Diagnostic,
+    ErrorInfo,
+    HostRecord,
+    HostSpec,
+    RuntimeRecord,
+    RuntimeStatus,
+    SourceInfo,
+    SourceKind,
+    SupervisorInfo,
+    WorkerRecord,
+)
+
+log = logging.getLogger(__name__)
+
+_EMPTY: Final[Mapping[str, WorkerRecord]] = MappingProxyType({})
+
+STALE_DIAGNOSTIC: Final = Diagnostic(
+    code="runtime_stale",
+    severity="warning",
+    message="no successful observation within stale_after; showing the last known state",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RuntimeEntry:
+    """One runtime as published: its record, hosts and workers. Never mutated."""
+
+    __slots__ = ("_sorted_worker_ids", "hosts", "record", "workers", "workers_revision")
+
+    def __init__(
+        self,
+        record: RuntimeRecord,
+        hosts: tuple[HostRecord, ...],
+        workers: Mapping[str, WorkerRecord],
+        workers_revision: int,
+    ) -> None:
+        self.record = record
+        self.hosts = hosts
+        self.workers = workers
+        self.workers_revision = workers_revision
+        self._sorted_worker_ids: list[str] | None = None
+
+    @property
+    def sorted_worker_ids(self) -> list[str]:
+        """Worker ids in order, computed once per entry (entries are immutable)."""
+        if self._sorted_worker_ids is None:
+            self._sorted_worker_ids = sorted(self.workers)
+        return self._sorted_worker_ids
+
+    def iter_workers_after(self, worker_id: str | None) -> Iterator[WorkerRecord]:
+        """Workers in id order, strictly after ``worker_id`` (from the start if None)."""
+        ids = self.sorted_worker_ids
+        start = 0 if worker_id is None else bisect.bisect_right(ids, worker_id)
+        workers = self.workers
+        for i in range(start, len(ids)):
+            yield workers[ids[i]]
+
+
+class Snapshot:
+    """An immutable, consistent view of the whole registry at one revision."""
+
+    __slots__ = ("_host_index", "_sorted_runtime_ids", "revision", "runtimes", "workers_revision")
+
+    def __init__(
+        self, revision: int, workers_revision: int, runtimes: Mapping[str, RuntimeEntry]
+    ) -> None:
+        self.revision = revision
+        self.workers_revision = workers_revision
+        """The latest revision at which any worker changed (for worker-route caches)."""
+        self.runtimes = runtimes
+        self._sorted_runtime_ids: list[str] | None = None
+        self._host_index: dict[str, tuple[str, HostRecord]] | None = None
+
+    @property
+    def sorted_runtime_ids(self) -> list[str]:
+        if self._sorted_runtime_ids is None:
+            self._sorted_runtime_ids = sorted(self.runtimes)
+        return self._sorted_runtime_ids
+
+    def runtime(self, runtime_id: str) -> RuntimeEntry:
+        try:
+            return self.runtimes[runtime_id]
+        except KeyError:
+            raise UnknownRuntime(runtime_id) from None
+
+    def worker(self, runtime_id: str, worker_id: str) -> WorkerRecord:
+        entry = self.runtime(runtime_id)
+        try:
+            return entry.workers[worker_id]
+        except KeyError:
+            raise UnknownWorker(runtime_id, worker_id) from None
+
+    def host(self, host_id: str) -> tuple[RuntimeEntry, HostRecord]:
+        if self._host_index is None:
+            index: dict[str, tuple[str, HostRecord]] = {}
+            for rid in self.sorted_runtime_ids:
+                for host in self.runtimes[rid].hosts:
+                    index.setdefault(host.host_id, (rid, host))
+            self._host_index = index
+        try:
+            rid, host = self._host_index[host_id]
+        except KeyError:
+            raise UnknownHost(host_id) from None
+        return self.runtimes[rid], host
+
+    def iter_workers_after(
+        self, position: tuple[str, str] | None, runtime_ids: list[str] | None = None
+    ) -> Iterator[WorkerRecord]:
+        """All workers ordered by ``(runtime_id, worker_id)``, strictly after ``position``."""
+        ids = self.sorted_runtime_ids if runtime_ids is None else runtime_ids
+        start = 0 if position is None else bisect.bisect_left(ids, position[0])
+        for i in range(start, len(ids)):
+            rid = ids[i]
+            after = position[1] if position is not None and rid == position[0] else None
+            yield from self.runtimes[rid].iter_workers_after(after)
+
+
+EMPTY_SNAPSHOT: Final = Snapshot(0, 0, MappingProxyType({}))
+
+
+@dataclass(slots=True)
+class _RuntimeState:
+    """The actor's private, mutable bookkeeping for one runtime."""
+
+    runtime_id: str
+    source_kind: SourceKind
+    stale_after: float
+    expire_after: float | None
+    descriptor: RuntimeDescriptor
+    supervisor: SupervisorInfo = field(default_factory=lambda: SupervisorInfo(state="starting"))
+    hosts: tuple[HostSpec, ...] = ()
+    workers: Mapping[str, WorkerRecord] = field(default_factory=lambda: _EMPTY)
+    workers_stale: bool = False
+    diagnostics: Mapping[str, tuple[Diagnostic, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    status: RuntimeStatus = "unknown"
+    observed: bool = False
+    expired: bool = False
+    last_ok_mono: float | None = None
+    last_seen_at: datetime | None = None
+    last_transition_at: datetime | None = None
+    last_error: ErrorInfo | None = None
+    consecutive_failures: int = 0
+    workers_revision: int = 0
+
+
+def _derive_status(st: _RuntimeState, now_mono: float) -> RuntimeStatus:
+    """The runtime status state machine, from the facts the actor holds."""
+    if not st.observed:
+        if st.consecutive_failures or st.supervisor.state == "backoff":
+            return "unavailable"
+        return "unknown"
+    assert st.last_ok_mono is not None
+    if now_mono - st.last_ok_mono >= st.stale_after:
+        return "stale"
+    if st.consecutive_failures or st.supervisor.state == "backoff":
+        return "unavailable"
+    if st.descriptor.stopped:
+        return "stopped"
+    if st.descriptor.degraded:
+        return "degraded"
+    return "available"
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+class RegistryActor:
+    """Owns registry state. Run :meth:`run` in the daemon's nursery; read :attr:`snapshot`.
+
+    Sources get a clone of :attr:`send_channel`. The channel is bounded: a source that
+    produces faster than the actor applies waits (backpressure) instead of losing updates.
+    """
+
+    def __init__(self, channel_capacity: int = 1024) -> None:
+        self.send_channel, self._receive = trio.open_memory_channel[SourceMessage](
+            channel_capacity
+        )
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        self._states: dict[str, _RuntimeState] = {}
+        self._entries: dict[str, RuntimeEntry] = {}
+        self._dirty: set[str] = set()
+        self._removed: set[str] = set()
+        self._changed = trio.Event()
+        self.heartbeat_at: float = 0.0
+        """Monotonic time of the actor's last loop turn (for liveness probes)."""
+
+    async def wait_for_change(self, after_revision: int) -> Snapshot:
+        """Return the first snapshot with a revision greater than ``after_revision``."""
+        while self.snapshot.revision <= after_revision:
+            await self._changed.wait()
+        return self.snapshot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        receive = self._receive
+        while True:
+            deadline = self._next_deadline()
+            msg: SourceMessage | None = None
+            with trio.move_on_at(deadline):
+                msg = await receive.receive()
+            self.heartbeat_at = trio.current_time()
+            if msg is not None:
+                self._apply(msg)
+                # Drain what is already queued so a burst becomes one revision.
+                while True:
+                    try:
+                        self._apply(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+            self._apply_time(trio.current_time())
+            self._publish()
+
+    # -- applying messages -------------------------------------------------------------
+
+    def _apply(self, msg: SourceMessage) -> None:
+        if isinstance(msg, SourceRegistered):
+            self._register(msg)
+            return
+        st = self._states.get(msg.runtime_id)
+        if st is None:
+            return  # a late message from a source that was removed
+        if isinstance(msg, SourceRemoved):
+            del self._states[msg.runtime_id]
+            self._removed.add(msg.runtime_id)
+            self._dirty.discard(msg.runtime_id)
+            return
+        self._dirty.add(st.runtime_id)
+        if isinstance(msg, SupervisorChanged):
+            st.supervisor = msg.supervisor
+        elif isinstance(msg, RuntimeObserved):
+            st.descriptor = msg.runtime
+            st.hosts = msg.hosts
+            workers = {w.worker_id: w for w in msg.workers}
+            st.workers = MappingProxyType(workers)
+            st.workers_stale = False
+            st.diagnostics = MappingProxyType({k: v for k, v in msg.diagnostics.items() if v})
+            st.workers_revision = -1  # set at publish
+            self._succeeded(st)
+        elif isinstance(msg, WorkersChanged):
+            if msg.runtime is not None:
+                st.descriptor = msg.runtime
+            if msg.hosts is not None:
+                st.hosts = msg.hosts
+            if msg.upserts or msg.removals:
+                workers = dict(st.workers)
+                for rid in msg.removals:
+                    workers.pop(rid, None)
+                for w in msg.upserts:
+                    workers[w.worker_id] = w
+                st.workers = MappingProxyType(workers)
+                st.workers_revision = -1
+            if msg.diagnostics:
+                diags = dict(st.diagnostics)
+                for subject, items in msg.diagnostics.items():
+                    if items:
+                        diags[subject] = items
+                    else:
+                        diags.pop(subject, None)
+                st.diagnostics = MappingProxyType(diags)
+            self._succeeded(st)
+        elif isinstance(msg, ObservationSucceeded):
+            self._succeeded(st)
+        elif isinstance(msg, ObservationFailed):
+            st.last_error = msg.error
+            st.consecutive_failures += 1
+
+    def _register(self, msg: SourceRegistered) -> None:
+        old = self._states.get(msg.runtime_id)
+        descriptor = (
+            old.descriptor
+            if old is not None
+            else RuntimeDescriptor(label=msg.label, kind=msg.source_kind, capabilities=Capabilities())
+        )
+        st = _RuntimeState(
+            runtime_id=msg.runtime_id,
+            source_kind=msg.source_kind,
+            stale_after=msg.stale_after.total_seconds(),
+            expire_after=_seconds(msg.expire_after),
+            descriptor=descriptor,
+        )
+        if old is not None:
+            # A restart of the same source keeps what was known (reload of a changed source).
+            st.hosts, st.workers, st.diagnostics = old.hosts, old.workers, old.diagnostics
+            st.observed, st.last_ok_mono, st.last_seen_at = (
+                old.observed,
+                old.last_ok_mono,
+                old.last_seen_at,
+            )
+            st.workers_stale, st.workers_revision = old.workers_stale, old.workers_revision
+        self._states[msg.runtime_id] = st
+        self._removed.discard(msg.runtime_id)
+        self._dirty.add(msg.runtime_id)
+
+    def _succeeded(self, st: _RuntimeState) -> None:
+        st.observed = True
+        st.expired = False
+        st.last_ok_mono = trio.current_time()
+        st.last_seen_at = utcnow()
+        st.consecutive_failures = 0
+        if st.workers_stale:
+            st.workers = _mark_stale(st.workers, False)
+            st.workers_stale = False
+            st.workers_revision = -1
+
+    # -- time --------------------------------------------------------------------------
+
+    def _next_deadline(self) -> float:
+        deadline = math.inf
+        for st in self._states.values():
+            if st.last_ok_mono is None:
+                continue
+            if st.status != "stale":
+                deadline = min(deadline, st.last_ok_mono + st.stale_after)
+            if st.expire_after is not None and not st.expired:
+                deadline = min(deadline, st.last_ok_mono + st.expire_after)
+        return deadline
+
+    def _apply_time(self, now: float) -> None:
+        """Derive every runtime's status at ``now``: staleness and expiry happen here."""
+        for rid, st in self._states.items():
+            status = _derive_status(st, now)
+            if status == "stale" and not st.workers_stale:
+                st.workers = _mark_stale(st.workers, True)
+                st.workers_stale = True
+                st.workers_revision = -1
+                self._dirty.add(rid)
+            if (
+                st.expire_after is not None
+                and st.last_ok_mono is not None
+                and not st.expired
+                and now - st.last_ok_mono >= st.expire_after
+            ):
+                st.expired = True
+                if st.workers:
+                    st.workers = _EMPTY
+                    st.workers_revision = -1
+                self._dirty.add(rid)
+            if status != st.status:
+                log.info("runtime %s: %s -> %s", rid, st.status, status)
+                st.status = status
+                st.last_transition_at = utcnow()
+                self._dirty.add(rid)
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        if not self._dirty and not self._removed:
+            return
+        revision = self.snapshot.revision + 1
+        workers_revision = self.snapshot.workers_revision
+        for rid in self._removed:
+            if self._entries.pop(rid, None) is not None:
+                workers_revision = revision
+        self._removed.clear()
+        for rid in self._dirty:
+            st = self._states[rid]
+            if st.workers_revision == -1:
+                st.workers_revision = revision
+                workers_revision = revision
+            self._entries[rid] = self._build_entry(st)
+        self._dirty.clear()
+        self.snapshot = Snapshot(revision, workers_revision, MappingProxyType(dict(self._entries)))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _build_entry(self, st: _RuntimeState) -> RuntimeEntry:
+        diagnostics: list[Diagnostic] = []
+        if st.status == "stale":
+            diagnostics.append(STALE_DIAGNOSTIC)
+        for subject in sorted(st.diagnostics):
+            diagnostics.extend(st.diagnostics[subject])
+        hosts = tuple(
+            HostRecord(
+                runtime_id=st.runtime_id,
+                host_id=h.host_id,
+                label=h.label,
+                kind=h.kind,
+                status=st.status,
+                observed_at=st.last_seen_at,
+                last_seen_at=st.last_seen_at,
+                capabilities=h.capabilities,
+                diagnostics=h.diagnostics,
+            )
+            for h in st.hosts
+        )
+        d = st.descriptor
+        record = RuntimeRecord(
+            runtime_id=st.runtime_id,
+            label=d.label,
+            kind=d.kind,
+            status=st.status,
+            source=SourceInfo(kind=st.source_kind, note=d.note),
+            host_ids=tuple(h.host_id for h in st.hosts),
+            capabilities=d.capabilities,
+            diagnostics=tuple(diagnostics),
+            worker_count=len(st.workers),
+            last_seen_at=st.last_seen_at,
+            last_transition_at=st.last_transition_at,
+            last_error=st.last_error,
+            consecutive_failures=st.consecutive_failures,
+            supervisor=st.supervisor,
+        )
+        return RuntimeEntry(record, hosts, st.workers, st.workers_revision)
+
+
+def _mark_stale(workers: Mapping[str, WorkerRecord], stale: bool) -> Mapping[str, WorkerRecord]:
+    """A copy of ``workers`` with every record's ``stale`` flag set to ``stale``."""
+    return MappingProxyType(
+        {k: msgspec.structs.replace(w, stale=stale) for k, w in workers.items()}
+    )

@@ -1,0 +1,84 @@
+"""What every source is: a task that observes one runtime and reports through a Reporter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import trio
+
+from yoi_registryd.messages import (
+    ObservationFailed,
+    ObservationSucceeded,
+    RuntimeDescriptor,
+    RuntimeObserved,
+    SourceMessage,
+    WorkersChanged,
+)
+from yoi_registryd.model import Diagnostic, ErrorInfo, HostSpec, SourceKind, WorkerRecord
+
+
+class SourceError(Exception):
+    """A source failure whose ``code`` and ``message`` are safe to serve.
+
+    Any other exception escaping a source is served only as its type name; its text (which
+    may hold a path or URL) goes to the operator log alone.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Reporter:
+    """A source's only way to affect the registry: messages about its own runtime."""
+
+    def __init__(self, runtime_id: str, channel: trio.MemorySendChannel[SourceMessage]) -> None:
+        self.runtime_id = runtime_id
+        self._channel = channel
+
+    async def observed(
+        self,
+        runtime: RuntimeDescriptor,
+        hosts: tuple[HostSpec, ...],
+        workers: tuple[WorkerRecord, ...],
+        diagnostics: Mapping[str, tuple[Diagnostic, ...]] | None = None,
+    ) -> None:
+        """Report a full snapshot of the runtime."""
+        await self._channel.send(
+            RuntimeObserved(self.runtime_id, runtime, hosts, workers, dict(diagnostics or {}))
+        )
+
+    async def changed(
+        self,
+        *,
+        upserts: tuple[WorkerRecord, ...] = (),
+        removals: tuple[str, ...] = (),
+        diagnostics: Mapping[str, tuple[Diagnostic, ...]] | None = None,
+        hosts: tuple[HostSpec, ...] | None = None,
+        runtime: RuntimeDescriptor | None = None,
+    ) -> None:
+        """Report an incremental change (also a successful observation)."""
+        await self._channel.send(
+            WorkersChanged(
+                self.runtime_id, upserts, removals, dict(diagnostics or {}), hosts, runtime
+            )
+        )
+
+    async def succeeded(self) -> None:
+        """Report that an observation succeeded and nothing changed."""
+        await self._channel.send(ObservationSucceeded(self.runtime_id))
+
+    async def failed(self, code: str, message: str) -> None:
+        """Report a failed observation with a typed, safe code and message."""
+        await self._channel.send(ObservationFailed(self.runtime_id, ErrorInfo(code, message)))
+
+
+class Source(Protocol):
+    """A runtime source. ``run`` observes forever; raising hands control to the supervisor."""
+
+    runtime_id: str
+    source_kind: SourceKind
+
+    async def run(self, reporter: Reporter) -> None: ...

@@ -1,0 +1,14 @@
+"""Build a source object from its configuration entry."""
+
+from __future__ import annotations
+
+from yoi_registryd.config import LocalSourceConfig, SourceConfig
+from yoi_registryd.sources.base import Source
+
+
+def build_source(config: SourceConfig) -> Source:
+    if isinstance(config, LocalSourceConfig):
+        from yoi_registryd.sources.local import LocalCompatibilitySource
+
+        return LocalCompatibilitySource(config)
+    raise TypeError(f"unsupported source configuration {type(config).__name__}")

@@ -1,0 +1,341 @@
+"""The local compatibility source: a read-only projection of yoi's on-disk Worker metadata.
+
+Not a runtime: it runs no workers and offers no operations (every capability that needs a
+live runtime is false). It watches ``<data_dir>/pods`` with watchfiles so that a change to
+one Worker file is re-read on its own (work proportional to that file), and rescans on an
+interval as a safety net that also catches what a watch cannot see (liveness sockets
+vanishing, metadata ageing, a watch lost with its directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import anyio
+import trio
+import watchfiles
+
+from yoi_registryd.config import LocalSourceConfig
+from yoi_registryd.messages import RuntimeDescriptor
+from yoi_registryd.model import Capabilities, Diagnostic, HostSpec, SourceKind, WorkerRecord
+from yoi_registryd.sources.base import Reporter
+from yoi_registryd.sources.local_metadata import (
+    REGISTRY_UNAVAILABLE,
+    REGISTRY_UNREADABLE,
+    EntryResult,
+    LocalOptions,
+    evaluate_entry,
+    local_host_id,
+    normalize_root,
+    workspace_id_for_root,
+)
+
+log = logging.getLogger(__name__)
+
+RUNTIME_KIND: Final = "local_pod"
+HOST_KIND: Final = "local-worker-host"
+NOTE: Final = (
+    "read-only compatibility projection over local Worker metadata; "
+    "no socket, session, or path authority is exposed"
+)
+REGISTRY_SUBJECT: Final = ""
+"""Diagnostics subject of the registry directory itself (entries use their worker id)."""
+
+_WATCH_DEBOUNCE_MS: Final = 400
+_WATCH_STEP_MS: Final = 15
+_MISSING_DIR_POLL: Final = 1.0
+
+
+def _platform_os() -> str:
+    """``std::env::consts::OS`` spelling, as upstream reports it."""
+    return {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
+
+
+def _platform_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+class LocalCompatibilitySource:
+    """Projects ``<data_dir>/pods/*/metadata.json`` into worker records."""
+
+    source_kind: SourceKind = "local_compatibility"
+
+    def __init__(self, config: LocalSourceConfig) -> None:
+        self.config = config
+        self.runtime_id = config.runtime_id
+        self.data_dir = config.resolved_data_dir()
+        self.pods_dir = self.data_dir / "pods"
+        bound = normalize_root(config.workspace_root) if config.workspace_root else None
+        self.options = LocalOptions(
+            runtime_id=config.runtime_id,
+            pods_dir=self.pods_dir,
+            runtime_dir=config.resolved_runtime_dir(),
+            bound_root=bound,
+            liveness_check=config.liveness_check,
+            max_age_seconds=(
+                config.max_metadata_age.total_seconds() if config.max_metadata_age else None
+            ),
+            max_bytes=config.max_metadata_bytes,
+        )
+        self._bound_host_id = local_host_id(workspace_id_for_root(bound)) if bound else None
+        self._entries: dict[str, EntryResult] = {}
+        self._registry_problem: Diagnostic | None = None
+        self._hosts: tuple[HostSpec, ...] = ()
+        self._lock = trio.Lock()
+
+    # -- descriptors -------------------------------------------------------------------
+
+    def _capabilities(self, readable: bool) -> Capabilities:
+        return Capabilities(
+            can_list_hosts=True,
+            can_list_workers=readable,
+            can_get_worker=readable,
+            workspace_scope="current_workspace" if self._bound_host_id else "all_workspaces",
+            os=_platform_os(),
+            arch=_platform_arch(),
+        )
+
+    def _descriptor(self) -> RuntimeDescriptor:
+        readable = self._registry_problem is None
+        return RuntimeDescriptor(
+            label=self.config.label,
+            kind=RUNTIME_KIND,
+            capabilities=self._capabilities(readable),
+            note=NOTE,
+            degraded=not readable,
+        )
+
+    def _compute_hosts(self) -> tuple[HostSpec, ...]:
+        caps = self._capabilities(self._registry_problem is None)
+        host_ids: set[str] = set()
+        if self._bound_host_id is not None:
+            host_ids.add(self._bound_host_id)
+        else:
+            host_ids.update(e.worker.host_id for e in self._entries.values() if e.worker)
+        return tuple(
+            HostSpec(host_id=h, label="Local Worker host", kind=HOST_KIND, capabilities=caps)
+            for h in sorted(host_ids)
+        )
+
+    # -- scanning (runs in a worker thread) --------------------------------------------
+
+    def _list_names(self) -> list[str] | Diagnostic:
+        """The Worker directory names, or the registry-level diagnostic why there are none."""
+        if not self.data_dir.is_dir():
+            return Diagnostic(
+                REGISTRY_UNAVAILABLE,
+                "warning",
+                "local Worker data directory is not available; worker discovery is unavailable",
+            )
+        try:
+            with os.scandir(self.pods_dir) as it:
+                return sorted(
+                    e.name for e in it if e.is_dir(follow_symlinks=False) or e.is_symlink()
+                )
+        except FileNotFoundError:
+            reason = "the pods directory does not exist"
+        except NotADirectoryError:
+            reason = "the pods path is not a directory"
+        except PermissionError:
+            reason = "permission denied"
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else "I/O error"
+        return Diagnostic(
+            REGISTRY_UNREADABLE, "warning", f"local Worker registry could not be read: {reason}"
+        )
+
+    def _scan(self, known: dict[str, tuple[object, ...]]) -> tuple[
+        Diagnostic | None, dict[str, EntryResult], set[str]
+    ]:
+        """Full scan: re-read only entries whose fingerprint may have changed.
+
+        Returns the registry problem (if any), the entries that changed, and the names that
+        are gone.
+        """
+        names = self._list_names()
+        if isinstance(names, Diagnostic):
+            return names, {}, set(known)
+        changed: dict[str, EntryResult] = {}
+        for name in names:
+            result = evaluate_entry(name, self.options)
+            if known.get(name) != result.fingerprint:
+                changed[name] = result
+        return None, changed, set(known) - set(names)
+
+    def _evaluate(self, names: Iterable[str]) -> dict[str, EntryResult | None]:
+        """Re-read the named entries; ``None`` for an entry whose directory is gone."""
+        out: dict[str, EntryResult | None] = {}
+        for name in names:
+            path = self.pods_dir / name
+            if path.is_symlink() or path.is_dir():
+                out[name] = evaluate_entry(name, self.options)
+            else:
+                out[name] = None
+        return out
+
+    # -- applying and reporting ----------------------------------------------------------
+
+    def _worker_map(self) -> tuple[WorkerRecord, ...]:
+        return tuple(e.worker for e in self._entries.values() if e.worker is not None)
+
+    async def _report_full(self, reporter: Reporter) -> None:
+        self._hosts = self._compute_hosts()
+        diagnostics = {r.worker_id: r.diagnostics for r in self._entries.values() if r.diagnostics}
+        if self._registry_problem is not None:
+            diagnostics[REGISTRY_SUBJECT] = (self._registry_problem,)
+        await reporter.observed(self._descriptor(), self._hosts, self._worker_map(), diagnostics)
+
+    async def _apply(
+        self,
+        reporter: Reporter,
+        problem: Diagnostic | None,
+        changed: dict[str, EntryResult],
+        gone: set[str],
+    ) -> None:
+        """Fold a change into the source's view and send the delta (or a heartbeat)."""
+        registry_changed = problem != self._registry_problem
+        self._registry_problem = problem
+        upserts: list[WorkerRecord] = []
+        removals: list[str] = []
+        diagnostics: dict[str, tuple[Diagnostic, ...]] = {}
+        for name in gone:
+            old = self._entries.pop(name, None)
+            if old is None:
+                continue
+            if old.worker is not None:
+                removals.append(old.worker_id)
+            if old.diagnostics:
+                diagnostics[old.worker_id] = ()
+        for name, result in changed.items():
+            old = self._entries.get(name)
+            self._entries[name] = result
+            if result.worker is not None:
+                upserts.append(result.worker)
+            elif old is not None and old.worker is not None:
+                removals.append(old.worker_id)
+            if result.diagnostics or (old is not None and old.diagnostics):
+                diagnostics[result.worker_id] = result.diagnostics
+        if registry_changed:
+            diagnostics[REGISTRY_SUBJECT] = (problem,) if problem else ()
+        hosts = self._compute_hosts()
+        new_hosts = hosts if hosts != self._hosts else None
+        self._hosts = hosts
+        if upserts or removals or diagnostics or new_hosts is not None or registry_changed:
+            await reporter.changed(
+                upserts=tuple(upserts),
+                removals=tuple(removals),
+                diagnostics=diagnostics,
+                hosts=new_hosts,
+                runtime=self._descriptor() if registry_changed else None,
+            )
+        else:
+            await reporter.succeeded()
+
+    async def _rescan(self, reporter: Reporter) -> None:
+        async with self._lock:
+            known = {name: e.fingerprint for name, e in self._entries.items()}
+            problem, changed, gone = await trio.to_thread.run_sync(self._scan, known)
+            await self._apply(reporter, problem, changed, gone)
+
+    async def _refresh(self, reporter: Reporter, names: set[str]) -> None:
+        async with self._lock:
+            results = await trio.to_thread.run_sync(self._evaluate, names)
+            changed = {
+                n: r
+                for n, r in results.items()
+                if r is not None
+                and (n not in self._entries or self._entries[n].fingerprint != r.fingerprint)
+            }
+            gone = {n for n, r in results.items() if r is None}
+            await self._apply(reporter, self._registry_problem, changed, gone)
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self, reporter: Reporter) -> None:
+        async with self._lock:
+            problem, changed, _ = await trio.to_thread.run_sync(self._scan, {})
+            self._registry_problem = problem
+            self._entries = dict(changed)
+            await self._report_full(reporter)
+        log.info(
+            "local source %s: %d worker entries under %s",
+            self.runtime_id,
+            len(self._entries),
+            self.pods_dir,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rescan_loop, reporter)
+            if self.config.watch:
+                nursery.start_soon(self._watch_loop, reporter)
+
+    async def _rescan_loop(self, reporter: Reporter) -> None:
+        interval = self.config.rescan_interval.total_seconds()
+        while True:
+            await trio.sleep(interval)
+            await self._rescan(reporter)
+
+    async def _watch_loop(self, reporter: Reporter) -> None:
+        """Watch the pods dir; when it is missing, wait for it; when lost, rescan and rewatch."""
+        while True:
+            if not self.pods_dir.is_dir():
+                await trio.sleep(_MISSING_DIR_POLL)
+                if self.pods_dir.is_dir():
+                    await self._rescan(reporter)
+                continue
+            await self._watch_once(reporter)
+            # The watch ended (its directory vanished or was replaced): catch up in full.
+            await self._rescan(reporter)
+
+    async def _watch_once(self, reporter: Reporter) -> None:
+        stop = anyio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def stopper() -> None:
+                # watchfiles waits in a thread that only notices ``stop``; set it as soon
+                # as we are cancelled so shutdown and reload are prompt.
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    stop.set()
+
+            nursery.start_soon(stopper)
+            try:
+                async for changes in watchfiles.awatch(
+                    self.pods_dir,
+                    watch_filter=None,
+                    debounce=_WATCH_DEBOUNCE_MS,
+                    step=_WATCH_STEP_MS,
+                    stop_event=stop,
+                    rust_timeout=1000,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    names, lost = self._affected(changes)
+                    if lost:
+                        break
+                    if names:
+                        await self._refresh(reporter, names)
+            except (OSError, RuntimeError) as exc:
+                log.warning("local source %s: watch failed (%s); rescanning", self.runtime_id, exc)
+            nursery.cancel_scope.cancel()
+
+    def _affected(self, changes: set[tuple[watchfiles.Change, str]]) -> tuple[set[str], bool]:
+        """Worker directory names touched by ``changes``; True if the pods dir itself was."""
+        names: set[str] = set()
+        pods = str(self.pods_dir)
+        for _change, raw in changes:
+            path = Path(raw)
+            try:
+                rel = path.relative_to(pods)
+            except ValueError:
+                return names, True
+            if not rel.parts:
+                return names, True
+            names.add(rel.parts[0])
+        return names, False

@@ -1,0 +1,147 @@
+"""One supervised task per configured source, restarted with backoff when it fails.
+
+Like an Erlang/OTP ``one_for_one`` supervisor: a source that raises is restarted on its own
+with exponential backoff and full jitter (capped, and reset after a healthy period); it never
+stops another source or the HTTP server. What the supervisor sees is reported to the registry
+(``SupervisorChanged``) so the runtime shows its supervisor state and last error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import trio
+
+from yoi_registryd.config import SupervisorConfig
+from yoi_registryd.messages import SourceMessage, SourceRegistered, SourceRemoved, SupervisorChanged
+from yoi_registryd.model import ErrorInfo, SourceKind, SupervisorInfo
+from yoi_registryd.registry import utcnow
+from yoi_registryd.sources.base import Reporter, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """Everything the supervisor needs to run one source; ``factory`` builds a fresh one."""
+
+    runtime_id: str
+    source_kind: SourceKind
+    label: str | None
+    stale_after: timedelta
+    expire_after: timedelta | None
+    factory: Callable[[], Source]
+    key: object = None
+    """Compared on reload: a source whose key changed is restarted."""
+
+
+def backoff_ceiling(config: SupervisorConfig, attempt: int) -> float:
+    """The exponential ceiling for the ``attempt``-th consecutive restart (0-based)."""
+    initial = config.backoff_initial.total_seconds()
+    cap = config.backoff_max.total_seconds()
+    return float(min(cap, initial * (2 ** min(attempt, 62))))
+
+
+def describe_failure(exc: BaseException) -> ErrorInfo:
+    """A safe, typed description of why a source stopped."""
+    if isinstance(exc, SourceError):
+        return ErrorInfo(exc.code, exc.message)
+    return ErrorInfo("source_crashed", f"the source task failed ({type(exc).__name__})")
+
+
+class _Running:
+    __slots__ = ("done", "scope", "spec")
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+
+class Supervisor:
+    """Starts, restarts and stops source tasks inside a nursery it is given."""
+
+    def __init__(
+        self,
+        channel: trio.MemorySendChannel[SourceMessage],
+        config: SupervisorConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._channel = channel
+        self.config = config
+        self._rng = rng or random.Random()
+        self._running: dict[str, _Running] = {}
+
+    @property
+    def specs(self) -> dict[str, SourceSpec]:
+        return {rid: r.spec for rid, r in self._running.items()}
+
+    async def start(self, nursery: trio.Nursery, spec: SourceSpec) -> None:
+        """Register the source with the registry, then start its supervised task."""
+        if spec.runtime_id in self._running:
+            raise ValueError(f"source {spec.runtime_id!r} is already running")
+        await self._channel.send(
+            SourceRegistered(
+                spec.runtime_id, spec.source_kind, spec.label, spec.stale_after, spec.expire_after
+            )
+        )
+        running = _Running(spec)
+        self._running[spec.runtime_id] = running
+        nursery.start_soon(self._supervise, running, name=f"source:{spec.runtime_id}")
+
+    async def stop(self, runtime_id: str, *, forget: bool = True) -> None:
+        """Cancel a source task, wait for it to end, and (by default) forget its runtime."""
+        running = self._running.pop(runtime_id)
+        running.scope.cancel()
+        await running.done.wait()
+        if forget:
+            await self._channel.send(SourceRemoved(runtime_id))
+
+    async def _report(self, runtime_id: str, info: SupervisorInfo) -> None:
+        await self._channel.send(SupervisorChanged(runtime_id, info))
+
+    async def _supervise(self, running: _Running) -> None:
+        spec = running.spec
+        rid = spec.runtime_id
+        reporter = Reporter(rid, self._channel)
+        attempt = 0
+        restarts = 0
+        last_error: ErrorInfo | None = None
+        try:
+            with running.scope:
+                while True:
+                    await self._report(rid, SupervisorInfo("running", restarts, last_error))
+                    started = trio.current_time()
+                    try:
+                        source = spec.factory()
+                        await source.run(reporter)
+                    except Exception as exc:
+                        last_error = describe_failure(exc)
+                        log.warning(
+                            "source %s failed: %s",
+                            rid,
+                            last_error.message,
+                            exc_info=not isinstance(exc, SourceError),
+                        )
+                    else:
+                        last_error = ErrorInfo("source_exited", "the source task ended")
+                        log.warning("source %s ended unexpectedly; restarting", rid)
+                    if trio.current_time() - started >= self.config.healthy_after.total_seconds():
+                        attempt = 0
+                    ceiling = backoff_ceiling(self.config, attempt)
+                    delay = self._rng.uniform(0, ceiling) if self.config.jitter else ceiling
+                    attempt += 1
+                    restarts += 1
+                    next_at = utcnow() + timedelta(seconds=delay)
+                    log.info("source %s restarts in %.3fs (restart %d)", rid, delay, restarts)
+                    await self._report(
+                        rid,
+                        SupervisorInfo("backoff", restarts, last_error, next_at, round(delay, 6)),
+                    )
+                    await trio.sleep(delay)
+        finally:
+            running.done.set()
