@@ -121,7 +121,7 @@ class _SourceBase(
     pass
 
 
-class LocalSourceConfig(_SourceBase, tag="local"):
+class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
     """The local compatibility source: a read-only projection of on-disk Worker metadata."""
 
     runtime_id: str = "local-worker-runtime"
@@ -203,7 +203,9 @@ def _describe_validation_error(text: str) -> str:
     return f"{path}: {message}"
 
 
-def parse_listen(address: str) -> tuple[Literal["tcp"], str, int] | tuple[Literal["unix"], str, int]:
+def parse_listen(
+    address: str,
+) -> tuple[Literal["tcp"], str, int] | tuple[Literal["unix"], str, int]:
     """Split a listen address into ``("tcp", host, port)`` or ``("unix", path, 0)``."""
     if address.startswith("unix:"):
         path = address.removeprefix("unix:")
@@ -248,8 +250,9 @@ def validate_config(config: Config) -> list[str]:
                 "(1 to 120 bytes of [A-Za-z0-9_:-])"
             )
         if src.runtime_id in seen:
+            first = seen[src.runtime_id]
             problems.append(
-                f"{key}.runtime_id: {src.runtime_id!r} is already used by sources[{seen[src.runtime_id]}]"
+                f"{key}.runtime_id: {src.runtime_id!r} is already used by sources[{first}]"
             )
         seen.setdefault(src.runtime_id, i)
         problems.extend(_validate_local(key, src))

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -23,6 +24,7 @@ from hypercorn.trio import serve
 from yoi_registryd.config import Config, LocalSourceConfig, SourceConfig, parse_listen
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.middleware import PathGuard
+from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.sources import build_source
 from yoi_registryd.supervisor import SourceSpec, Supervisor
@@ -86,12 +88,16 @@ class Daemon:
     config: Config
     actor: RegistryActor = field(init=False)
     supervisor: Supervisor = field(init=False)
+    router: OperationRouter = field(init=False)
     shutdown: trio.Event = field(default_factory=trio.Event)
     addresses: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.actor = RegistryActor(self.config.registry.channel_capacity)
-        self.supervisor = Supervisor(self.actor.send_channel, self.config.supervisor)
+        self.router = OperationRouter()
+        self.supervisor = Supervisor(
+            self.actor.send_channel, self.config.supervisor, router=self.router
+        )
 
     async def run(
         self,
@@ -102,9 +108,11 @@ class Daemon:
     ) -> None:
         """Run until :attr:`shutdown` is set (or a signal arrives, with ``handle_signals``)."""
         config = self.config
-        socks = list(listeners) if listeners is not None else [
-            open_listener(a, config.server.unix_socket_mode) for a in config.server.listen
-        ]
+        socks = (
+            list(listeners)
+            if listeners is not None
+            else [open_listener(a, config.server.unix_socket_mode) for a in config.server.listen]
+        )
         self.addresses = [describe_socket(s) for s in socks]
         hconfig = HypercornConfig()
         hconfig.bind = [f"fd://{s.detach()}" for s in socks]
@@ -114,9 +122,11 @@ class Daemon:
         hconfig.keep_alive_timeout = 75
         hconfig.include_server_header = False
         api = ApiState(
-            self.actor, conceal_invisible_workers=config.server.conceal_invisible_workers
+            self.actor,
+            self.router,
+            conceal_invisible_workers=config.server.conceal_invisible_workers,
         )
-        app = PathGuard(create_app(api))
+        app: Any = PathGuard(create_app(api))  # an ASGI app; hypercorn's types are narrower
         async with trio.open_nursery() as nursery:
             await nursery.start(self.actor.run)
             for source in config.sources:
@@ -132,10 +142,10 @@ class Daemon:
 
     async def _serve(
         self,
-        app: PathGuard,
+        app: Any,
         hconfig: HypercornConfig,
         scope: trio.CancelScope,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until shutdown; hypercorn returns once in-flight requests are done (or the
         grace period ran out). Only then are the sources and the actor cancelled."""
@@ -144,7 +154,12 @@ class Daemon:
             await self.shutdown.wait()
             log.info("shutting down: no new connections, finishing in-flight requests")
 
-        await serve(app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        await serve(
+            app,
+            hconfig,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )
         scope.cancel()
 
     async def _handle_signals(self, scope: trio.CancelScope) -> None:

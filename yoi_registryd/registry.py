@@ -217,9 +217,7 @@ class RegistryActor:
     """
 
     def __init__(self, channel_capacity: int = 1024) -> None:
-        self.send_channel, self._receive = trio.open_memory_channel[SourceMessage](
-            channel_capacity
-        )
+        self.send_channel, self._receive = trio.open_memory_channel[SourceMessage](channel_capacity)
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self._states: dict[str, _RuntimeState] = {}
         self._entries: dict[str, RuntimeEntry] = {}
@@ -314,7 +312,9 @@ class RegistryActor:
         descriptor = (
             old.descriptor
             if old is not None
-            else RuntimeDescriptor(label=msg.label, kind=msg.source_kind, capabilities=Capabilities())
+            else RuntimeDescriptor(
+                label=msg.label, kind=msg.source_kind, capabilities=Capabilities()
+            )
         )
         st = _RuntimeState(
             runtime_id=msg.runtime_id,

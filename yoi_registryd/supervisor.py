@@ -19,6 +19,7 @@ import trio
 from yoi_registryd.config import SupervisorConfig
 from yoi_registryd.messages import SourceMessage, SourceRegistered, SourceRemoved, SupervisorChanged
 from yoi_registryd.model import ErrorInfo, SourceKind, SupervisorInfo
+from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import utcnow
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 
@@ -70,8 +71,10 @@ class Supervisor:
         channel: trio.MemorySendChannel[SourceMessage],
         config: SupervisorConfig,
         rng: random.Random | None = None,
+        router: OperationRouter | None = None,
     ) -> None:
         self._channel = channel
+        self.router = router
         self.config = config
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
@@ -107,7 +110,7 @@ class Supervisor:
     async def _supervise(self, running: _Running) -> None:
         spec = running.spec
         rid = spec.runtime_id
-        reporter = Reporter(rid, self._channel)
+        reporter = Reporter(rid, self._channel, self.router)
         attempt = 0
         restarts = 0
         last_error: ErrorInfo | None = None

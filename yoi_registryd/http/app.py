@@ -26,6 +26,7 @@ from yoi_registryd.errors import (
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
 from yoi_registryd.http import views
 from yoi_registryd.ids import validate_identifier
+from yoi_registryd.operations import Operation, OperationRouter, decode_request
 from yoi_registryd.registry import RegistryActor, Snapshot
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,15 @@ REVISION_HEADER: Final = "X-Registry-Index"
 class ApiState:
     """What the handlers share: the actor (for its snapshot), settings and the body cache."""
 
-    def __init__(self, actor: RegistryActor, *, conceal_invisible_workers: bool = True) -> None:
+    def __init__(
+        self,
+        actor: RegistryActor,
+        router: OperationRouter | None = None,
+        *,
+        conceal_invisible_workers: bool = True,
+    ) -> None:
         self.actor = actor
+        self.router = router or OperationRouter()
         self.conceal_invisible_workers = conceal_invisible_workers
         self.cache = views.BodyCache()
 
@@ -75,9 +83,7 @@ def create_app(state: ApiState) -> QuartTrio:
     async def get_runtime(runtime_id: str) -> Response:
         validate_identifier(runtime_id, "runtime_id")
         no_query()
-        return cached(
-            ("runtime", runtime_id), lambda s: views.encode(s.runtime(runtime_id).record)
-        )
+        return cached(("runtime", runtime_id), lambda s: views.encode(s.runtime(runtime_id).record))
 
     @app.get("/api/runtimes/<runtime_id>/workers")
     async def list_runtime_workers(runtime_id: str) -> Response:
@@ -119,6 +125,28 @@ def create_app(state: ApiState) -> QuartTrio:
         q = list_query()
         return cached(("workers", q), lambda s: views.workers_page(s, q))
 
+    async def operate(runtime_id: str, worker_id: str, operation: Operation) -> Response:
+        validate_identifier(runtime_id, "runtime_id")
+        validate_identifier(worker_id, "worker_id")
+        no_query()
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        op_request = decode_request(operation, body)
+        snapshot = state.actor.snapshot
+        ack = await state.router.dispatch(snapshot, runtime_id, worker_id, operation, op_request)
+        return _json(views.encode({"ack": ack}), state.actor.snapshot)
+
+    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/stop")
+    async def stop_worker(runtime_id: str, worker_id: str) -> Response:
+        return await operate(runtime_id, worker_id, "stop")
+
+    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/cancel")
+    async def cancel_worker(runtime_id: str, worker_id: str) -> Response:
+        return await operate(runtime_id, worker_id, "cancel")
+
+    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/input")
+    async def input_worker(runtime_id: str, worker_id: str) -> Response:
+        return await operate(runtime_id, worker_id, "input")
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', content_type=JSON)
@@ -134,8 +162,11 @@ def create_app(state: ApiState) -> QuartTrio:
         if isinstance(error, MethodNotAllowed):
             return render_error(MethodNotAllowedError(), True)
         generic = RegistryError(error.description or "bad request")
-        return _render(error.code or 400, {"error": {"code": _http_code(error), "message": (
-            generic.message)}}, {})
+        return _render(
+            error.code or 400,
+            {"error": {"code": _http_code(error), "message": (generic.message)}},
+            {},
+        )
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

@@ -115,9 +115,9 @@ def _quoted(key: str) -> str:
 # -- pages -----------------------------------------------------------------------------
 
 
-def _take(items: Iterator[T], limit: int, key: Callable[[T], tuple[str, ...]]) -> tuple[
-    list[T], str | None
-]:
+def _take(
+    items: Iterator[T], limit: int, key: Callable[[T], tuple[str, ...]]
+) -> tuple[list[T], str | None]:
     page: list[T] = []
     for item in items:
         if len(page) == limit:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -16,6 +17,9 @@ from yoi_registryd.messages import (
     WorkersChanged,
 )
 from yoi_registryd.model import Diagnostic, ErrorInfo, HostSpec, SourceKind, WorkerRecord
+
+if TYPE_CHECKING:
+    from yoi_registryd.operations import OperationRouter, RuntimeOperations
 
 
 class SourceError(Exception):
@@ -34,9 +38,21 @@ class SourceError(Exception):
 class Reporter:
     """A source's only way to affect the registry: messages about its own runtime."""
 
-    def __init__(self, runtime_id: str, channel: trio.MemorySendChannel[SourceMessage]) -> None:
+    def __init__(
+        self,
+        runtime_id: str,
+        channel: trio.MemorySendChannel[SourceMessage],
+        router: OperationRouter | None = None,
+    ) -> None:
         self.runtime_id = runtime_id
         self._channel = channel
+        self._router = router
+
+    def operations(self, handler: RuntimeOperations) -> AbstractContextManager[None]:
+        """Route worker operations for this runtime to ``handler`` while the block runs."""
+        if self._router is None:
+            return nullcontext()
+        return self._router.register(self.runtime_id, handler)
 
     async def observed(
         self,

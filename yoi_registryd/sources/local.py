@@ -150,9 +150,9 @@ class LocalCompatibilitySource:
             REGISTRY_UNREADABLE, "warning", f"local Worker registry could not be read: {reason}"
         )
 
-    def _scan(self, known: dict[str, tuple[object, ...]]) -> tuple[
-        Diagnostic | None, dict[str, EntryResult], set[str]
-    ]:
+    def _scan(
+        self, known: dict[str, tuple[object, ...]]
+    ) -> tuple[Diagnostic | None, dict[str, EntryResult], set[str]]:
         """Full scan: re-read only entries whose fingerprint may have changed.
 
         Returns the registry problem (if any), the entries that changed, and the names that

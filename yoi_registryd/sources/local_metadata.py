@@ -54,9 +54,7 @@ def safe_display(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     kept = "".join(
-        ch
-        for ch in value
-        if ch not in "/\\" and not (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
+        ch for ch in value if ch not in "/\\" and not (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
     )
     return kept[:MAX_DISPLAY_CHARS] or None
 
@@ -202,49 +200,100 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
             raise OSError(errno.ELOOP, "symbolic link")
     except OSError as exc:
         reason = _io_reason(exc)
-        return _problem(name, worker_id, ("unreadable", reason), METADATA_UNREADABLE,
-                        f"local Worker metadata could not be read: {reason}")
+        return _problem(
+            name,
+            worker_id,
+            ("unreadable", reason),
+            METADATA_UNREADABLE,
+            f"local Worker metadata could not be read: {reason}",
+        )
     path = entry_dir / METADATA_FILE
     try:
         data, st = _read_regular_file(path, options.max_bytes)
     except _TooLarge:
-        return _problem(name, worker_id, ("too-large",), METADATA_INVALID,
-                        "local Worker metadata could not be parsed: larger than the size limit")
+        return _problem(
+            name,
+            worker_id,
+            ("too-large",),
+            METADATA_INVALID,
+            "local Worker metadata could not be parsed: larger than the size limit",
+        )
     except OSError as exc:
         reason = _io_reason(exc)
-        return _problem(name, worker_id, ("unreadable", reason), METADATA_UNREADABLE,
-                        f"local Worker metadata could not be read: {reason}")
+        return _problem(
+            name,
+            worker_id,
+            ("unreadable", reason),
+            METADATA_UNREADABLE,
+            f"local Worker metadata could not be read: {reason}",
+        )
     except ValueError:
-        return _problem(name, worker_id, ("unreadable", "name"), METADATA_UNREADABLE,
-                        "local Worker metadata could not be read: invalid name")
+        return _problem(
+            name,
+            worker_id,
+            ("unreadable", "name"),
+            METADATA_UNREADABLE,
+            "local Worker metadata could not be read: invalid name",
+        )
     stat_key: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     try:
         meta = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
         where = str(exc).rpartition(" - at `")[2].rstrip("`") or "$"
-        return _problem(name, worker_id, stat_key, METADATA_INVALID,
-                        f"local Worker metadata could not be parsed: unexpected value at {where}")
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            METADATA_INVALID,
+            f"local Worker metadata could not be parsed: unexpected value at {where}",
+        )
     except msgspec.DecodeError:
-        return _problem(name, worker_id, stat_key, METADATA_INVALID,
-                        "local Worker metadata could not be parsed: malformed, truncated or non-UTF-8 JSON")
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            METADATA_INVALID,
+            "local Worker metadata could not be parsed: malformed, truncated or non-UTF-8 JSON",
+        )
     diagnostics: list[Diagnostic] = []
     worker_name = meta.worker_name
     if worker_name is None and meta.pod_name is not None:
         worker_name = meta.pod_name
-        diagnostics.append(_diag(LEGACY_METADATA, "info",
-                                 "local Worker metadata uses the legacy pod_name key", worker_id))
+        diagnostics.append(
+            _diag(
+                LEGACY_METADATA,
+                "info",
+                "local Worker metadata uses the legacy pod_name key",
+                worker_id,
+            )
+        )
     if worker_name is None:
-        return _problem(name, worker_id, stat_key, METADATA_INVALID,
-                        "local Worker metadata could not be parsed: worker_name is missing")
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            METADATA_INVALID,
+            "local Worker metadata could not be parsed: worker_name is missing",
+        )
     if meta.workspace_root is None:
-        return _problem(name, worker_id, stat_key, WORKSPACE_ROOT_MISSING,
-                        "local Worker metadata did not include a workspace identity "
-                        "and was not included")
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            WORKSPACE_ROOT_MISSING,
+            "local Worker metadata did not include a workspace identity and was not included",
+        )
     root = normalize_root(meta.workspace_root)
     if options.bound_root is not None and root != options.bound_root:
-        return _problem(name, worker_id, stat_key, WORKSPACE_NOT_VISIBLE,
-                        "local Worker metadata belongs to another workspace and was not included",
-                        severity="info", name_worker=False)
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            WORKSPACE_NOT_VISIBLE,
+            "local Worker metadata belongs to another workspace and was not included",
+            severity="info",
+            name_worker=False,
+        )
     workspace_id = workspace_id_for_root(root)
     active = meta.active
     state = "active" if active is not None else "metadata_only"
@@ -260,16 +309,26 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
         if options.liveness_check:
             live = _liveness_present(options.runtime_dir, worker_name)
             if not live:
-                diagnostics.append(_diag(LIVENESS_MISSING, "warning",
-                                         "local Worker claims to be active but its liveness "
-                                         "socket is absent", worker_id))
+                diagnostics.append(
+                    _diag(
+                        LIVENESS_MISSING,
+                        "warning",
+                        "local Worker claims to be active but its liveness socket is absent",
+                        worker_id,
+                    )
+                )
         if options.max_age_seconds is not None:
             current = datetime.now(UTC).timestamp() if now is None else now
             aged = current - st.st_mtime > options.max_age_seconds
             if aged:
-                diagnostics.append(_diag(METADATA_EXPIRED, "warning",
-                                         "local Worker metadata is older than the configured "
-                                         "maximum age", worker_id))
+                diagnostics.append(
+                    _diag(
+                        METADATA_EXPIRED,
+                        "warning",
+                        "local Worker metadata is older than the configured maximum age",
+                        worker_id,
+                    )
+                )
         if live is False or aged:
             state = "stale"
     role, profile = _role_and_profile(meta.resolved_manifest_snapshot)
