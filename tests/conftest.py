@@ -55,15 +55,16 @@ async def wait_for(
     message: str = "condition",
 ) -> None:
     """Poll ``predicate`` until it is true; fail the test when ``timeout`` passes first."""
-    with trio.move_on_after(timeout):
-        while True:
-            result = predicate()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await trio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    deadline = trio.current_time() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if trio.current_time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await trio.sleep(interval)
 
 
 @dataclass
