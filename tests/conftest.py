@@ -50,12 +50,12 @@ def runtime_dir(tmp_path: Path) -> Path:
 
 async def wait_for(
     predicate: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 5.0,
+    deadline_s: float = 5.0,
     interval: float = 0.01,
     message: str = "condition",
 ) -> None:
     """Poll ``predicate`` until it is true; fail the test when ``timeout`` passes first."""
-    deadline = trio.current_time() + timeout
+    deadline = trio.current_time() + deadline_s
     while True:
         result = predicate()
         if not isinstance(result, bool):
@@ -63,7 +63,7 @@ async def wait_for(
         if result:
             return
         if trio.current_time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {deadline_s}s waiting for {message}")
         await trio.sleep(interval)
 
 
