@@ -48,6 +48,7 @@ REGISTRY_SUBJECT: Final = ""
 
 _WATCH_DEBOUNCE_MS: Final = 400
 _WATCH_STEP_MS: Final = 15
+_WATCH_TIMEOUT_MS: Final = 1000
 _MISSING_DIR_POLL: Final = 1.0
 
 
@@ -305,6 +306,7 @@ class LocalCompatibilitySource:
                     stop.set()
 
             nursery.start_soon(stopper)
+            caught_up = False
             try:
                 async for changes in watchfiles.awatch(
                     self.pods_dir,
@@ -312,14 +314,21 @@ class LocalCompatibilitySource:
                     debounce=_WATCH_DEBOUNCE_MS,
                     step=_WATCH_STEP_MS,
                     stop_event=stop,
-                    rust_timeout=1000,
+                    rust_timeout=_WATCH_TIMEOUT_MS,
+                    yield_on_timeout=True,
                     recursive=True,
                     ignore_permission_denied=True,
                 ):
                     names, lost = self._affected(changes)
                     if lost:
                         break
-                    if names:
+                    if not caught_up:
+                        # The first yield (a change or a timeout) comes after the watch is
+                        # in place: rescan once so that nothing written between the last
+                        # scan and the watch starting waits for the next interval rescan.
+                        caught_up = True
+                        await self._rescan(reporter)
+                    elif names:
                         await self._refresh(reporter, names)
             except (OSError, RuntimeError) as exc:
                 log.warning("local source %s: watch failed (%s); rescanning", self.runtime_id, exc)
