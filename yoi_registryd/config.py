@@ -194,13 +194,27 @@ def resolve_config_path(explicit: str | None) -> Path | None:
     return None
 
 
+_KEY_PROBLEM_RE: Final = re.compile(r"^Object (contains unknown|missing required) field `(.*)`$")
+_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _describe_validation_error(text: str) -> str:
-    """Turn msgspec's ``... - at `$.a.b[0]``` into ``a.b[0]: ...``."""
+    """Turn msgspec's ``... - at `$.a.b[0]``` into ``a.b[0]: ...``.
+
+    An unknown or missing key is named by its own dotted path (``server.lisen: unknown
+    key``), not by the table holding it, so the operator sees exactly which line to fix.
+    """
     message, sep, where = text.rpartition(" - at `")
     if not sep:
-        return text
-    path = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
-    return f"{path}: {message}"
+        message, where = text, ""
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    key_problem = _KEY_PROBLEM_RE.match(message)
+    if key_problem is not None:
+        kind, key = key_problem.groups()
+        key = key if _BARE_KEY_RE.fullmatch(key) else msgspec.json.encode(key).decode()
+        path = f"{path}.{key}" if path else key
+        message = "unknown key" if kind == "contains unknown" else "required key is missing"
+    return f"{path or '(top level)'}: {message}"
 
 
 def parse_listen(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
 REVISION_HEADER: Final = "X-Registry-Index"
+STATE_EXTENSION: Final = "yoi_registryd"
 
 
 class ApiState:
@@ -62,6 +63,10 @@ def create_app(state: ApiState) -> QuartTrio:
     app = QuartTrio("yoi_registryd", static_folder=None)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    # ``/api//runtimes`` must not be answered with an HTML redirect to a merged path (which
+    # would also echo the base URL): it matches no route and gets the JSON 404.
+    app.url_map.merge_slashes = False
+    app.extensions[STATE_EXTENSION] = state
 
     def cached(key: tuple[object, ...], build: Callable[[Snapshot], bytes]) -> Response:
         snapshot = state.actor.snapshot
@@ -149,30 +154,30 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', content_type=JSON)
+        return _json(b'{"status":"ok"}', state.actor.snapshot)
 
     @app.errorhandler(RegistryError)
     async def registry_error(error: RegistryError) -> Response:
-        return render_error(error, state.conceal_invisible_workers)
+        return render_error(error, state)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         if isinstance(error, NotFound):
-            return render_error(RouteNotFound(), True)
+            return render_error(RouteNotFound(), state)
         if isinstance(error, MethodNotAllowed):
-            return render_error(MethodNotAllowedError(), True)
+            return render_error(MethodNotAllowedError(), state)
         generic = RegistryError(error.description or "bad request")
         return _render(
             error.code or 400,
             {"error": {"code": _http_code(error), "message": (generic.message)}},
-            {},
+            revision_headers(state),
         )
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         request_id = uuid.uuid4().hex
         log.error("request %s failed", request_id, exc_info=error)
-        return render_error(InternalError(request_id), True)
+        return render_error(InternalError(request_id), state)
 
     return app
 
@@ -182,9 +187,15 @@ def _http_code(error: HTTPException) -> str:
     return "".join(ch for ch in name if ch.isalnum() or ch == "_") or "http_error"
 
 
-def render_error(error: RegistryError, conceal_invisible: bool) -> Response:
-    status, body = error.wire(conceal_invisible=conceal_invisible)
-    return _render(status, body, error.headers)
+def revision_headers(state: ApiState | None) -> dict[str, str]:
+    """The revision header for a response built outside :func:`_json` (errors)."""
+    return {} if state is None else {REVISION_HEADER: str(state.actor.snapshot.revision)}
+
+
+def render_error(error: RegistryError, state: ApiState | None) -> Response:
+    conceal = state.conceal_invisible_workers if state is not None else True
+    status, body = error.wire(conceal_invisible=conceal)
+    return _render(status, body, {**revision_headers(state), **error.headers})
 
 
 def _render(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
@@ -194,10 +205,13 @@ def _render(status: int, body: dict[str, Any], headers: dict[str, str]) -> Respo
     return response
 
 
-def error_body(error: RegistryError) -> tuple[int, bytes]:
-    """Status and encoded body, for middleware that answers before the app."""
+def error_body(error: RegistryError, app: object = None) -> tuple[int, bytes, dict[str, str]]:
+    """Status, encoded body and headers, for middleware that answers before ``app`` does."""
+    extensions = getattr(app, "extensions", None)
+    state = extensions.get(STATE_EXTENSION) if isinstance(extensions, dict) else None
     status, body = error.wire()
-    return status, views.encode(body)
+    headers = revision_headers(state if isinstance(state, ApiState) else None)
+    return status, views.encode(body), {**headers, **error.headers}
 
 
 __all__ = ["ApiState", "InvalidQuery", "create_app", "error_body", "render_error"]

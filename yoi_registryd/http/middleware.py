@@ -28,7 +28,7 @@ class PathGuard:
         if scope["type"] == "http":
             error = self._check(scope)
             if error is not None:
-                await _send_error(send, error)
+                await _send_error(send, error, self.app)
                 return
         await self.app(scope, receive, send)
 
@@ -49,8 +49,8 @@ class PathGuard:
         return None
 
 
-async def _send_error(send: Any, error: RegistryError) -> None:
-    status, body = error_body(error)
+async def _send_error(send: Any, error: RegistryError, app: ASGIApp) -> None:
+    status, body, headers = error_body(error, app)
     await send(
         {
             "type": "http.response.start",
@@ -58,6 +58,10 @@ async def _send_error(send: Any, error: RegistryError) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in headers.items()
+                ),
             ],
         }
     )
