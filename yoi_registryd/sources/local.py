@@ -152,9 +152,9 @@ class LocalCompatibilitySource:
         )
 
     def _scan(
-        self, known: dict[str, tuple[object, ...]]
+        self, known: dict[str, EntryResult]
     ) -> tuple[Diagnostic | None, dict[str, EntryResult], set[str]]:
-        """Full scan: re-read only entries whose fingerprint may have changed.
+        """Full scan: ``lstat`` every entry, re-read only those that may have changed.
 
         Returns the registry problem (if any), the entries that changed, and the names that
         are gone.
@@ -164,8 +164,11 @@ class LocalCompatibilitySource:
             return names, {}, set(known)
         changed: dict[str, EntryResult] = {}
         for name in names:
+            old = known.get(name)
+            if old is not None and old.unchanged(self.options):
+                continue
             result = evaluate_entry(name, self.options)
-            if known.get(name) != result.fingerprint:
+            if old is None or old.fingerprint != result.fingerprint:
                 changed[name] = result
         return None, changed, set(known) - set(names)
 
@@ -240,7 +243,7 @@ class LocalCompatibilitySource:
 
     async def _rescan(self, reporter: Reporter) -> None:
         async with self._lock:
-            known = {name: e.fingerprint for name, e in self._entries.items()}
+            known = dict(self._entries)
             problem, changed, gone = await trio.to_thread.run_sync(self._scan, known)
             await self._apply(reporter, problem, changed, gone)
 

@@ -115,6 +115,22 @@ class EntryResult:
     """Changes whenever a re-read could give another result (file stat, liveness, age)."""
     worker: WorkerRecord | None
     diagnostics: tuple[Diagnostic, ...]
+    stat_key: tuple[object, ...] | None = None
+    """The metadata file's identity and version when it was read."""
+    volatile: bool = True
+    """The result may change without the file changing (liveness, age, a read error)."""
+
+    def unchanged(self, options: LocalOptions) -> bool:
+        """True when re-reading cannot give another result: a cheap ``lstat`` decides."""
+        return not self.volatile and self.stat_key == metadata_stat_key(self.name, options)
+
+
+def metadata_stat_key(name: str, options: LocalOptions) -> tuple[object, ...] | None:
+    try:
+        st = os.lstat(options.pods_dir / name / METADATA_FILE)
+    except (OSError, ValueError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
@@ -347,7 +363,8 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
         capabilities=NO_CAPABILITIES,
         diagnostics=tuple(diagnostics),
     )
-    return EntryResult(name, worker_id, (*stat_key, live, aged), worker, ())
+    volatile = active is not None and (options.liveness_check or aged is not None)
+    return EntryResult(name, worker_id, (*stat_key, live, aged), worker, (), stat_key, volatile)
 
 
 def _problem(
@@ -361,4 +378,5 @@ def _problem(
     name_worker: bool = True,
 ) -> EntryResult:
     diag = _diag(code, severity, message, worker_id if name_worker else None)
-    return EntryResult(name, worker_id, fingerprint, None, (diag,))
+    stat_key = fingerprint if len(fingerprint) == 4 else None
+    return EntryResult(name, worker_id, fingerprint, None, (diag,), stat_key, stat_key is None)
