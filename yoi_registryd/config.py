@@ -57,7 +57,10 @@ class Duration(timedelta):
             raise ValueError("expected a duration such as '500ms', '2s' or '5m'")
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
-        return cls(seconds=seconds)
+        try:
+            return cls(seconds=seconds)
+        except (OverflowError, ValueError):  # inf, nan, or beyond timedelta's range
+            raise ValueError("the duration is too large or not a number") from None
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
@@ -169,6 +172,8 @@ def parse_config(data: bytes | str, source: str | None = None) -> Config:
         raise ConfigError([_describe_validation_error(str(exc))], source) from None
     except msgspec.DecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not valid TOML: not UTF-8 at byte {exc.start}"], source) from None
     problems = validate_config(config)
     if problems:
         raise ConfigError(problems, source)
