@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from yoi_registryd.model import (
     WorkerRecord,
     WorkspaceInfo,
 )
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE: Final = "metadata.json"
 LOCAL_HOST_PREFIX: Final = "local-"
@@ -197,6 +200,14 @@ def _role_and_profile(snapshot: object) -> tuple[str | None, str | None]:
     return role, profile
 
 
+def _modified_at(st: os.stat_result) -> datetime | None:
+    """The file's mtime, or None when it is outside what a datetime holds (tmpfs allows any)."""
+    try:
+        return datetime.fromtimestamp(st.st_mtime, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def _liveness_present(runtime_dir: Path, worker_name: str) -> bool:
     if worker_name in ("", ".", "..") or "/" in worker_name or "\x00" in worker_name:
         return False
@@ -207,9 +218,54 @@ def _liveness_present(runtime_dir: Path, worker_name: str) -> bool:
     return True
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def entry_worker_id(name: str) -> str:
+    """The worker id of the Worker directory ``name``.
+
+    A name that is not UTF-8 (``os`` hands it over with surrogate escapes; yoi never writes
+    one) is derived from its backslash-escaped text, so that it still gets a stable, valid id.
+    """
+    if _is_utf8(name):
+        return local_worker_id(name)
+    return local_worker_id(os.fsencode(name).decode("utf-8", "backslashreplace"))
+
+
 def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -> EntryResult:
-    """Read ``<pods>/<name>/metadata.json`` into an :class:`EntryResult`. Never raises."""
-    worker_id = local_worker_id(name)
+    """Read ``<pods>/<name>/metadata.json`` into an :class:`EntryResult`. Never raises.
+
+    One Worker directory must never stop the source from serving the others, so anything
+    unforeseen becomes this entry's diagnostic (and a traceback in the operator log).
+    """
+    try:
+        return _evaluate_entry(name, options, now)
+    except Exception:
+        log.exception("local Worker entry could not be evaluated")
+        return _problem(
+            name,
+            entry_worker_id(name),
+            ("failed",),
+            METADATA_UNREADABLE,
+            "local Worker metadata could not be read: internal error",
+        )
+
+
+def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> EntryResult:
+    worker_id = entry_worker_id(name)
+    if not _is_utf8(name):
+        return _problem(
+            name,
+            worker_id,
+            ("non-utf8-name",),
+            METADATA_INVALID,
+            "local Worker directory name is not valid UTF-8 and was not included",
+        )
     entry_dir = options.pods_dir / name
     try:
         if stat.S_ISLNK(os.lstat(entry_dir).st_mode):
@@ -255,7 +311,8 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
     try:
         meta = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
-        where = str(exc).rpartition(" - at `")[2].rstrip("`") or "$"
+        _, at, tail = str(exc).rpartition(" - at `")
+        where = tail.rstrip("`") if at else "$"
         return _problem(
             name,
             worker_id,
@@ -263,7 +320,7 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
             METADATA_INVALID,
             f"local Worker metadata could not be parsed: unexpected value at {where}",
         )
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return _problem(
             name,
             worker_id,
@@ -358,7 +415,7 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
         workspace=WorkspaceInfo(visibility="workspace", identity=workspace_id),
         state=state,
         status=status,
-        last_seen_at=datetime.fromtimestamp(st.st_mtime, UTC),
+        last_seen_at=_modified_at(st),
         implementation=Implementation(IMPLEMENTATION_KIND, safe_display(name)),
         capabilities=NO_CAPABILITIES,
         diagnostics=tuple(diagnostics),
