@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import msgspec
+import trio
 
 from yoi_registryd.model import (
     Capabilities,
@@ -101,8 +102,16 @@ class ObservationFailed(msgspec.Struct, frozen=True):
     error: ErrorInfo
 
 
+class LivenessProbe(msgspec.Struct, frozen=True):
+    """Not from a source: the actor sets ``answered`` when it reaches this message, proving
+    to the watchdog that it still takes messages from its channel."""
+
+    answered: trio.Event
+
+
 SourceMessage = (
-    SourceRegistered
+    LivenessProbe
+    | SourceRegistered
     | SourceRemoved
     | SupervisorChanged
     | RuntimeObserved

@@ -25,6 +25,7 @@ import trio
 
 from yoi_registryd.errors import UnknownHost, UnknownRuntime, UnknownWorker
 from yoi_registryd.messages import (
+    LivenessProbe,
     ObservationFailed,
     ObservationSucceeded,
     RuntimeDescriptor,
@@ -233,6 +234,17 @@ class RegistryActor:
             await self._changed.wait()
         return self.snapshot
 
+    async def ping(self, within: float) -> bool:
+        """True when the actor reaches a message sent now within ``within`` seconds: it is
+        alive and not stuck (``heartbeat_at`` alone cannot tell, as the actor sleeps until a
+        message or a deadline)."""
+        probe = LivenessProbe(trio.Event())
+        with trio.move_on_after(within):
+            await self.send_channel.send(probe)
+            await probe.answered.wait()
+            return True
+        return False
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         receive = self._receive
@@ -256,6 +268,9 @@ class RegistryActor:
     # -- applying messages -------------------------------------------------------------
 
     def _apply(self, msg: SourceMessage) -> None:
+        if isinstance(msg, LivenessProbe):
+            msg.answered.set()
+            return
         if isinstance(msg, SourceRegistered):
             self._register(msg)
             return
