@@ -70,15 +70,20 @@ async def wait_worker(
 
 
 async def start_watching(
-    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path, **extra: Any
+    start_daemon: StartDaemon,
+    data_dir: Path,
+    runtime_dir: Path,
+    config_prefix: str = "",
+    **extra: Any,
 ) -> RunningDaemon:
     """Start the daemon (rescan 1h) and return once its watch is demonstrably in place.
 
     The probe worker is written after the initial scan was served, so seeing it proves that
     the watch (or its catch-up scan, which runs only once the watch exists) saw it.
+    ``config_prefix`` is TOML put before the source (e.g. a ``[supervisor]`` table).
     """
     extra.setdefault("rescan_interval", "1h")
-    d = await start_daemon(local_source_toml(data_dir, runtime_dir, **extra))
+    d = await start_daemon(config_prefix + local_source_toml(data_dir, runtime_dir, **extra))
 
     async def initial_scan_served() -> bool:
         return (await runtime(d))["status"] in ("available", "degraded")
