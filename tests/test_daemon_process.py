@@ -1,0 +1,269 @@
+"""The daemon as operators run it: a real ``python -m yoi_registryd`` subprocess, real
+signals, real sockets. Readiness is awaited by polling HTTP with a deadline, never by
+sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import copy_fixtures, wait_for
+from yoi_registryd.config import DEFAULT_PORT, SYSTEM_CONFIG_PATH
+
+FIXTURE_LABELS = {"coder", "reviewer", "idle-helper", "other-ws", "legacy-pod"} | {
+    "Ticket#Worker@Reviewer"
+}
+READY_DEADLINE_S = 15.0
+EXIT_DEADLINE_S = 15.0
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The parent's environment without anything that would point the daemon elsewhere."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("YOI_", "XDG_", "NOTIFY_", "WATCHDOG_", "LISTEN_", "JOURNAL_"))
+    }
+    env["HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class DaemonProcess:
+    process: trio.Process
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    async def wait_exit(self) -> int:
+        with trio.fail_after(EXIT_DEADLINE_S):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def run_daemon(
+    args: list[str], env: Mapping[str, str], workdir: Path
+) -> AsyncIterator[DaemonProcess]:
+    """Start ``python -m yoi_registryd ARGS``; kill it if the test leaves it running."""
+    stderr_path = workdir / "stderr.log"
+    with stderr_path.open("wb") as err:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "yoi_registryd", *args],
+            env=dict(env),
+            cwd=str(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+        )
+    try:
+        yield DaemonProcess(process, stderr_path)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+
+
+async def wait_ready(client: httpx.AsyncClient, daemon: DaemonProcess) -> None:
+    """Poll ``/api/runtimes`` until it answers; fail early if the process died."""
+
+    async def answers() -> bool:
+        if daemon.process.returncode is not None:
+            raise AssertionError(
+                f"daemon exited with {daemon.process.returncode}:\n{daemon.stderr}"
+            )
+        try:
+            response = await client.get("/api/runtimes")
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
+
+    await wait_for(answers, READY_DEADLINE_S, interval=0.05, message="the daemon to answer")
+
+
+@contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """A short directory path, so a unix socket inside it stays under the 108-byte limit."""
+    path = Path(tempfile.mkdtemp(prefix="yrd-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+async def test_serves_on_unix_socket_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    data = copy_fixtures(tmp_path / "yoi-data")
+    with short_tmpdir() as short:
+        sock = short / "d.sock"
+        config = write_config(
+            tmp_path / "config.toml",
+            f'[server]\nlisten = ["unix:{sock}"]\n\n'
+            f'[[sources]]\nkind = "local"\ndata_dir = "{data}"\n'
+            f'runtime_dir = "{tmp_path / "run"}"\n',
+        )
+        env = clean_env(tmp_path)
+        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
+            transport = httpx.AsyncHTTPTransport(uds=str(sock))
+            async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as c:
+                await wait_ready(c, daemon)
+                runtimes = (await c.get("/api/runtimes")).json()
+                assert [r["runtime_id"] for r in runtimes["items"]] == ["local-worker-runtime"]
+
+                async def workers_listed() -> bool:
+                    body = (await c.get("/api/workers")).json()
+                    return {w["label"] for w in body["items"]} == FIXTURE_LABELS
+
+                await wait_for(workers_listed, message="fixture workers")
+                assert stat_mode(sock) == 0o660
+
+            daemon.process.send_signal(signal.SIGTERM)
+            assert await daemon.wait_exit() == 0, daemon.stderr
+        log = daemon.stderr
+        assert f"listening on unix:{sock}" in log
+        assert "Traceback" not in log
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_serves_on_tcp_and_exits_0_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    # No sources at all (``sources = []`` must come before any table).
+    config = write_config(
+        tmp_path / "config.toml", f'sources = []\n\n[server]\nlisten = ["127.0.0.1:{port}"]\n'
+    )
+    async with run_daemon(["--config", str(config)], clean_env(tmp_path), tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            await wait_ready(c, daemon)
+            body = (await c.get("/api/runtimes")).json()
+            assert body["items"] == []
+            missing = await c.get("/api/nothing-here")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"]
+        daemon.process.send_signal(signal.SIGINT)
+        assert await daemon.wait_exit() == 0, daemon.stderr
+    assert f"listening on http://127.0.0.1:{port}" in daemon.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[supervisor]\nbogus_key = 1\n", "supervisor.bogus_key"),
+        ('[server]\nlisten = ["no-port-here"]\n', "server.listen[0]"),
+        (
+            '[[sources]]\nkind = "local"\nrescan_interval = "5 parsecs"\n',
+            "sources[0].rescan_interval",
+        ),
+        ('[[sources]]\nkind = "local"\nruntime_id = "bad id/x"\n', "sources[0].runtime_id"),
+        ("[server\nlisten = 1\n", "TOML"),
+    ],
+    ids=["unknown-key", "bad-listen", "bad-duration", "bad-runtime-id", "not-toml"],
+)
+async def test_invalid_config_exits_1_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    config = write_config(tmp_path / "config.toml", text)
+    async with run_daemon(["--config", str(config)], clean_env(tmp_path), tmp_path) as daemon:
+        assert await daemon.wait_exit() == 1
+    assert key in daemon.stderr, daemon.stderr
+    assert "Traceback" not in daemon.stderr
+
+
+async def test_missing_config_file_exits_1(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    async with run_daemon(["--config", str(missing)], clean_env(tmp_path), tmp_path) as daemon:
+        assert await daemon.wait_exit() == 1
+    assert "Traceback" not in daemon.stderr
+    assert "nope.toml" in daemon.stderr  # the operator log may name the file they gave
+
+
+async def test_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "config.toml", f'sources = []\n[server]\nlisten = ["127.0.0.1:{port}"]\n'
+        )
+        async with run_daemon(["--config", str(config)], clean_env(tmp_path), tmp_path) as d:
+            assert await d.wait_exit() == 1
+    assert "cannot start" in d.stderr, d.stderr
+    assert "Traceback" not in d.stderr
+
+
+async def test_config_from_environment_variable(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "env.toml", f'sources = []\n[server]\nlisten = ["127.0.0.1:{port}"]\n'
+    )
+    env = clean_env(tmp_path, YOI_REGISTRYD_CONFIG=str(config))
+    async with run_daemon([], env, tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            await wait_ready(c, daemon)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0
+
+
+async def test_no_config_serves_default_data_dir_on_default_port(tmp_path: Path) -> None:
+    if SYSTEM_CONFIG_PATH.exists():
+        pytest.skip(f"{SYSTEM_CONFIG_PATH} exists; the no-config defaults cannot be observed")
+    if not port_is_free(DEFAULT_PORT):
+        pytest.skip(f"port {DEFAULT_PORT} is in use on this machine")
+    home = tmp_path / "home"
+    home.mkdir()
+    data = copy_fixtures(tmp_path / "yoi-data")
+    env = clean_env(home, YOI_DATA_DIR=str(data))
+    async with run_daemon([], env, tmp_path) as daemon:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{DEFAULT_PORT}") as c:
+            await wait_ready(c, daemon)
+            runtimes: Any = (await c.get("/api/runtimes")).json()
+            [local] = runtimes["items"]
+            assert local["source"]["kind"] == "local_compatibility"
+
+            async def fixture_workers() -> bool:
+                body = (await c.get("/api/workers")).json()
+                return {w["label"] for w in body["items"]} == FIXTURE_LABELS
+
+            await wait_for(fixture_workers, message="the default data dir's workers")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
+    assert f"listening on http://127.0.0.1:{DEFAULT_PORT}" in daemon.stderr
+    assert "built-in defaults" in daemon.stderr
