@@ -12,10 +12,12 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
 from yoi_registryd.ids import is_valid_identifier
+from yoi_registryd.secrets import Secret
 
 DEFAULT_PORT: Final = 38790
 DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
@@ -66,6 +68,10 @@ class Duration(timedelta):
 def _dec_hook(type_: type, obj: Any) -> Any:
     if type_ is Duration:
         return Duration.parse(obj)
+    if type_ is Secret:
+        if not isinstance(obj, str):
+            raise ValueError("expected a string")
+        return Secret(obj)
     raise NotImplementedError(f"unsupported config type {type_!r}")
 
 
@@ -152,7 +158,42 @@ class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
         return Path(self.runtime_dir) if self.runtime_dir else default_runtime_dir()
 
 
-SourceConfig = LocalSourceConfig
+class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
+    """A remote yoi runtime polled over the worker-runtime REST API v1 (contract section 3).
+
+    ``base_url`` (and any token, which is only ever named here, never written) are
+    :class:`~yoi_registryd.secrets.Secret`: this object prints them as ``<redacted>``.
+    """
+
+    runtime_id: str
+    base_url: Secret
+    """``http(s)://host:port[/prefix]`` of the runtime; never served, never logged at INFO+."""
+    label: str | None = None
+    """Display label; default the runtime's own ``display_name``, else ``runtime_id``."""
+    token_file: str | None = None
+    """Absolute path of a file holding the bearer token (trailing newline ignored)."""
+    token_env: str | None = None
+    """Name of an environment variable holding the bearer token."""
+    token_credential: str | None = None
+    """Name of a systemd credential (``LoadCredential=``): ``$CREDENTIALS_DIRECTORY/<name>``."""
+    token: Secret | None = None
+    """Refused by validation: tokens are never written inline. Kept so the error is clear."""
+    workspaces: tuple[str, ...] = ()
+    """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
+    poll_interval: Duration = Duration(seconds=2)
+    poll_jitter: float = 0.1
+    """Each wait is the interval times a factor drawn from ``1 +- poll_jitter``."""
+    timeout: Duration = Duration(seconds=5)
+    """Deadline for one HTTP request, connect to last byte."""
+    backoff_max: Duration = Duration(seconds=30)
+    """Cap of the exponential wait between polls after consecutive failures."""
+    stale_after: Duration = Duration(seconds=30)
+    expire_after: Duration = Duration(minutes=10)
+    """After this long without a successful poll the last known workers are dropped."""
+    max_response_bytes: int = 8 * 1024 * 1024
+
+
+SourceConfig = LocalSourceConfig | RemoteSourceConfig
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -274,7 +315,10 @@ def validate_config(config: Config) -> list[str]:
                 f"{key}.runtime_id: {src.runtime_id!r} is already used by sources[{first}]"
             )
         seen.setdefault(src.runtime_id, i)
-        problems.extend(_validate_local(key, src))
+        if isinstance(src, LocalSourceConfig):
+            problems.extend(_validate_local(key, src))
+        elif isinstance(src, RemoteSourceConfig):
+            problems.extend(_validate_remote(key, src))
     return problems
 
 
@@ -290,4 +334,60 @@ def _validate_local(key: str, src: LocalSourceConfig) -> list[str]:
         problems.append(f"{key}.stale_after: must be greater than zero")
     if src.max_metadata_bytes < 1:
         problems.append(f"{key}.max_metadata_bytes: must be at least 1")
+    return problems
+
+
+_ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CREDENTIAL_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]+")
+
+
+def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
+    """Checks of a remote source. No message ever repeats the URL or a token."""
+    problems = []
+    try:
+        url = urlsplit(src.base_url.reveal())
+        url_ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:
+        url, url_ok = None, False
+    if not url_ok:
+        problems.append(f"{key}.base_url: expected http://host:port or https://host[/prefix]")
+    elif url is not None:
+        if url.username is not None or url.password is not None:
+            problems.append(f"{key}.base_url: credentials in the URL are not allowed; use a token")
+        if url.query or url.fragment:
+            problems.append(f"{key}.base_url: must not have a query or fragment")
+    if src.token is not None:
+        problems.append(
+            f"{key}.token: tokens are never written inline; "
+            "use token_file, token_env or token_credential"
+        )
+    named = [n for n in ("token_file", "token_env", "token_credential") if getattr(src, n)]
+    if len(named) > 1:
+        problems.append(f"{key}: give at most one of {', '.join(named)}")
+    if src.token_file is not None and not src.token_file.startswith("/"):
+        problems.append(f"{key}.token_file: must be an absolute path")
+    if src.token_env is not None and not _ENV_NAME_RE.fullmatch(src.token_env):
+        problems.append(f"{key}.token_env: must be an environment variable name")
+    if src.token_credential is not None and (
+        not _CREDENTIAL_RE.fullmatch(src.token_credential) or src.token_credential in (".", "..")
+    ):
+        problems.append(f"{key}.token_credential: must be a credential name, not a path")
+    for j, workspace in enumerate(src.workspaces):
+        if not is_valid_identifier(workspace):
+            problems.append(f"{key}.workspaces[{j}]: {workspace!r} is not a valid workspace id")
+    if len(set(src.workspaces)) != len(src.workspaces):
+        problems.append(f"{key}.workspaces: lists a workspace more than once")
+    for name in ("poll_interval", "timeout", "stale_after"):
+        if getattr(src, name) <= timedelta(0):
+            problems.append(f"{key}.{name}: must be greater than zero")
+    if not 0 <= src.poll_jitter <= 0.5:
+        problems.append(f"{key}.poll_jitter: must be between 0 and 0.5")
+    if src.backoff_max < src.poll_interval:
+        problems.append(f"{key}.backoff_max: must not be less than poll_interval")
+    if src.stale_after <= src.poll_interval:
+        problems.append(f"{key}.stale_after: must be longer than poll_interval")
+    if src.expire_after <= src.stale_after:
+        problems.append(f"{key}.expire_after: must be longer than stale_after")
+    if src.max_response_bytes < 1024:
+        problems.append(f"{key}.max_response_bytes: must be at least 1024")
     return problems

@@ -21,7 +21,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from yoi_registryd.config import Config, LocalSourceConfig, SourceConfig, parse_listen
+from yoi_registryd.config import (
+    Config,
+    LocalSourceConfig,
+    RemoteSourceConfig,
+    SourceConfig,
+    parse_listen,
+)
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.middleware import PathGuard
 from yoi_registryd.operations import OperationRouter
@@ -41,6 +47,16 @@ def source_spec(config: SourceConfig) -> SourceSpec:
             label=config.label,
             stale_after=config.stale_after,
             expire_after=None,
+            factory=lambda: build_source(config),
+            key=config,
+        )
+    if isinstance(config, RemoteSourceConfig):
+        return SourceSpec(
+            runtime_id=config.runtime_id,
+            source_kind="remote_http",
+            label=config.label or config.runtime_id,
+            stale_after=config.stale_after,
+            expire_after=config.expire_after,
             factory=lambda: build_source(config),
             key=config,
         )

@@ -133,6 +133,69 @@ class OperationUnsupported(RegistryError):
         )
 
 
+class RuntimeTimeout(RegistryError):
+    """The runtime did not answer an operation within its configured timeout.
+
+    The operation may or may not have taken effect; the worker's state shows which.
+    """
+
+    code = "runtime_timeout"
+    status = 504
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(f"runtime {runtime_id!r} did not answer in time", runtime_id=runtime_id)
+
+
+class RuntimeAuthFailed(RegistryError):
+    """The runtime refused the registry's own credentials: a gateway fault, not the caller's."""
+
+    code = "runtime_auth_failed"
+    status = 502
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} refused the registry's credentials", runtime_id=runtime_id
+        )
+
+
+class RuntimeBadResponse(RegistryError):
+    """The runtime failed (5xx), or answered with something that is not a valid reply."""
+
+    code = "runtime_bad_response"
+    status = 502
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} failed or sent an invalid reply", runtime_id=runtime_id
+        )
+
+
+class RuntimeStopped(RegistryError):
+    """The runtime says it is stopped and accepts no worker operations."""
+
+    code = "runtime_stopped"
+    status = 409
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(f"runtime {runtime_id!r} is stopped", runtime_id=runtime_id)
+
+
+class OperationRejected(RegistryError):
+    """The runtime refused the operation in the worker's current state (e.g. input to a
+    worker that has ended)."""
+
+    code = "operation_rejected"
+    status = 409
+
+    def __init__(self, runtime_id: str, worker_id: str, operation: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} refused {operation!r} for worker {worker_id!r}",
+            runtime_id=runtime_id,
+            worker_id=worker_id,
+            operation=operation,
+        )
+
+
 class RouteNotFound(RegistryError):
     code = "not_found"
     status = 404

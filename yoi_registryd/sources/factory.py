@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yoi_registryd.config import LocalSourceConfig, SourceConfig
+from yoi_registryd.config import LocalSourceConfig, RemoteSourceConfig, SourceConfig
 from yoi_registryd.sources.base import Source
 
 
@@ -11,4 +11,8 @@ def build_source(config: SourceConfig) -> Source:
         from yoi_registryd.sources.local import LocalCompatibilitySource
 
         return LocalCompatibilitySource(config)
+    if isinstance(config, RemoteSourceConfig):
+        from yoi_registryd.sources.remote import RemoteRuntimeSource
+
+        return RemoteRuntimeSource(config)
     raise TypeError(f"unsupported source configuration {type(config).__name__}")

@@ -1,0 +1,375 @@
+"""The remote runtime source: polls a yoi worker-runtime over REST v1, routes operations to it.
+
+A runtime has no event stream over HTTP, so the source polls ``GET /v1/runtime`` and
+``GET /v1/workers`` (contract section 3) on its interval, with jitter so that many runtimes
+do not poll in lockstep. It reports to the registry only what changed: identical answers
+cost a byte comparison and a heartbeat. Failures are reported as typed codes with messages
+naming the runtime id only; consecutive failures back off exponentially (capped) and the
+first success returns to the normal interval. Staleness and expiry are the registry's job
+(the supervisor registers this source with its ``stale_after`` and ``expire_after``).
+
+Worker operations (stop, cancel, input) reach this runtime only, by ``runtime_id +
+worker_id``. A successful one updates the registry at once from the runtime's own
+acknowledgement instead of waiting for the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import replace
+from typing import Final
+
+import msgspec
+import trio
+
+from yoi_registryd.config import RemoteSourceConfig
+from yoi_registryd.errors import (
+    InvalidRequest,
+    OperationRejected,
+    OperationUnsupported,
+    RegistryError,
+    RuntimeAuthFailed,
+    RuntimeBadResponse,
+    RuntimeStopped,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    UnknownWorker,
+)
+from yoi_registryd.model import SourceKind
+from yoi_registryd.operations import (
+    CancelRequest,
+    InputRequest,
+    Operation,
+    OperationAck,
+    StopRequest,
+)
+from yoi_registryd.registry import utcnow
+from yoi_registryd.secrets import TokenUnavailable, load_token
+from yoi_registryd.sources.base import Reporter
+from yoi_registryd.sources.remote_client import (
+    AUTH_FAILED,
+    MALFORMED,
+    NETWORK_ERROR,
+    TIMEOUT,
+    TOKEN_UNAVAILABLE,
+    UNSUPPORTED,
+    WORKER_NOT_FOUND,
+    RemoteClient,
+    RemoteFailure,
+    failure_for_status,
+    shared_http_client,
+)
+from yoi_registryd.sources.remote_projection import (
+    MalformedAnswer,
+    Projector,
+    RemoteView,
+    decode_ack,
+    safe_event_id,
+)
+
+log = logging.getLogger(__name__)
+
+# httpx logs every request, URL included, at INFO: the URL must stay out of INFO+ lines.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+RUNTIME_PATH: Final = "/v1/runtime"
+WORKERS_PATH: Final = "/v1/workers"
+_MAX_EPOCH_RETRIES: Final = 3
+
+
+class RemoteRuntimeSource:
+    """Observes one remote runtime; one instance per supervised run."""
+
+    source_kind: SourceKind = "remote_http"
+
+    def __init__(self, config: RemoteSourceConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.runtime_id = config.runtime_id
+        self._projector = Projector(config)
+        self._rng = rng or random.Random()
+        self._client: RemoteClient | None = None
+        self._token_loaded = False
+        self._lock = trio.Lock()
+        """Serialises applying a poll and applying an operation's acknowledgement."""
+        self._reported: RemoteView | None = None
+        """What the registry was last told (the base for deltas)."""
+        self._bodies: tuple[bytes, bytes] | None = None
+        """The raw answers behind ``_reported``: identical answers need no decoding."""
+        self._needs_full = True
+        self._op_epoch = 0
+        """Bumped by every operation: a poll that overlapped one is discarded and redone."""
+        self._failures = 0
+        self._last_failure: str | None = None
+        self._wake = trio.Event()
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self, reporter: Reporter) -> None:
+        config = self.config
+        async with shared_http_client() as http:
+            self._client = RemoteClient(
+                http,
+                config.base_url,
+                config.timeout.total_seconds(),
+                config.max_response_bytes,
+            )
+            with reporter.operations(RemoteOperations(self, reporter)):
+                log.info(
+                    "remote source %s: polling every %s", self.runtime_id, config.poll_interval
+                )
+                log.debug(
+                    "remote source %s: base URL %s", self.runtime_id, config.base_url.reveal()
+                )
+                first = True
+                while True:
+                    await self.poll(reporter)
+                    delay = self._next_delay(first)
+                    first = False
+                    with trio.move_on_after(delay):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+
+    def _next_delay(self, first: bool) -> float:
+        """The wait before the next poll: a random phase first, then jittered, backing off."""
+        interval = self.config.poll_interval.total_seconds()
+        if self._failures:
+            cap = self.config.backoff_max.total_seconds()
+            base = min(cap, interval * (1 << min(self._failures - 1, 32)))
+        elif first:
+            return interval * self._rng.random()
+        else:
+            base = interval
+        jitter = self.config.poll_jitter
+        return base * self._rng.uniform(1 - jitter, 1 + jitter)
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def _ready_client(self) -> RemoteClient:
+        """The client, with the bearer token loaded (again, after the runtime refused it)."""
+        client = self._client
+        assert client is not None, "run() sets the client"
+        if not self._token_loaded:
+            config = self.config
+            try:
+                client.token = await trio.to_thread.run_sync(
+                    lambda: load_token(
+                        token_file=config.token_file,
+                        token_env=config.token_env,
+                        token_credential=config.token_credential,
+                    )
+                )
+            except TokenUnavailable as exc:
+                raise RemoteFailure(TOKEN_UNAVAILABLE, reason=str(exc)) from None
+            self._token_loaded = True
+        return client
+
+    async def poll(self, reporter: Reporter) -> bool:
+        """Poll once and report; True when the runtime answered validly."""
+        for _ in range(_MAX_EPOCH_RETRIES):
+            started = trio.current_time()
+            epoch = self._op_epoch
+            try:
+                client = await self._ready_client()
+                runtime_body = await client.get(RUNTIME_PATH)
+                workers_body = await client.get(WORKERS_PATH)
+            except RemoteFailure as failure:
+                if failure.code == WORKER_NOT_FOUND:  # a 404 on a runtime-wide route
+                    failure.code = "remote_runtime_http_error"
+                await self._failed(reporter, failure)
+                return False
+            async with self._lock:
+                if epoch != self._op_epoch:
+                    continue  # an operation changed the runtime meanwhile: look again
+                try:
+                    await self._apply(reporter, runtime_body, workers_body)
+                except MalformedAnswer:
+                    await self._failed(reporter, RemoteFailure(MALFORMED))
+                    return False
+            self._recovered(trio.current_time() - started)
+            return True
+        return True  # operations keep landing; their acknowledgements keep the view fresh
+
+    async def _apply(self, reporter: Reporter, runtime_body: bytes, workers_body: bytes) -> None:
+        bodies = (runtime_body, workers_body)
+        if not self._needs_full and bodies == self._bodies:
+            await reporter.succeeded()
+            return
+        previous = self._reported.workers if self._reported is not None else {}
+        view = self._projector.project(runtime_body, workers_body, previous, utcnow())
+        old = self._reported
+        if self._needs_full or old is None:
+            # The first look, or the first after failures (the registry may have expired
+            # the workers meanwhile): send everything.
+            await reporter.observed(
+                view.descriptor, view.hosts, tuple(view.workers.values()), {"": view.diagnostics}
+            )
+            self._needs_full = False
+        else:
+            upserts = tuple(w for wid, w in view.workers.items() if old.workers.get(wid) != w)
+            removals = tuple(wid for wid in old.workers if wid not in view.workers)
+            descriptor = view.descriptor if view.descriptor != old.descriptor else None
+            hosts = view.hosts if view.hosts != old.hosts else None
+            diagnostics = {"": view.diagnostics} if view.diagnostics != old.diagnostics else {}
+            if upserts or removals or descriptor or hosts or diagnostics:
+                await reporter.changed(
+                    upserts=upserts,
+                    removals=removals,
+                    diagnostics=diagnostics,
+                    hosts=hosts,
+                    runtime=descriptor,
+                )
+            else:
+                await reporter.succeeded()
+        self._reported = view
+        self._bodies = bodies
+
+    async def _failed(self, reporter: Reporter, failure: RemoteFailure) -> None:
+        self._failures += 1
+        self._needs_full = True
+        self._bodies = None
+        if failure.code == AUTH_FAILED:
+            self._token_loaded = False  # re-read it: it may have been rotated
+        message = failure.safe_message(self.runtime_id)
+        if failure.code != self._last_failure:
+            log.warning("remote source %s: %s [%s]", self.runtime_id, message, failure.code)
+        log.debug("remote source %s: %s", self.runtime_id, failure.detail or failure.code)
+        self._last_failure = failure.code
+        await reporter.failed(failure.code, message)
+
+    def _recovered(self, elapsed: float) -> None:
+        if self._failures:
+            log.info(
+                "remote source %s: answering again after %d failed polls",
+                self.runtime_id,
+                self._failures,
+            )
+        self._failures = 0
+        self._last_failure = None
+        log.debug("remote source %s: polled in %.3fs", self.runtime_id, elapsed)
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def operate(
+        self, reporter: Reporter, worker_id: str, operation: Operation, body: bytes
+    ) -> OperationAck:
+        """Send one operation to the runtime; map every failure to a typed registry error."""
+        try:
+            client = await self._ready_client()
+            response = await client.post(f"/v1/workers/{worker_id}/{operation}", body)
+        except RemoteFailure as failure:
+            raise self._operation_error(failure, worker_id, operation) from None
+        self._wake.set()  # whatever happened, look at the runtime again soon
+        if not 200 <= response.status < 300:
+            refused = failure_for_status(response.status, response.body)
+            if refused.code == AUTH_FAILED:
+                self._token_loaded = False
+            elif refused.code == WORKER_NOT_FOUND:
+                await self._forget_worker(reporter, worker_id)
+            raise self._operation_error(refused, worker_id, operation)
+        try:
+            ack = decode_ack(response.body)
+        except MalformedAnswer:
+            self._log_operation_failure(worker_id, operation, MALFORMED)
+            raise RuntimeBadResponse(self.runtime_id) from None
+        await self._acknowledged(reporter, worker_id, ack.status)
+        return OperationAck(
+            runtime_id=self.runtime_id,
+            worker_id=worker_id,
+            operation=operation,
+            status=ack.status,
+            event_id=safe_event_id(ack.event_id),
+            transcript_sequence=ack.transcript_sequence,
+        )
+
+    def _operation_error(
+        self, failure: RemoteFailure, worker_id: str, operation: Operation
+    ) -> RegistryError:
+        self._log_operation_failure(worker_id, operation, failure.code, failure.detail)
+        rid = self.runtime_id
+        code = failure.code
+        if code == TIMEOUT:
+            return RuntimeTimeout(rid)
+        if code in (NETWORK_ERROR, TOKEN_UNAVAILABLE):
+            retry = max(1, math.ceil(self.config.poll_interval.total_seconds()))
+            return RuntimeUnavailable(rid, retry_after=retry)
+        if code == AUTH_FAILED:
+            return RuntimeAuthFailed(rid)
+        if code == WORKER_NOT_FOUND:
+            return UnknownWorker(rid, worker_id)
+        if code == UNSUPPORTED:
+            return OperationUnsupported(rid, operation)
+        if failure.status == 409:
+            if failure.remote_code == "runtime_stopped":
+                return RuntimeStopped(rid)
+            return OperationRejected(rid, worker_id, operation)
+        if failure.status == 400:
+            return InvalidRequest(f"runtime {rid!r} rejected the {operation} request as invalid")
+        return RuntimeBadResponse(rid)
+
+    def _log_operation_failure(
+        self, worker_id: str, operation: str, code: str, detail: str = ""
+    ) -> None:
+        log.warning(
+            "remote source %s: %s of worker %s failed [%s]",
+            self.runtime_id,
+            operation,
+            worker_id,
+            code,
+        )
+        if detail:
+            log.debug("remote source %s: %s", self.runtime_id, detail)
+
+    async def _acknowledged(self, reporter: Reporter, worker_id: str, status: str) -> None:
+        """Show the acknowledged status at once (the next poll confirms the rest)."""
+        async with self._lock:
+            self._op_epoch += 1
+            self._bodies = None
+            view = self._reported
+            if view is None or self._needs_full or worker_id not in view.workers:
+                return
+            old = view.workers[worker_id]
+            new = self._projector.with_status(old, status, view.running, utcnow())
+            if new.status == old.status and new.capabilities == old.capabilities:
+                return
+            self._reported = replace(view, workers={**view.workers, worker_id: new})
+            await reporter.changed(upserts=(new,))
+
+    async def _forget_worker(self, reporter: Reporter, worker_id: str) -> None:
+        """The runtime says the worker does not exist: drop it now, not at the next poll."""
+        async with self._lock:
+            self._op_epoch += 1
+            self._bodies = None
+            view = self._reported
+            if view is None or self._needs_full or worker_id not in view.workers:
+                return
+            workers = {k: v for k, v in view.workers.items() if k != worker_id}
+            self._reported = replace(view, workers=workers)
+            await reporter.changed(removals=(worker_id,))
+
+
+class RemoteOperations:
+    """The :class:`~yoi_registryd.operations.RuntimeOperations` of one remote runtime."""
+
+    def __init__(self, source: RemoteRuntimeSource, reporter: Reporter) -> None:
+        self._source = source
+        self._reporter = reporter
+
+    async def stop(self, worker_id: str, request: StopRequest) -> OperationAck:
+        body = {"reason": request.reason} if request.reason is not None else {}
+        return await self._source.operate(
+            self._reporter, worker_id, "stop", msgspec.json.encode(body)
+        )
+
+    async def cancel(self, worker_id: str, request: CancelRequest) -> OperationAck:
+        body = {"reason": request.reason} if request.reason is not None else {}
+        return await self._source.operate(
+            self._reporter, worker_id, "cancel", msgspec.json.encode(body)
+        )
+
+    async def input(self, worker_id: str, request: InputRequest) -> OperationAck:
+        body = {"kind": request.kind, "content": request.content}
+        return await self._source.operate(
+            self._reporter, worker_id, "input", msgspec.json.encode(body)
+        )

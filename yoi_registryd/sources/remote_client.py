@@ -1,0 +1,214 @@
+"""HTTP plumbing of the remote source: one pooled client, bounded requests, typed failures.
+
+Every remote runtime of a daemon shares one keep-alive ``httpx.AsyncClient`` (httpx runs on
+trio through anyio). The client lives in a trio ``RunVar``, so it belongs to one trio run
+(one daemon), and it is closed when the last remote source of that run stops.
+
+Whatever goes wrong is reduced here to a :class:`RemoteFailure` carrying one of the typed
+codes of contract section 3. Its ``str`` is the code alone: the exception text of httpx
+(which names the URL) is kept apart in ``detail`` for DEBUG logs and never reaches a
+response, a diagnostic or a log line at INFO or above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import httpx
+import msgspec
+import trio
+
+from yoi_registryd.secrets import Secret
+
+TIMEOUT: Final = "remote_runtime_timeout"
+NETWORK_ERROR: Final = "remote_runtime_network_error"
+AUTH_FAILED: Final = "remote_runtime_auth_failed"
+MALFORMED: Final = "remote_runtime_malformed_response"
+HTTP_ERROR: Final = "remote_runtime_http_error"
+UNSUPPORTED: Final = "remote_runtime_unsupported"
+WORKER_NOT_FOUND: Final = "remote_worker_not_found"
+TOKEN_UNAVAILABLE: Final = "remote_runtime_token_unavailable"
+
+_KEEPALIVE_EXPIRY: Final = 30.0
+
+
+class RemoteFailure(Exception):
+    """A typed failure talking to a remote runtime.
+
+    ``remote_code`` is the runtime's own error code (``runtime_stopped``...), used only to
+    choose a mapping, never served. ``detail`` is for DEBUG logs only (it may hold a URL).
+    """
+
+    def __init__(
+        self,
+        code: str,
+        *,
+        status: int | None = None,
+        remote_code: str | None = None,
+        reason: str | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(code)
+        self.code = code
+        self.status = status
+        self.remote_code = remote_code
+        self.reason = reason
+        """A safe, fixed explanation (never remote text), shown in the message."""
+        self.detail = detail
+
+    def safe_message(self, runtime_id: str) -> str:
+        """A message naming the runtime id only: safe to serve and to log at any level."""
+        rid = repr(runtime_id)
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        if self.code == TIMEOUT:
+            text = f"remote runtime {rid} did not answer within the timeout"
+        elif self.code == NETWORK_ERROR:
+            text = f"remote runtime {rid} could not be reached"
+        elif self.code == AUTH_FAILED:
+            text = f"remote runtime {rid} refused the registry's credentials{status}"
+        elif self.code == MALFORMED:
+            text = f"remote runtime {rid} sent a reply that is not a valid worker-runtime v1 answer"
+        elif self.code == UNSUPPORTED:
+            text = f"remote runtime {rid} does not support the request{status}"
+        elif self.code == WORKER_NOT_FOUND:
+            text = f"remote runtime {rid} does not know the worker{status}"
+        elif self.code == TOKEN_UNAVAILABLE:
+            text = f"the bearer token for remote runtime {rid} is unavailable"
+        else:
+            text = f"remote runtime {rid} answered with an unexpected status{status}"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+class _RemoteErrorBody(msgspec.Struct):
+    code: str
+
+
+class _RemoteErrorEnvelope(msgspec.Struct):
+    error: _RemoteErrorBody
+
+
+_ERROR_DECODER: Final = msgspec.json.Decoder(_RemoteErrorEnvelope)
+
+
+def failure_for_status(status: int, body: bytes) -> RemoteFailure:
+    """Classify a non-2xx answer (contract section 3's failure classes)."""
+    try:
+        remote_code: str | None = _ERROR_DECODER.decode(body).error.code[:64]
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        remote_code = None
+    if status in (401, 403):
+        code = AUTH_FAILED
+    elif status == 404:
+        code = WORKER_NOT_FOUND
+    elif status in (405, 501):
+        code = UNSUPPORTED
+    else:
+        code = HTTP_ERROR
+    return RemoteFailure(code, status=status, remote_code=remote_code)
+
+
+class RemoteResponse(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+
+
+class RemoteClient:
+    """One source's view of the shared client: its base URL, token, timeout and size cap."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: Secret, timeout: float, max_bytes: int
+    ) -> None:
+        self._http = http
+        self._base = Secret(base_url.reveal().rstrip("/"))
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self.token: Secret | None = None
+
+    async def get(self, path: str) -> bytes:
+        """GET a 2xx body, or raise a typed :class:`RemoteFailure`."""
+        response = await self.request("GET", path)
+        if not 200 <= response.status < 300:
+            raise failure_for_status(response.status, response.body)
+        return response.body
+
+    async def post(self, path: str, body: bytes) -> RemoteResponse:
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> RemoteResponse:
+        """One request under one overall deadline, reading at most ``max_bytes`` of body."""
+        headers = {"Accept": "application/json"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token.reveal()}"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        url = self._base.reveal() + path
+        try:
+            with trio.fail_after(self._timeout):
+                async with self._http.stream(
+                    method, url, headers=headers, content=body, timeout=self._timeout
+                ) as response:
+                    return RemoteResponse(response.status_code, await self._read(response))
+        except trio.TooSlowError:
+            raise RemoteFailure(TIMEOUT, detail=f"{method} {url}: overall deadline") from None
+        except httpx.TimeoutException as exc:
+            raise RemoteFailure(TIMEOUT, detail=f"{method} {url}: {exc!r}") from None
+        except httpx.DecodingError as exc:
+            raise RemoteFailure(MALFORMED, detail=f"{method} {url}: {exc!r}") from None
+        except httpx.HTTPError as exc:
+            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {url}: {exc!r}") from None
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The (decoded) body, refusing more than ``max_bytes`` before reading it all."""
+        limit = self._max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RemoteFailure(MALFORMED, reason="the response is larger than max_response_bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise RemoteFailure(
+                    MALFORMED, reason="the response is larger than max_response_bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _Pool:
+    __slots__ = ("client", "users")
+
+    def __init__(self) -> None:
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=None,
+                keepalive_expiry=_KEEPALIVE_EXPIRY,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self.users = 0
+
+
+_POOL: Final = trio.lowlevel.RunVar[_Pool | None]("yoi_registryd.remote_http_pool", default=None)
+
+
+@asynccontextmanager
+async def shared_http_client() -> AsyncIterator[httpx.AsyncClient]:
+    """The daemon's pooled client: created by its first user, closed after its last."""
+    pool = _POOL.get()
+    if pool is None:
+        pool = _Pool()
+        _POOL.set(pool)
+    pool.users += 1
+    try:
+        yield pool.client
+    finally:
+        pool.users -= 1
+        if pool.users == 0:
+            _POOL.set(None)
+            with trio.CancelScope(shield=True):
+                await pool.client.aclose()

@@ -1,0 +1,343 @@
+"""Remote worker-runtime v1 answers decoded and projected into registry records.
+
+Decoding is tolerant where contract section 3 asks for it (unknown fields, missing optional
+ones) and strict about shape: an answer whose envelope is wrong is malformed as a whole,
+while one bad worker entry is left out with a diagnostic so it cannot hide the others.
+Nothing remote is copied into a record unchecked: ids are validated, display strings go
+through :func:`safe_display`, statuses must be short lowercase tokens, and remote error
+text is never read at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, TypeVar
+
+import msgspec
+
+from yoi_registryd.config import RemoteSourceConfig
+from yoi_registryd.ids import REMOTE_HOST_PREFIX, derive_id, is_valid_identifier
+from yoi_registryd.messages import RuntimeDescriptor
+from yoi_registryd.model import (
+    Capabilities,
+    Diagnostic,
+    HostSpec,
+    Implementation,
+    WorkerCapabilities,
+    WorkerRecord,
+    WorkspaceInfo,
+)
+from yoi_registryd.sources.local_metadata import safe_display
+
+RUNTIME_KIND: Final = "remote_worker_runtime"
+HOST_KIND: Final = "remote-worker-runtime-host"
+IMPLEMENTATION: Final = Implementation("remote_worker_runtime", "remote worker-runtime Worker")
+NOTE: Final = (
+    "polled over the worker-runtime REST API v1; the endpoint and credentials stay in "
+    "the registry's configuration"
+)
+TERMINAL_STATUSES: Final = frozenset({"stopped", "cancelled"})
+
+WORKER_ID_INVALID: Final = "remote_worker_id_invalid"
+WORKER_MALFORMED: Final = "remote_worker_malformed"
+WORKER_DUPLICATE: Final = "remote_worker_id_duplicate"
+STATUS_UNRECOGNISED: Final = "remote_runtime_status_unrecognised"
+
+_STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_EVENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_:.-]{1,120}")
+
+
+class MalformedAnswer(Exception):
+    """The answer does not have the worker-runtime v1 shape."""
+
+
+# -- wire shapes (unknown fields are ignored) -------------------------------------------
+
+
+class RemoteRuntimeSummary(msgspec.Struct, frozen=True):
+    status: str
+    display_name: str | None = None
+    worker_creation_available: bool = False
+
+
+class _RuntimeEnvelope(msgspec.Struct):
+    runtime: RemoteRuntimeSummary
+
+
+class _WorkersEnvelope(msgspec.Struct):
+    workers: list[msgspec.Raw]
+
+
+class _WorkerRef(msgspec.Struct):
+    worker_id: str
+
+
+class RemoteWorker(msgspec.Struct, frozen=True):
+    status: str
+    worker_id: str | None = None
+    worker_ref: _WorkerRef | None = None
+    display_name: str | None = None
+    intent: dict[str, object] | None = None
+    profile: dict[str, object] | None = None
+
+
+class RemoteAck(msgspec.Struct, frozen=True):
+    status: str
+    event_id: str | int | None = None
+    transcript_sequence: int | None = None
+
+
+class _AckEnvelope(msgspec.Struct):
+    ack: RemoteAck
+
+
+_RUNTIME_DECODER: Final = msgspec.json.Decoder(_RuntimeEnvelope)
+_WORKERS_DECODER: Final = msgspec.json.Decoder(_WorkersEnvelope)
+_WORKER_DECODER: Final = msgspec.json.Decoder(RemoteWorker)
+_ACK_DECODER: Final = msgspec.json.Decoder(_AckEnvelope)
+
+
+_T = TypeVar("_T")
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise MalformedAnswer from None
+
+
+def decode_runtime(body: bytes) -> RemoteRuntimeSummary:
+    summary = _decode(_RUNTIME_DECODER, body).runtime
+    if not _STATUS_RE.fullmatch(summary.status):
+        raise MalformedAnswer
+    return summary
+
+
+def decode_workers(body: bytes) -> list[msgspec.Raw]:
+    return _decode(_WORKERS_DECODER, body).workers
+
+
+def decode_ack(body: bytes) -> RemoteAck:
+    ack = _decode(_ACK_DECODER, body).ack
+    if not _STATUS_RE.fullmatch(ack.status):
+        raise MalformedAnswer
+    return ack
+
+
+def safe_event_id(value: str | int | None) -> str | None:
+    """The ack's event id as a string, when it is a plain token (else dropped)."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value)
+    return text if _EVENT_ID_RE.fullmatch(text) else None
+
+
+# -- projection -------------------------------------------------------------------------
+
+
+def _role(intent: Mapping[str, object] | None) -> str | None:
+    """Upstream's label of a worker intent: assistant purpose, task objective, role name."""
+    if not intent:
+        return None
+    kind = intent.get("kind")
+    if kind == "assistant":
+        return safe_display(intent.get("purpose")) or "assistant"
+    if kind == "task":
+        return safe_display(intent.get("objective"))
+    if kind == "role":
+        return safe_display(intent.get("role"))
+    return None
+
+
+def _profile(profile: Mapping[str, object] | None) -> str | None:
+    if not profile:
+        return None
+    kind = profile.get("kind")
+    if kind == "runtime_default":
+        return "runtime_default"
+    if kind in ("builtin", "named"):
+        return safe_display(profile.get("value"))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteView:
+    """What one successful poll shows: the runtime and its workers as registry records."""
+
+    running: bool
+    descriptor: RuntimeDescriptor
+    hosts: tuple[HostSpec, ...]
+    workers: Mapping[str, WorkerRecord]
+    diagnostics: tuple[Diagnostic, ...]
+    """Diagnostics of the runtime itself (registry subject ``""``)."""
+
+
+class Projector:
+    """Turns decoded remote answers into records for one configured remote runtime."""
+
+    def __init__(self, config: RemoteSourceConfig) -> None:
+        self.runtime_id = config.runtime_id
+        self.host_id = derive_id(REMOTE_HOST_PREFIX, config.runtime_id)
+        self.label = config.label
+        if len(config.workspaces) == 1:
+            self.workspace = WorkspaceInfo(visibility="workspace", identity=config.workspaces[0])
+        else:
+            self.workspace = WorkspaceInfo(visibility="runtime")
+        self.workspace_scope = "current_workspace" if config.workspaces else "all_workspaces"
+
+    def worker_capabilities(self, running: bool, status: str) -> WorkerCapabilities:
+        """Operations the registry can really route: none unless the runtime runs.
+
+        Stop and cancel stay available on an ended worker (the runtime answers them
+        idempotently, so a retried stop is safe); input needs a worker that has not ended.
+        """
+        return WorkerCapabilities(
+            can_stop=running,
+            can_cancel=running,
+            can_accept_input=running and status not in TERMINAL_STATUSES,
+        )
+
+    def runtime_capabilities(self, running: bool, creation: bool) -> Capabilities:
+        return Capabilities(
+            can_list_hosts=True,
+            can_list_workers=True,
+            can_get_worker=True,
+            can_spawn_worker=running and creation,
+            can_stop_worker=running,
+            can_cancel_worker=running,
+            can_accept_input=running,
+            workspace_scope=self.workspace_scope,
+        )
+
+    def with_status(
+        self, record: WorkerRecord, status: str, running: bool, now: datetime
+    ) -> WorkerRecord:
+        """``record`` after an acknowledged operation left the worker in ``status``."""
+        return msgspec.structs.replace(
+            record,
+            state=status,
+            status=status,
+            capabilities=self.worker_capabilities(running, status),
+            last_seen_at=now,
+        )
+
+    def project(
+        self,
+        runtime_body: bytes,
+        workers_body: bytes,
+        previous: Mapping[str, WorkerRecord],
+        now: datetime,
+    ) -> RemoteView:
+        """Project one poll. Raises :class:`MalformedAnswer` when an envelope is wrong.
+
+        A worker whose projection did not change keeps its previous record (and its
+        ``last_seen_at``, the time the registry last saw it change), so an unchanged
+        runtime yields records equal to the last ones and nothing is sent.
+        """
+        summary = decode_runtime(runtime_body)
+        entries = decode_workers(workers_body)
+        running = summary.status == "running"
+        diagnostics: list[Diagnostic] = []
+        if summary.status not in ("running", "stopped"):
+            diagnostics.append(
+                Diagnostic(
+                    STATUS_UNRECOGNISED,
+                    "warning",
+                    "the runtime reports a status this registry does not know; "
+                    "worker operations are disabled",
+                )
+            )
+        workers: dict[str, WorkerRecord] = {}
+        invalid_ids = malformed = duplicates = 0
+        for raw in entries:
+            try:
+                remote = _WORKER_DECODER.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                malformed += 1
+                continue
+            worker_id = remote.worker_id
+            if worker_id is None and remote.worker_ref is not None:
+                worker_id = remote.worker_ref.worker_id
+            if worker_id is None or not _STATUS_RE.fullmatch(remote.status):
+                malformed += 1
+                continue
+            if not is_valid_identifier(worker_id):
+                invalid_ids += 1
+                continue
+            if worker_id in workers:
+                duplicates += 1
+                continue
+            workers[worker_id] = self._worker(
+                worker_id, remote, running, previous.get(worker_id), now
+            )
+        if invalid_ids:
+            diagnostics.append(
+                Diagnostic(
+                    WORKER_ID_INVALID,
+                    "warning",
+                    f"{invalid_ids} worker(s) reported by the runtime were left out: "
+                    "their worker_id is not a valid id",
+                )
+            )
+        if malformed:
+            diagnostics.append(
+                Diagnostic(
+                    WORKER_MALFORMED,
+                    "warning",
+                    f"{malformed} worker entr{'y' if malformed == 1 else 'ies'} reported by "
+                    "the runtime were left out: they do not have the worker-runtime v1 shape",
+                )
+            )
+        if duplicates:
+            diagnostics.append(
+                Diagnostic(
+                    WORKER_DUPLICATE,
+                    "warning",
+                    f"the runtime reported {duplicates} worker_id(s) more than once; "
+                    "the first entry of each is shown",
+                )
+            )
+        capabilities = self.runtime_capabilities(running, summary.worker_creation_available)
+        label = self.label or safe_display(summary.display_name) or self.runtime_id
+        descriptor = RuntimeDescriptor(
+            label=label,
+            kind=RUNTIME_KIND,
+            capabilities=capabilities,
+            note=NOTE,
+            stopped=summary.status == "stopped",
+            degraded=bool(diagnostics),
+        )
+        host = HostSpec(
+            host_id=self.host_id, label=label, kind=HOST_KIND, capabilities=capabilities
+        )
+        return RemoteView(running, descriptor, (host,), workers, tuple(diagnostics))
+
+    def _worker(
+        self,
+        worker_id: str,
+        remote: RemoteWorker,
+        running: bool,
+        previous: WorkerRecord | None,
+        now: datetime,
+    ) -> WorkerRecord:
+        record = WorkerRecord(
+            runtime_id=self.runtime_id,
+            worker_id=worker_id,
+            host_id=self.host_id,
+            label=safe_display(remote.display_name) or worker_id,
+            role=_role(remote.intent),
+            profile=_profile(remote.profile),
+            workspace=self.workspace,
+            state=remote.status,
+            status=remote.status,
+            last_seen_at=previous.last_seen_at if previous is not None else now,
+            implementation=IMPLEMENTATION,
+            capabilities=self.worker_capabilities(running, remote.status),
+        )
+        if previous is None or record == previous:
+            return previous if previous is not None else record
+        return msgspec.structs.replace(record, last_seen_at=now)
