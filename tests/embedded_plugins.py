@@ -164,6 +164,21 @@ class BreakableRuntime(MemoryRuntime):
             yield change
 
 
+class FailingTaskRuntime(MemoryRuntime):
+    """A runtime with a task of its own that fails on its first run only."""
+
+    def __init__(self, *, key: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.runs = 0
+        INSTANCES[key] = self
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise ValueError("the runtime's timer failed")
+        await trio.sleep_forever()
+
+
 def tracked_memory(*, key: str, secret: str | None = None, **options: Any) -> MemoryRuntime:
     """A built-in memory runtime, recorded for the test. ``secret`` is a canary option."""
     runtime = CountingMemoryRuntime(**options)
@@ -196,3 +211,28 @@ def not_a_runtime(**_: Any) -> object:
 
 
 NOT_CALLABLE = 42
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def embedded_source_toml(**keys: object) -> str:
+    """One ``[[sources]] kind = "embedded"`` table with the given keys (None: omitted)."""
+    lines = ["[[sources]]", 'kind = "embedded"']
+    lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+FAST_SUPERVISOR = '[supervisor]\nbackoff_initial = "10ms"\nbackoff_max = "50ms"\n'
+"""Restart failing sources quickly, so supervision tests take milliseconds."""

@@ -1,0 +1,376 @@
+"""The embedded runtime source over real HTTP: projection, live events, every operation."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.conftest import RunningDaemon, StartDaemon, wait_for
+from tests.embedded_plugins import INSTANCES, ThirdPartyRuntime, embedded_source_toml
+from yoi_registryd.ids import derive_id
+from yoi_registryd.runtimes import Intent, MemoryRuntime, Profile
+
+RID = "emb-test"
+HOST = derive_id("embedded-", RID)
+WORKER = f"/api/runtimes/{RID}/workers"
+
+
+@pytest.fixture
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+async def start_memory(
+    start_daemon: StartDaemon, key: str, *extra: str, **options: Any
+) -> tuple[RunningDaemon, MemoryRuntime]:
+    """A daemon with the built-in memory runtime (tracked, so the test can reach it)."""
+    toml = embedded_source_toml(
+        runtime_id=RID,
+        factory="tests.embedded_plugins:tracked_memory",
+        options={"key": key, **options},
+        stale_after="10m",  # heartbeats every 150 s: anything sooner came by subscription
+    )
+    d = await start_daemon(toml + "".join(extra))
+    await wait_for(lambda: key in INSTANCES, message="the factory to run")
+    runtime: MemoryRuntime = INSTANCES[key]
+
+    async def observed() -> bool:
+        body = await d.get_json(f"/api/runtimes/{RID}")
+        return bool(body["status"] == "available")
+
+    await wait_for(observed, message="the first snapshot")
+    return d, runtime
+
+
+async def worker_state(d: RunningDaemon, worker_id: str) -> str | None:
+    response = await d.client.get(f"{WORKER}/{worker_id}")
+    if response.status_code == 404:
+        return None
+    return str(response.json()["state"])
+
+
+async def post(d: RunningDaemon, worker_id: str, op: str, body: object = None) -> Any:
+    content = b"" if body is None else msgspec.json.encode(body)
+    response = await d.client.post(f"{WORKER}/{worker_id}/{op}", content=content)
+    return response.status_code, response.json()
+
+
+async def test_runtime_host_and_worker_projection(start_daemon: StartDaemon, key: str) -> None:
+    d, runtime = await start_memory(start_daemon, key, display_name="Team runtime")
+    runtime.spawn(
+        "coder-1",
+        display_name="coder",
+        intent=Intent("role", "coder"),
+        profile=Profile("named", "rust"),
+    )
+    await wait_for(lambda: worker_state(d, "coder-1"), message="the worker")
+
+    record = await d.get_json(f"/api/runtimes/{RID}")
+    assert record["kind"] == "embedded_worker_runtime"
+    assert record["label"] == "Team runtime"
+    assert record["source"]["kind"] == "embedded_worker_runtime"
+    assert record["host_ids"] == [HOST]
+    caps = record["capabilities"]
+    assert caps["can_stop_worker"] and caps["can_cancel_worker"] and caps["can_accept_input"]
+    assert not caps["can_spawn_worker"]
+    assert caps["workspace_scope"] == "all_workspaces"
+
+    hosts = await d.get_json("/api/hosts")
+    assert [(h["host_id"], h["kind"]) for h in hosts["items"]] == [
+        (HOST, "embedded-worker-runtime-host")
+    ]
+    worker = await d.get_json(f"{WORKER}/coder-1")
+    assert worker["host_id"] == HOST
+    assert (worker["label"], worker["role"], worker["profile"]) == ("coder", "coder", "rust")
+    assert (worker["state"], worker["status"]) == ("running", "running")
+    assert worker["implementation"]["kind"] == "embedded_worker_runtime"
+    assert worker["workspace"] == {"visibility": "runtime", "identity": None}
+    assert worker["capabilities"]["can_stop"] and worker["capabilities"]["can_cancel"]
+    assert worker["capabilities"]["can_accept_input"]
+    listed = await d.get_json(f"/api/hosts/{HOST}/workers")
+    assert [w["worker_id"] for w in listed["items"]] == ["coder-1"]
+
+
+async def test_runtime_events_reach_the_api_without_polling(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    # stale_after is 10 minutes, so the source's only timer fires every 150 s: each change
+    # below is visible within the 2 s deadline only because the subscription carried it.
+    runtime.spawn("w1", display_name="first")
+    await wait_for(lambda: worker_state(d, "w1"), deadline_s=2, message="spawn")
+    runtime.rename("w1", "renamed")
+
+    async def renamed() -> bool:
+        return bool((await d.get_json(f"{WORKER}/w1"))["label"] == "renamed")
+
+    await wait_for(renamed, deadline_s=2, message="rename")
+    await runtime.cancel("w1")
+
+    async def cancelled() -> bool:
+        return await worker_state(d, "w1") == "cancelled"
+
+    await wait_for(cancelled, deadline_s=2, message="cancel")
+    runtime.remove("w1")
+
+    async def removed() -> bool:
+        return await worker_state(d, "w1") is None
+
+    await wait_for(removed, deadline_s=2, message="removal")
+    runtime_record = await d.get_json(f"/api/runtimes/{RID}")
+    assert runtime_record["worker_count"] == 0
+    assert runtime_record["supervisor"]["restarts"] == 0
+
+
+async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+
+    status, body = await post(d, "w", "stop", {"reason": "done"})
+    assert status == 200, body
+    ack = body["ack"]
+    assert (ack["runtime_id"], ack["worker_id"], ack["operation"]) == (RID, "w", "stop")
+    assert ack["status"] == "stopped"
+    assert ack["event_id"] == str(runtime.worker("w").last_event_id)
+
+    async def stopped() -> bool:
+        return await worker_state(d, "w") == "stopped"
+
+    await wait_for(stopped, deadline_s=2, message="the stop to reach the registry")
+    worker = await d.get_json(f"{WORKER}/w")
+    assert not worker["capabilities"]["can_accept_input"]
+    assert worker["capabilities"]["can_stop"] and worker["capabilities"]["can_cancel"]
+
+    status, again = await post(d, "w", "stop")
+    assert status == 200 and again["ack"] == ack  # same status, same event: a safe retry
+    status, cancel = await post(d, "w", "cancel", {"reason": "too late"})
+    assert status == 200
+    assert cancel["ack"]["status"] == "stopped"  # the first terminal state won
+    assert cancel["ack"]["event_id"] == ack["event_id"]
+    assert runtime.worker("w").status == "stopped"
+    assert await worker_state(d, "w") == "stopped"
+
+
+async def test_cancel_over_http_then_stop_keeps_cancelled(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    status, body = await post(d, "w", "cancel")
+    assert status == 200 and body["ack"]["status"] == "cancelled"
+
+    async def cancelled() -> bool:
+        return await worker_state(d, "w") == "cancelled"
+
+    await wait_for(cancelled, deadline_s=2)
+    status, again = await post(d, "w", "cancel")
+    assert status == 200 and again["ack"] == body["ack"]
+    status, stop = await post(d, "w", "stop")
+    assert status == 200 and stop["ack"]["status"] == "cancelled"
+    summary = runtime.summary()
+    assert (summary.cancelled_worker_count, summary.stopped_worker_count) == (1, 0)
+
+
+async def test_input_over_http_appends_to_the_transcript(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    acks = []
+    for kind, content in (("user", "please rebase"), ("system", "budget: 10 minutes")):
+        status, body = await post(d, "w", "input", {"kind": kind, "content": content})
+        assert status == 200, body
+        acks.append(body["ack"])
+    assert [a["transcript_sequence"] for a in acks] == [0, 1]
+    assert [a["status"] for a in acks] == ["running", "running"]
+    assert int(acks[1]["event_id"]) > int(acks[0]["event_id"])
+    assert [(e.kind, e.content) for e in runtime.transcript("w")] == [
+        ("user", "please rebase"),
+        ("system", "budget: 10 minutes"),
+    ]
+    # The transcript stays in the runtime: the registry serves the worker, not its content.
+    body = (await d.client.get(f"{WORKER}/w")).text
+    assert "rebase" not in body and "budget" not in body
+
+    status, empty = await post(d, "w", "input", {"kind": "user", "content": "  "})
+    assert status == 400 and empty["error"]["code"] == "invalid_request"
+    status, bad = await post(d, "w", "input", {"kind": "user"})
+    assert status == 400 and bad["error"]["code"] == "invalid_request"
+    assert runtime.worker("w").transcript_len == 2
+
+
+async def test_input_to_a_terminal_worker_is_unsupported(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    status, _ = await post(d, "w", "stop")
+    assert status == 200
+
+    async def stopped() -> bool:
+        return await worker_state(d, "w") == "stopped"
+
+    await wait_for(stopped, deadline_s=2)
+    status, body = await post(d, "w", "input", {"kind": "user", "content": "hello?"})
+    assert status == 501
+    assert body["error"]["code"] == "operation_unsupported"
+    assert runtime.worker("w").transcript_len == 0
+
+
+async def test_unknown_worker_is_404_for_every_operation(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    d, _ = await start_memory(start_daemon, key)
+    await d.get_json(f"{WORKER}/nobody", status=404)
+    for op, body in (("stop", None), ("cancel", None), ("input", {"kind": "user", "content": "x"})):
+        status, error = await post(d, "nobody", op, body)
+        assert status == 404, (op, error)
+        assert error["error"]["code"] == "unknown_worker"
+
+
+async def test_a_stopped_runtime_is_shown_stopped(start_daemon: StartDaemon, key: str) -> None:
+    d, runtime = await start_memory(start_daemon, key)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    runtime.stop_runtime()
+
+    async def runtime_stopped() -> bool:
+        return bool((await d.get_json(f"/api/runtimes/{RID}"))["status"] == "stopped")
+
+    await wait_for(runtime_stopped, deadline_s=2)
+    assert await worker_state(d, "w") == "stopped"
+
+
+async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    """Loaded by ``module:attribute``; implements stop and input but not cancel."""
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=RID,
+            factory="tests.embedded_plugins:ThirdPartyRuntime",
+            options={"key": key, "workers": ["alpha", "beta"]},
+        )
+    )
+    await wait_for(lambda: worker_state(d, "alpha"), message="the third-party runtime")
+    runtime: ThirdPartyRuntime = INSTANCES[key]
+    record = await d.get_json(f"/api/runtimes/{RID}")
+    assert record["label"] == "Third-party runtime"
+    caps = record["capabilities"]
+    assert (caps["can_stop_worker"], caps["can_accept_input"]) == (True, True)
+    assert caps["can_cancel_worker"] is False
+    worker = await d.get_json(f"{WORKER}/alpha")
+    assert worker["label"] == "Alpha"
+    assert worker["capabilities"]["can_cancel"] is False
+
+    status, body = await post(d, "alpha", "cancel")
+    assert status == 501 and body["error"]["code"] == "operation_unsupported"
+    assert runtime.workers()[0].status == "running"
+
+    # The registry's view lags (events held back): the worker ended in the runtime, the
+    # registry still says running, so the runtime's own refusal is what the client gets.
+    runtime.hold = True
+    await runtime.stop("alpha")
+    assert await worker_state(d, "alpha") == "running"
+    status, body = await post(d, "alpha", "input", {"kind": "user", "content": "hi"})
+    assert status == 409, body
+    assert body["error"]["code"] == "operation_rejected"
+    runtime.release()
+
+    async def stopped() -> bool:
+        return await worker_state(d, "alpha") == "stopped"
+
+    await wait_for(stopped, deadline_s=2)
+    status, body = await post(d, "beta", "input", {"kind": "user", "content": "hi"})
+    assert status == 200 and body["ack"]["transcript_sequence"] == 0
+    runtime.delete("beta")
+
+    async def deleted() -> bool:
+        return await worker_state(d, "beta") is None
+
+    await wait_for(deleted, deadline_s=2)
+
+
+async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnostic(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    bad = "team/worker one"
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=RID,
+            factory="tests.embedded_plugins:ThirdPartyRuntime",
+            options={"key": key, "workers": ["good", bad]},
+        )
+    )
+    await wait_for(lambda: worker_state(d, "good"))
+    runtime: ThirdPartyRuntime = INSTANCES[key]
+    record = await d.get_json(f"/api/runtimes/{RID}")
+    assert record["status"] == "degraded"
+    assert [x["code"] for x in record["diagnostics"]] == ["embedded_worker_id_invalid"]
+    listed = await d.client.get(WORKER)
+    assert [w["worker_id"] for w in listed.json()["items"]] == ["good"]
+    assert (
+        "team" not in listed.text
+        and "team" not in (await d.client.get(f"/api/runtimes/{RID}")).text
+    )
+
+    runtime.delete(bad)
+
+    async def healthy() -> bool:
+        body = await d.get_json(f"/api/runtimes/{RID}")
+        return body["status"] == "available" and body["diagnostics"] == []
+
+    await wait_for(healthy, deadline_s=2, message="the diagnostic to clear")
+    runtime.add("also bad!")
+    runtime.add("fine-2")
+    await wait_for(lambda: worker_state(d, "fine-2"), deadline_s=2)
+    assert (await d.get_json(f"/api/runtimes/{RID}"))["status"] == "degraded"
+
+
+async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: str) -> None:
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=RID,
+            factory="tests.embedded_plugins:tracked_memory",
+            options={"key": key},
+            workspaces=["ws-demo"],
+        )
+    )
+    await wait_for(lambda: key in INSTANCES)
+    INSTANCES[key].spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    worker = await d.get_json(f"{WORKER}/w")
+    assert worker["workspace"] == {"visibility": "workspace", "identity": "ws-demo"}
+    record = await d.get_json(f"/api/runtimes/{RID}")
+    assert record["capabilities"]["workspace_scope"] == "current_workspace"
+
+
+async def test_options_never_reach_a_response(start_daemon: StartDaemon, key: str) -> None:
+    canary = "canary-" + uuid.uuid4().hex
+    d, runtime = await start_memory(start_daemon, key, secret=canary)
+    runtime.spawn("w")
+    await wait_for(lambda: worker_state(d, "w"))
+    await post(d, "w", "input", {"kind": "user", "content": "x"})
+    await post(d, "nobody", "stop")
+    for path in (
+        "/api/runtimes",
+        f"/api/runtimes/{RID}",
+        WORKER,
+        f"{WORKER}/w",
+        "/api/hosts",
+        f"/api/hosts/{HOST}/workers",
+        "/api/workers",
+        f"{WORKER}/nobody",
+    ):
+        response = await d.client.get(path)
+        assert canary not in response.text, path
+        assert "tests.embedded_plugins" not in response.text, path
