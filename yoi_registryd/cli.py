@@ -7,10 +7,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import msgspec
 import trio
 
 from yoi_registryd import __version__
-from yoi_registryd.config import Config, ConfigError, load_config, resolve_config_path
+from yoi_registryd.config import (
+    Config,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+    validate_config,
+)
 from yoi_registryd.daemon import Daemon
 from yoi_registryd.logs import setup_logging
 
@@ -27,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="config file (default: $YOI_REGISTRYD_CONFIG, else /etc/yoi-registryd/config.toml "
         "if it exists, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run an embedded demo runtime whose workers change state every few seconds",
     )
     parser.add_argument(
         "--log-level",
@@ -60,9 +72,23 @@ def check_config(path_arg: str | None) -> int:
     return 0
 
 
-def serve(path_arg: str | None, log_level: str | None) -> int:
+def _with_demo(config: Config) -> Config:
+    """``--demo``: the configuration's sources plus the embedded demo runtime."""
+    from yoi_registryd.runtimes.demo import demo_source_config
+
+    demo = msgspec.structs.replace(config, sources=[*config.sources, demo_source_config()])
+    problems = validate_config(demo)
+    if problems:
+        raise ConfigError(problems, "--demo")
+    return demo
+
+
+def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> int:
     try:
         config, where = _load(path_arg)
+        if demo:
+            config = _with_demo(config)
+            where += " plus the demo runtime"
     except ConfigError as exc:
         setup_logging(log_level or "info")
         for problem in exc.problems:
@@ -91,4 +117,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return check_config(args.path or args.config)
-    return serve(args.config, args.log_level)
+    return serve(args.config, args.log_level, args.demo)

@@ -193,7 +193,30 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     max_response_bytes: int = 8 * 1024 * 1024
 
 
-SourceConfig = LocalSourceConfig | RemoteSourceConfig
+class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
+    """A worker runtime living inside the daemon's process, followed by subscription.
+
+    The runtime is built by a factory named ``module:attribute`` or by an entry point in the
+    group ``yoi_registryd.runtimes`` (built in: ``memory``, ``demo``), called with
+    ``options`` as keyword arguments. ``options`` are handed to the factory only: never
+    served, never logged.
+    """
+
+    runtime_id: str = "embedded-worker-runtime"
+    label: str | None = None
+    """Display label; default the runtime's own display name."""
+    factory: str | None = None
+    """``module:attribute`` of a callable returning the runtime (e.g. a class)."""
+    entry_point: str | None = None
+    """Name of an entry point in the group ``yoi_registryd.runtimes``."""
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    stale_after: Duration = Duration(minutes=2)
+    """Heartbeats (a summary read) come every quarter of this; a silent runtime goes stale."""
+    workspaces: tuple[str, ...] = ()
+    """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
+
+
+SourceConfig = LocalSourceConfig | RemoteSourceConfig | EmbeddedSourceConfig
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -319,6 +342,8 @@ def validate_config(config: Config) -> list[str]:
             problems.extend(_validate_local(key, src))
         elif isinstance(src, RemoteSourceConfig):
             problems.extend(_validate_remote(key, src))
+        elif isinstance(src, EmbeddedSourceConfig):
+            problems.extend(_validate_embedded(key, src))
     return problems
 
 
@@ -390,4 +415,37 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
         problems.append(f"{key}.expire_after: must be longer than stale_after")
     if src.max_response_bytes < 1024:
         problems.append(f"{key}.max_response_bytes: must be at least 1024")
+    return problems
+
+
+_DOTTED: Final = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_FACTORY_RE: Final = re.compile(f"{_DOTTED}:{_DOTTED}")
+_ENTRY_POINT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _validate_workspaces(key: str, workspaces: tuple[str, ...]) -> list[str]:
+    problems = []
+    for j, workspace in enumerate(workspaces):
+        if not is_valid_identifier(workspace):
+            problems.append(f"{key}.workspaces[{j}]: {workspace!r} is not a valid workspace id")
+    if len(set(workspaces)) != len(workspaces):
+        problems.append(f"{key}.workspaces: lists a workspace more than once")
+    return problems
+
+
+def _validate_embedded(key: str, src: EmbeddedSourceConfig) -> list[str]:
+    """Checks of an embedded source; whether the factory imports is known only at start."""
+    problems = []
+    if (src.factory is None) == (src.entry_point is None):
+        problems.append(
+            f"{key}: give exactly one of factory ('module:attribute') or entry_point (a name "
+            "in the group yoi_registryd.runtimes)"
+        )
+    if src.factory is not None and not _FACTORY_RE.fullmatch(src.factory):
+        problems.append(f"{key}.factory: {src.factory!r} is not of the form 'module:attribute'")
+    if src.entry_point is not None and not _ENTRY_POINT_RE.fullmatch(src.entry_point):
+        problems.append(f"{key}.entry_point: {src.entry_point!r} is not an entry point name")
+    if src.stale_after <= timedelta(0):
+        problems.append(f"{key}.stale_after: must be greater than zero")
+    problems.extend(_validate_workspaces(key, src.workspaces))
     return problems

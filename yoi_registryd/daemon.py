@@ -23,6 +23,7 @@ from hypercorn.trio import serve
 
 from yoi_registryd.config import (
     Config,
+    EmbeddedSourceConfig,
     LocalSourceConfig,
     RemoteSourceConfig,
     SourceConfig,
@@ -58,6 +59,18 @@ def source_spec(config: SourceConfig) -> SourceSpec:
             stale_after=config.stale_after,
             expire_after=config.expire_after,
             factory=lambda: build_source(config),
+            key=config,
+        )
+    if isinstance(config, EmbeddedSourceConfig):
+        from yoi_registryd.sources.embedded import embedded_source_factory
+
+        return SourceSpec(
+            runtime_id=config.runtime_id,
+            source_kind="embedded_worker_runtime",
+            label=config.label or config.runtime_id,
+            stale_after=config.stale_after,
+            expire_after=None,
+            factory=embedded_source_factory(config),  # the runtime outlives source restarts
             key=config,
         )
     raise TypeError(f"unsupported source configuration {type(config).__name__}")

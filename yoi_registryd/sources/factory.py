@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from yoi_registryd.config import LocalSourceConfig, RemoteSourceConfig, SourceConfig
+from yoi_registryd.config import (
+    EmbeddedSourceConfig,
+    LocalSourceConfig,
+    RemoteSourceConfig,
+    SourceConfig,
+)
 from yoi_registryd.sources.base import Source
 
 
@@ -15,4 +20,8 @@ def build_source(config: SourceConfig) -> Source:
         from yoi_registryd.sources.remote import RemoteRuntimeSource
 
         return RemoteRuntimeSource(config)
+    if isinstance(config, EmbeddedSourceConfig):
+        from yoi_registryd.sources.embedded import EmbeddedRuntimeSource
+
+        return EmbeddedRuntimeSource(config)
     raise TypeError(f"unsupported source configuration {type(config).__name__}")
