@@ -254,13 +254,25 @@ class RemoteRuntimeSource:
     async def operate(
         self, reporter: Reporter, worker_id: str, operation: Operation, body: bytes
     ) -> OperationAck:
-        """Send one operation to the runtime; map every failure to a typed registry error."""
+        """Send one operation to the runtime; map every failure to a typed registry error.
+
+        Whatever the outcome, the poll loop is woken to look at the runtime again at once:
+        an operation that failed (unreachable, stopped, unknown worker) tells as much about
+        the runtime as a poll would.
+        """
+        try:
+            return await self._operate(reporter, worker_id, operation, body)
+        finally:
+            self._wake.set()
+
+    async def _operate(
+        self, reporter: Reporter, worker_id: str, operation: Operation, body: bytes
+    ) -> OperationAck:
         try:
             client = await self._ready_client()
             response = await client.post(f"/v1/workers/{worker_id}/{operation}", body)
         except RemoteFailure as failure:
             raise self._operation_error(failure, worker_id, operation) from None
-        self._wake.set()  # whatever happened, look at the runtime again soon
         if not 200 <= response.status < 300:
             refused = failure_for_status(response.status, response.body)
             if refused.code == AUTH_FAILED:
