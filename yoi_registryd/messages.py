@@ -72,6 +72,8 @@ class RuntimeObserved(msgspec.Struct, frozen=True):
     hosts: tuple[HostSpec, ...]
     workers: tuple[WorkerRecord, ...]
     diagnostics: dict[str, tuple[Diagnostic, ...]] = {}
+    duration: float | None = None
+    """Seconds the observation took, when the source measured it (for status and metrics)."""
 
 
 class WorkersChanged(msgspec.Struct, frozen=True):
@@ -87,12 +89,16 @@ class WorkersChanged(msgspec.Struct, frozen=True):
     diagnostics: dict[str, tuple[Diagnostic, ...]] = {}
     hosts: tuple[HostSpec, ...] | None = None
     runtime: RuntimeDescriptor | None = None
+    duration: float | None = None
+    """Seconds the observation took, when the source measured it (for status and metrics)."""
 
 
 class ObservationSucceeded(msgspec.Struct, frozen=True):
     """The source looked and nothing changed: refreshes ``last_seen_at`` only."""
 
     runtime_id: str
+    duration: float | None = None
+    """Seconds the observation took, when the source measured it (for status and metrics)."""
 
 
 class ObservationFailed(msgspec.Struct, frozen=True):
@@ -100,6 +106,8 @@ class ObservationFailed(msgspec.Struct, frozen=True):
 
     runtime_id: str
     error: ErrorInfo
+    duration: float | None = None
+    """Seconds the observation took, when the source measured it (for status and metrics)."""
 
 
 class LivenessProbe(msgspec.Struct, frozen=True):

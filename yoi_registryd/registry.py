@@ -14,6 +14,8 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -65,10 +67,41 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class ObservationStats(msgspec.Struct, frozen=True):
+    """How a runtime's source has been observing: for probes, metrics and ``/api/sources``.
+
+    Internal bookkeeping, not a wire record: it holds no id, path or text beyond typed
+    error codes.
+    """
+
+    registered_at: float
+    """Monotonic time (trio clock) the source was registered: start of its start-up grace."""
+    startup_grace: float
+    """Seconds a source may take for its first observation before readiness stops waiting."""
+    observed: bool = False
+    """At least one observation succeeded since the source was first registered."""
+    last_attempt_at: datetime | None = None
+    """When the last observation (successful or failed) was reported."""
+    last_duration: float | None = None
+    """How long the last observation took, when the source reported it."""
+    successes: int = 0
+    errors: tuple[tuple[str, int], ...] = ()
+    """Failed observations by typed error code, sorted by code."""
+
+
 class RuntimeEntry:
     """One runtime as published: its record, hosts and workers. Never mutated."""
 
-    __slots__ = ("_sorted_worker_ids", "hosts", "record", "workers", "workers_revision")
+    __slots__ = (
+        "_sorted_worker_ids",
+        "_workers_by_state",
+        "hosts",
+        "record",
+        "revision",
+        "stats",
+        "workers",
+        "workers_revision",
+    )
 
     def __init__(
         self,
@@ -76,12 +109,28 @@ class RuntimeEntry:
         hosts: tuple[HostRecord, ...],
         workers: Mapping[str, WorkerRecord],
         workers_revision: int,
+        *,
+        revision: int = 0,
+        stats: ObservationStats | None = None,
+        workers_by_state: Mapping[str, int] | None = None,
     ) -> None:
         self.record = record
         self.hosts = hosts
         self.workers = workers
         self.workers_revision = workers_revision
+        self.revision = revision
+        """The registry revision at which this entry was published (its last change)."""
+        self.stats = stats or ObservationStats(registered_at=0.0, startup_grace=0.0)
         self._sorted_worker_ids: list[str] | None = None
+        self._workers_by_state = workers_by_state
+
+    @property
+    def workers_by_state(self) -> Mapping[str, int]:
+        """Worker counts by ``state``, computed once per distinct worker set."""
+        if self._workers_by_state is None:
+            counts = Counter(w.state for w in self.workers.values())
+            self._workers_by_state = MappingProxyType(dict(sorted(counts.items())))
+        return self._workers_by_state
 
     @property
     def sorted_worker_ids(self) -> list[str]:
@@ -186,6 +235,11 @@ class _RuntimeState:
     last_error: ErrorInfo | None = None
     consecutive_failures: int = 0
     workers_revision: int = 0
+    registered_at: float = 0.0
+    last_attempt_at: datetime | None = None
+    last_duration: float | None = None
+    successes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 def _derive_status(st: _RuntimeState, now_mono: float) -> RuntimeStatus:
@@ -227,6 +281,19 @@ class RegistryActor:
         self._changed = trio.Event()
         self.heartbeat_at: float = 0.0
         """Monotonic time of the actor's last loop turn (for liveness probes)."""
+        self.running = False
+        """True while :meth:`run` is executing (for liveness probes)."""
+        self.channel_capacity = channel_capacity
+        self.channel_peak = 0
+        """The most messages ever queued at once: how close sources came to backpressure."""
+        self.publish_count = 0
+        self.publish_seconds_total = 0.0
+        """Wall time spent building and publishing snapshots (for metrics)."""
+
+    @property
+    def channel_depth(self) -> int:
+        """Messages queued for the actor right now."""
+        return self._receive.statistics().current_buffer_used
 
     async def wait_for_change(self, after_revision: int) -> Snapshot:
         """Return the first snapshot with a revision greater than ``after_revision``."""
@@ -246,7 +313,14 @@ class RegistryActor:
         return False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        self.running = True
+        try:
+            task_status.started()
+            await self._loop()
+        finally:
+            self.running = False
+
+    async def _loop(self) -> None:
         receive = self._receive
         while True:
             deadline = self._next_deadline()
@@ -255,6 +329,9 @@ class RegistryActor:
                 msg = await receive.receive()
             self.heartbeat_at = trio.current_time()
             if msg is not None:
+                depth = receive.statistics().current_buffer_used + 1
+                if depth > self.channel_peak:
+                    self.channel_peak = depth
                 self._apply(msg)
                 # Drain what is already queued so a burst becomes one revision.
                 while True:
@@ -321,6 +398,10 @@ class RegistryActor:
         elif isinstance(msg, ObservationFailed):
             st.last_error = msg.error
             st.consecutive_failures += 1
+            st.errors[msg.error.code] += 1
+            st.last_attempt_at = utcnow()
+        if not isinstance(msg, SupervisorChanged) and msg.duration is not None:
+            st.last_duration = msg.duration
 
     def _register(self, msg: SourceRegistered) -> None:
         old = self._states.get(msg.runtime_id)
@@ -337,6 +418,7 @@ class RegistryActor:
             stale_after=msg.stale_after.total_seconds(),
             expire_after=_seconds(msg.expire_after),
             descriptor=descriptor,
+            registered_at=trio.current_time(),
         )
         if old is not None:
             # A restart of the same source keeps what was known (reload of a changed source).
@@ -347,6 +429,8 @@ class RegistryActor:
                 old.last_seen_at,
             )
             st.workers_stale, st.workers_revision = old.workers_stale, old.workers_revision
+            st.last_attempt_at, st.last_duration = old.last_attempt_at, old.last_duration
+            st.successes, st.errors = old.successes, old.errors
         self._states[msg.runtime_id] = st
         self._removed.discard(msg.runtime_id)
         self._dirty.add(msg.runtime_id)
@@ -355,8 +439,9 @@ class RegistryActor:
         st.observed = True
         st.expired = False
         st.last_ok_mono = trio.current_time()
-        st.last_seen_at = utcnow()
+        st.last_seen_at = st.last_attempt_at = utcnow()
         st.consecutive_failures = 0
+        st.successes += 1
         if st.workers_stale:
             st.workers = _mark_stale(st.workers, False)
             st.workers_stale = False
@@ -406,6 +491,7 @@ class RegistryActor:
     def _publish(self) -> None:
         if not self._dirty and not self._removed:
             return
+        started = time.perf_counter()
         revision = self.snapshot.revision + 1
         workers_revision = self.snapshot.workers_revision
         for rid in self._removed:
@@ -417,13 +503,17 @@ class RegistryActor:
             if st.workers_revision == -1:
                 st.workers_revision = revision
                 workers_revision = revision
-            self._entries[rid] = self._build_entry(st)
+            self._entries[rid] = self._build_entry(st, revision, self._entries.get(rid))
         self._dirty.clear()
         self.snapshot = Snapshot(revision, workers_revision, MappingProxyType(dict(self._entries)))
         self._changed.set()
         self._changed = trio.Event()
+        self.publish_count += 1
+        self.publish_seconds_total += time.perf_counter() - started
 
-    def _build_entry(self, st: _RuntimeState) -> RuntimeEntry:
+    def _build_entry(
+        self, st: _RuntimeState, revision: int, previous: RuntimeEntry | None
+    ) -> RuntimeEntry:
         diagnostics: list[Diagnostic] = []
         if st.status == "stale":
             diagnostics.append(STALE_DIAGNOSTIC)
@@ -460,7 +550,30 @@ class RegistryActor:
             consecutive_failures=st.consecutive_failures,
             supervisor=st.supervisor,
         )
-        return RuntimeEntry(record, hosts, st.workers, st.workers_revision)
+        stats = ObservationStats(
+            registered_at=st.registered_at,
+            startup_grace=st.stale_after,
+            observed=st.observed,
+            last_attempt_at=st.last_attempt_at,
+            last_duration=st.last_duration,
+            successes=st.successes,
+            errors=tuple(sorted(st.errors.items())),
+        )
+        # Keep the per-state counts while the worker set is the same object (heartbeats).
+        counts = (
+            previous._workers_by_state
+            if previous is not None and previous.workers is st.workers
+            else None
+        )
+        return RuntimeEntry(
+            record,
+            hosts,
+            st.workers,
+            st.workers_revision,
+            revision=revision,
+            stats=stats,
+            workers_by_state=counts,
+        )
 
 
 def _mark_stale(workers: Mapping[str, WorkerRecord], stale: bool) -> Mapping[str, WorkerRecord]:

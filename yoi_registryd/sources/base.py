@@ -60,10 +60,14 @@ class Reporter:
         hosts: tuple[HostSpec, ...],
         workers: tuple[WorkerRecord, ...],
         diagnostics: Mapping[str, tuple[Diagnostic, ...]] | None = None,
+        *,
+        duration: float | None = None,
     ) -> None:
-        """Report a full snapshot of the runtime."""
+        """Report a full snapshot of the runtime (``duration``: seconds the look took)."""
         await self._channel.send(
-            RuntimeObserved(self.runtime_id, runtime, hosts, workers, dict(diagnostics or {}))
+            RuntimeObserved(
+                self.runtime_id, runtime, hosts, workers, dict(diagnostics or {}), duration
+            )
         )
 
     async def changed(
@@ -74,21 +78,30 @@ class Reporter:
         diagnostics: Mapping[str, tuple[Diagnostic, ...]] | None = None,
         hosts: tuple[HostSpec, ...] | None = None,
         runtime: RuntimeDescriptor | None = None,
+        duration: float | None = None,
     ) -> None:
         """Report an incremental change (also a successful observation)."""
         await self._channel.send(
             WorkersChanged(
-                self.runtime_id, upserts, removals, dict(diagnostics or {}), hosts, runtime
+                self.runtime_id,
+                upserts,
+                removals,
+                dict(diagnostics or {}),
+                hosts,
+                runtime,
+                duration,
             )
         )
 
-    async def succeeded(self) -> None:
+    async def succeeded(self, *, duration: float | None = None) -> None:
         """Report that an observation succeeded and nothing changed."""
-        await self._channel.send(ObservationSucceeded(self.runtime_id))
+        await self._channel.send(ObservationSucceeded(self.runtime_id, duration))
 
-    async def failed(self, code: str, message: str) -> None:
+    async def failed(self, code: str, message: str, *, duration: float | None = None) -> None:
         """Report a failed observation with a typed, safe code and message."""
-        await self._channel.send(ObservationFailed(self.runtime_id, ErrorInfo(code, message)))
+        await self._channel.send(
+            ObservationFailed(self.runtime_id, ErrorInfo(code, message), duration)
+        )
 
 
 class Source(Protocol):
