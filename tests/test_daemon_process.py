@@ -242,18 +242,29 @@ async def test_config_from_environment_variable(tmp_path: Path) -> None:
         assert await daemon.wait_exit() == 0
 
 
-async def test_no_config_serves_default_data_dir_on_default_port(tmp_path: Path) -> None:
+@pytest.fixture
+def defaults_observable() -> None:
+    """Skip (a sync fixture, so the reason is reported) when the defaults cannot be seen."""
     if SYSTEM_CONFIG_PATH.exists():
         pytest.skip(f"{SYSTEM_CONFIG_PATH} exists; the no-config defaults cannot be observed")
     if not port_is_free(DEFAULT_PORT):
         pytest.skip(f"port {DEFAULT_PORT} is in use on this machine")
+
+
+@pytest.mark.usefixtures("defaults_observable")
+async def test_no_config_serves_default_data_dir_on_default_port(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     data = copy_fixtures(tmp_path / "yoi-data")
     env = clean_env(home, YOI_DATA_DIR=str(data))
     async with run_daemon([], env, tmp_path) as daemon:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{DEFAULT_PORT}") as c:
-            await wait_ready(c, daemon)
+            try:
+                await wait_ready(c, daemon)
+            except AssertionError:
+                if "Address already in use" in daemon.stderr:
+                    pytest.skip(f"port {DEFAULT_PORT} was taken by another process meanwhile")
+                raise
             runtimes: Any = (await c.get("/api/runtimes")).json()
             [local] = runtimes["items"]
             assert local["source"]["kind"] == "local_compatibility"
