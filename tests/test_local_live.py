@@ -24,6 +24,7 @@ from tests.conftest import (
     wait_for,
 )
 from yoi_registryd.ids import local_worker_id
+from yoi_registryd.sources import local_metadata
 from yoi_registryd.sources.local_metadata import EntryResult, LocalOptions
 
 RID = "local-worker-runtime"
@@ -257,7 +258,7 @@ async def test_one_file_change_rereads_only_that_entry(
         write_worker(pods, name, resolved_manifest_snapshot={"role": "r0"})
 
     evaluated: list[str] = []
-    real = local_module.evaluate_entry
+    real = local_metadata.evaluate_entry
 
     def counting(name: str, options: LocalOptions, now: float | None = None) -> EntryResult:
         evaluated.append(name)

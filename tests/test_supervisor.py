@@ -19,7 +19,7 @@ import trio
 from tests.conftest import StartDaemon, wait_for
 from tests.test_local_live import runtime, start_watching, wait_worker, write_worker
 from yoi_registryd.config import SupervisorConfig, parse_config
-from yoi_registryd.model import SupervisorInfo
+from yoi_registryd.model import SourceKind, SupervisorInfo
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 from yoi_registryd.supervisor import SourceSpec, Supervisor, backoff_ceiling
@@ -30,7 +30,7 @@ CANARY = "CANARY-supervisor-7c1e"
 class ScriptedSource:
     """A source whose n-th run sleeps ``runs[n]`` seconds (default 0) and then fails."""
 
-    source_kind = "remote_http"
+    source_kind: SourceKind = "remote_http"
 
     def __init__(
         self,
@@ -279,7 +279,7 @@ async def test_returning_and_failing_factory_are_restarted(
 
     class Returns:
         runtime_id = "returns"
-        source_kind = "remote_http"
+        source_kind: SourceKind = "remote_http"
 
         async def run(self, reporter: Reporter) -> None:
             return None
