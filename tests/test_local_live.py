@@ -277,3 +277,43 @@ async def test_one_file_change_rereads_only_that_entry(
     assert len(evaluated) <= 3
     roles = {w["role"] for w in (await workers_by_id(d)).values()}
     assert roles == {"r0", "r1"}
+
+
+async def test_pods_path_is_a_file_then_a_directory_again(
+    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
+) -> None:
+    d = await start_watching(start_daemon, data_dir, runtime_dir)
+    pods = data_dir / "pods"
+    shutil.rmtree(pods)
+    pods.write_bytes(b"not a directory")
+
+    async def codes() -> set[str]:
+        return {x["code"] for x in (await runtime(d))["diagnostics"]}
+
+    async def unreadable() -> bool:
+        return "local_pod_registry_unreadable" in await codes()
+
+    await wait_for(unreadable, 3.0, message="registry unreadable while pods is a file")
+    assert await workers_by_id(d) == {}
+    pods.unlink()
+    write_worker(pods, "back")
+    await wait_worker(d, "back", deadline_s=4.0)
+    assert "local_pod_registry_unreadable" not in await codes()
+
+
+async def test_missing_data_dir_is_registry_unavailable(
+    start_daemon: StartDaemon, tmp_path: Path, runtime_dir: Path
+) -> None:
+    data = tmp_path / "never-created"
+    d = await start_daemon(local_source_toml(data, runtime_dir, rescan_interval="100ms"))
+
+    async def unavailable() -> bool:
+        rt = await runtime(d)
+        return "local_pod_registry_unavailable" in {x["code"] for x in rt["diagnostics"]}
+
+    await wait_for(unavailable, message="registry unavailable")
+    rt = await runtime(d)
+    assert rt["status"] == "degraded"
+    assert str(tmp_path) not in json.dumps(rt)
+    write_worker(data / "pods", "arrived")
+    await wait_worker(d, "arrived", deadline_s=4.0)
