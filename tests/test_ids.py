@@ -182,3 +182,11 @@ def test_distinct_names_give_distinct_ids(a: str, b: str) -> None:
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=80))
 def test_names_that_are_already_lowercase_ids_keep_their_body(raw: str) -> None:
     assert local_worker_id(raw) == f"{LOCAL_WORKER_PREFIX}{raw}-{digest(raw)}"
+
+
+def test_a_prefix_too_long_for_the_budget_still_gives_a_valid_id() -> None:
+    prefix = "remote-" + "r" * 110
+    derived = derive_id(prefix, "worker")
+    assert len(derived) == MAX_ID_BYTES
+    assert is_valid_identifier(derived)
+    assert derived.endswith("-" + hashlib.sha256(b"worker").hexdigest()[:16])

@@ -62,10 +62,14 @@ def derive_id(prefix: str, raw_name: str) -> str:
     """
     digest = hashlib.sha256(raw_name.encode("utf-8")).hexdigest()[:16]
     body = _sanitize(raw_name).strip("-") or "id"
-    room = MAX_ID_BYTES - len(prefix) - 17
+    room = max(MAX_ID_BYTES - len(prefix) - 17, 1)
     if len(body) > room:
-        body = body[: max(room, 0)].strip("-") or "id"
-    return f"{prefix}{body}-{digest}"
+        body = body[:room].strip("-") or "id"
+    derived = f"{prefix}{body}-{digest}"
+    if len(derived) > MAX_ID_BYTES:
+        # Only a prefix longer than 101 bytes gets here; upstream cuts the prefix instead.
+        derived = f"{prefix[: MAX_ID_BYTES - 17]}-{digest}"
+    return derived
 
 
 def local_worker_id(worker_name: str) -> str:
