@@ -1,0 +1,169 @@
+"""Watching for change: Consul-style blocking queries and ETags on the read routes.
+
+A client that has seen revision ``N`` (the ``X-Registry-Index`` of its last answer) asks again
+with ``?index=N&wait=30s``. If the view it asks for changed after ``N`` the answer comes at
+once; otherwise the request is held until a change relevant to that view is published or the
+wait (at most five minutes, plus up to 1/16 of it as jitter so that watchers spread out)
+runs out. A client can therefore never miss a change between two of its requests: anything
+published after the answer it holds has a revision above its index. An index above the
+current revision (the daemon restarted and counts from 1 again) answers at once.
+
+Plain pollers get an ``ETag`` (a hash of the body) and a ``304`` for ``If-None-Match``.
+
+Held requests cost a task and a connection each, so their number is bounded: past the bound
+the answer is ``429`` with ``Retry-After``. On shutdown every held request is answered at
+once so the server can drain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from yoi_registryd.config import Duration
+from yoi_registryd.errors import InvalidQuery, RegistryError
+from yoi_registryd.registry import RegistryActor, Snapshot
+
+if TYPE_CHECKING:
+    from yoi_registryd.metrics import Metrics
+
+WATCH_PARAMS: Final = ("index", "wait")
+DEFAULT_WAIT: Final = 300.0
+MAX_WAIT: Final = 300.0
+JITTER_FRACTION: Final = 1 / 16
+DEFAULT_MAX_HELD: Final = 1000
+RETRY_AFTER_SECONDS: Final = 2
+_MAX_INDEX: Final = 2**63 - 1
+_NUMBER: Final = re.compile(r"^\d+(?:\.\d+)?$")
+
+ViewIndex = Callable[[Snapshot], int]
+"""The revision at which a view last changed, in a snapshot; raises if the view is gone."""
+
+
+class TooManyWatches(RegistryError):
+    code = "too_many_watches"
+    status = 429
+
+    def __init__(self, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__("too many requests are waiting for changes; retry later")
+        self.headers["Retry-After"] = str(retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchQuery:
+    index: int
+    wait: float
+    """Seconds to hold the request at most, already capped at :data:`MAX_WAIT`."""
+
+
+def split_watch_query(
+    args: Iterable[tuple[str, str]],
+) -> tuple[WatchQuery | None, list[tuple[str, str]]]:
+    """Take ``index`` and ``wait`` out of the query; return the rest for the route to check.
+
+    The route's own parser still rejects every parameter it does not know.
+    """
+    rest: list[tuple[str, str]] = []
+    values: dict[str, str] = {}
+    for key, value in args:
+        if key not in WATCH_PARAMS:
+            rest.append((key, value))
+            continue
+        if key in values:
+            raise InvalidQuery(f"query parameter {key!r} is repeated", key)
+        values[key] = value
+    if not values:
+        return None, rest
+    if "index" not in values:
+        raise InvalidQuery("wait needs index: the revision the client has already seen", "wait")
+    text = values["index"]
+    if not text.isascii() or not text.isdigit() or int(text) > _MAX_INDEX:
+        raise InvalidQuery("index must be a non-negative integer (an X-Registry-Index)", "index")
+    wait = DEFAULT_WAIT
+    if "wait" in values:
+        wait = _parse_wait(values["wait"])
+    return WatchQuery(int(text), min(wait, MAX_WAIT)), rest
+
+
+def _parse_wait(text: str) -> float:
+    """``30s``, ``500ms``, ``5m`` or a bare number of seconds."""
+    try:
+        if _NUMBER.match(text):
+            return float(text)
+        return Duration.parse(text).total_seconds()
+    except ValueError:
+        raise InvalidQuery(
+            "wait must be a duration such as '30s', '500ms' or '5m' (at most 5m)", "wait"
+        ) from None
+
+
+class WatchGate:
+    """Holds blocking queries until their view changes; bounds how many are held at once."""
+
+    def __init__(
+        self,
+        actor: RegistryActor,
+        *,
+        max_held: int = DEFAULT_MAX_HELD,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.actor = actor
+        self.max_held = max_held
+        self.held = 0
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._scopes: set[trio.CancelScope] = set()
+        self._released = False
+
+    async def snapshot_for(self, query: WatchQuery | None, view_index: ViewIndex) -> Snapshot:
+        """The snapshot to answer from: the current one, or the first where the view moved on.
+
+        ``view_index`` raising (the runtime is gone) ends the wait too: the handler then
+        answers with that error.
+        """
+        snapshot = self.actor.snapshot
+        if query is None or self._answers_now(query, snapshot, view_index):
+            return snapshot
+        if self.held >= self.max_held:
+            if self._metrics is not None:
+                self._metrics.watch_rejected.inc()
+            raise TooManyWatches()
+        wait = query.wait + self._rng.uniform(0, query.wait * JITTER_FRACTION)
+        scope = trio.CancelScope(deadline=trio.current_time() + wait)
+        self.held += 1
+        self._scopes.add(scope)
+        if self._metrics is not None:
+            self._metrics.watch_held.inc()
+        try:
+            with scope:
+                while not self._answers_now(query, snapshot, view_index):
+                    snapshot = await self.actor.wait_for_change(snapshot.revision)
+        finally:
+            self.held -= 1
+            self._scopes.discard(scope)
+            if self._metrics is not None:
+                self._metrics.watch_held.dec()
+        return self.actor.snapshot
+
+    def _answers_now(self, query: WatchQuery, snapshot: Snapshot, view_index: ViewIndex) -> bool:
+        return (
+            self._released or query.index > snapshot.revision or view_index(snapshot) > query.index
+        )
+
+    def release_all(self) -> None:
+        """Answer every held request now and hold no more (the daemon is shutting down)."""
+        self._released = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+def etag_for(body: bytes) -> str:
+    """A strong validator (unquoted): equal bodies, equal tags, across revisions and restarts."""
+    return hashlib.blake2b(body, digest_size=12).hexdigest()
