@@ -386,7 +386,7 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
                     _diag(
                         LIVENESS_MISSING,
                         "warning",
-                        "local Worker claims to be active but its liveness socket is absent",
+                        "local Worker claims to be active but its liveness hint is absent",
                         worker_id,
                     )
                 )
