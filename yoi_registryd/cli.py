@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import msgspec
 import trio
 
-from yoi_registryd import __version__
+from yoi_registryd import __version__, status_cli
 from yoi_registryd.config import (
     Config,
     ConfigError,
@@ -50,7 +50,33 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit 0 or 1")
     check.add_argument("path", nargs="?", help="the file to check (default: as --config)")
     sub.add_parser("version", help="print the version")
+    status = sub.add_parser(
+        "status",
+        help="ask the running daemon how it is; exit 0 ready, 1 not ready, 2 unreachable",
+    )
+    status.add_argument(
+        "--address",
+        help="where the daemon listens (default: the first server.listen entry of the config)",
+    )
+    status.add_argument("--workers", action="store_true", help="also list every worker")
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
+    )
     return parser
+
+
+def status(args: argparse.Namespace) -> int:
+    address = args.address
+    if address is None:
+        try:
+            config, _ = _load(args.config)
+        except ConfigError as exc:
+            where = f"{exc.source}: " if exc.source else ""
+            for problem in exc.problems:
+                print(f"{where}{problem}", file=sys.stderr)
+            return status_cli.EXIT_UNREACHABLE
+        address = config.server.listen[0]
+    return status_cli.show_status(address, workers=args.workers, timeout=args.timeout)
 
 
 def _load(path_arg: str | None) -> tuple[Config, str]:
@@ -117,4 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check-config":
         return check_config(args.path or args.config)
+    if args.command == "status":
+        return status(args)
     return serve(args.config, args.log_level, args.demo)
