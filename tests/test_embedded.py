@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
 
 from tests.conftest import RunningDaemon, StartDaemon, wait_for
 from tests.embedded_plugins import INSTANCES, ThirdPartyRuntime, embedded_source_toml
@@ -374,3 +375,37 @@ async def test_options_never_reach_a_response(start_daemon: StartDaemon, key: st
         response = await d.client.get(path)
         assert canary not in response.text, path
         assert "tests.embedded_plugins" not in response.text, path
+
+
+async def test_a_quiet_runtime_is_kept_fresh_by_heartbeats(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    """No events for several ``stale_after`` periods: the runtime never goes stale, and a
+    change the runtime made without an event (its display name) is still picked up."""
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=RID,
+            factory="tests.embedded_plugins:ThirdPartyRuntime",
+            options={"key": key},
+            stale_after="300ms",
+        )
+    )
+    await wait_for(lambda: worker_state(d, "alpha"))
+    first = await d.get_json(f"/api/runtimes/{RID}")
+    statuses: set[str] = set()
+
+    async def three_periods_later() -> bool:
+        body = await d.get_json(f"/api/runtimes/{RID}")
+        statuses.add(body["status"])
+        return trio.current_time() > started + 0.9 and body["last_seen_at"] > first["last_seen_at"]
+
+    started = trio.current_time()
+    await wait_for(three_periods_later, message="heartbeats across three stale_after periods")
+    assert statuses == {"available"}
+    runtime: ThirdPartyRuntime = INSTANCES[key]
+    runtime.display_name = "Renamed quietly"
+
+    async def relabelled() -> bool:
+        return bool((await d.get_json(f"/api/runtimes/{RID}"))["label"] == "Renamed quietly")
+
+    await wait_for(relabelled, deadline_s=2, message="the heartbeat to read the new name")

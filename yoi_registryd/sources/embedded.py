@@ -542,11 +542,14 @@ class EmbeddedRuntimeSource:
             else:
                 self._invalid_ids.discard(worker_id)
         invalid_changed = len(self._invalid_ids) != invalid_before
+        if change.runtime is None and not invalid_changed:
+            # The common case: workers only. No descriptor, so no ordering to keep with the
+            # heartbeat, and no lock (taking one costs a scheduling round per event).
+            await reporter.changed(upserts=tuple(upserts), removals=tuple(removals))
+            return
         async with self._send_lock:
-            descriptor = self._descriptor
-            if change.runtime is not None or invalid_changed:
-                # Read afresh under the lock, so descriptors reach the registry in order.
-                descriptor = projection.descriptor(self._summary(runtime), bool(self._invalid_ids))
+            # Read afresh under the lock, so descriptors reach the registry in order.
+            descriptor = projection.descriptor(self._summary(runtime), bool(self._invalid_ids))
             new_descriptor = descriptor if descriptor != self._descriptor else None
             self._descriptor = descriptor
             await reporter.changed(
