@@ -5,9 +5,12 @@ Each test runs the local compatibility source alongside, and checks it is untouc
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import RunningDaemon, StartDaemon, local_source_toml, wait_for
 from tests.embedded_plugins import (
@@ -47,8 +50,12 @@ def config(data_dir: Path, runtime_dir: Path, **keys: object) -> str:
 
 
 async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
-    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
+    start_daemon: StartDaemon,
+    data_dir: Path,
+    runtime_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     key = uuid.uuid4().hex
     canary = "canary-" + uuid.uuid4().hex
     d = await start_daemon(
@@ -83,6 +90,9 @@ async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
     )
     assert body["consecutive_failures"] == 0
     assert canary not in str(seen_failure) and canary not in str(body)
+    # The factory's exception text (which holds the canary) stays out of INFO+ logs too.
+    assert "the runtime factory failed (RuntimeError)" in caplog.text
+    assert canary not in caplog.text
     INSTANCES[key].spawn("late")
 
     async def late_listed() -> bool:

@@ -140,10 +140,22 @@ def _resolve_attribute(module_name: str, attribute: str, named: str) -> object:
     return target
 
 
+def _failure(subject: str, code: str, what: str, exc: BaseException) -> SourceError:
+    """A typed failure whose served message names only the exception's type.
+
+    Code of the runtime's (and its factory's, which is handed the options) raised this, so
+    its text may hold anything, a secret option included: at WARNING the log says what
+    failed and the type; the text and traceback go to DEBUG only.
+    """
+    kind = type(exc).__name__
+    log.warning("%s: %s (%s); run with --log-level debug for details", subject, what, kind)
+    log.debug("%s: %s", subject, what, exc_info=exc)
+    return SourceError(code, f"{what} ({kind})")
+
+
 def _import_failed(named: str, exc: Exception) -> SourceError:
-    log.warning("importing the runtime factory %s failed", named, exc_info=exc)
-    return SourceError(
-        FACTORY_FAILED, f"importing the runtime factory {named} failed ({type(exc).__name__})"
+    return _failure(
+        "embedded source", FACTORY_FAILED, f"importing the runtime factory {named} failed", exc
     )
 
 
@@ -204,14 +216,8 @@ class RuntimeHolder:
         try:
             runtime = await _maybe_await(factory(**self.config.options))
         except Exception as exc:
-            log.warning(
-                "embedded source %s: the runtime factory failed",
-                self.config.runtime_id,
-                exc_info=exc,
-            )
-            raise SourceError(
-                FACTORY_FAILED, f"the runtime factory failed ({type(exc).__name__})"
-            ) from exc
+            subject = f"embedded source {self.config.runtime_id}"
+            raise _failure(subject, FACTORY_FAILED, "the runtime factory failed", exc) from exc
         if not isinstance(runtime, EmbeddedRuntime):
             raise SourceError(
                 RUNTIME_INVALID,
@@ -331,12 +337,17 @@ class EmbeddedOperations:
         except RuntimeStopped:
             raise errors.RuntimeStopped(self.runtime_id) from None
         except InputRejected as exc:
-            log.info("embedded runtime %s rejected input: %s", self.runtime_id, exc)
+            log.info("embedded runtime %s rejected input (%s)", self.runtime_id, type(exc).__name__)
             raise errors.InvalidRequest(
                 "the runtime rejected the input (empty, too long or malformed)"
             ) from None
         except EmbeddedRuntimeError as exc:
-            log.info("embedded runtime %s refused %s: %s", self.runtime_id, operation, exc)
+            log.info(
+                "embedded runtime %s refused %s (%s)",
+                self.runtime_id,
+                operation,
+                type(exc).__name__,
+            )
             raise errors.OperationRejected(self.runtime_id, worker_id, operation) from None
 
     async def _lifecycle(
@@ -402,6 +413,7 @@ class EmbeddedRuntimeSource:
         self.config = config
         self.runtime_id = config.runtime_id
         self.holder = holder or RuntimeHolder(config)
+        self._subject = f"embedded source {config.runtime_id}"
         self.resyncs = 0
         """Full resynchronisations after a subscription fell behind (for tests and logs)."""
         self._invalid_ids: set[str] = set()
@@ -434,11 +446,8 @@ class EmbeddedRuntimeSource:
         try:
             await runtime.run()
         except Exception as exc:
-            log.warning(
-                "embedded source %s: the runtime's task failed", self.runtime_id, exc_info=exc
-            )
-            raise SourceError(
-                RUNTIME_TASK_FAILED, f"the runtime's own task failed ({type(exc).__name__})"
+            raise _failure(
+                self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed", exc
             ) from exc
 
     async def _follow(
@@ -462,11 +471,8 @@ class EmbeddedRuntimeSource:
             except SourceError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "embedded source %s: the subscription failed", self.runtime_id, exc_info=exc
-                )
-                raise SourceError(
-                    SUBSCRIPTION_FAILED, f"the runtime's subscription failed ({type(exc).__name__})"
+                raise _failure(
+                    self._subject, SUBSCRIPTION_FAILED, "the runtime's subscription failed", exc
                 ) from exc
             raise SourceError(SUBSCRIPTION_CLOSED, "the runtime ended its subscription")
 
@@ -474,9 +480,8 @@ class EmbeddedRuntimeSource:
         try:
             return runtime.summary()
         except Exception as exc:
-            log.warning("embedded source %s: summary() failed", self.runtime_id, exc_info=exc)
-            raise SourceError(
-                SNAPSHOT_FAILED, f"the runtime could not be read ({type(exc).__name__})"
+            raise _failure(
+                self._subject, SNAPSHOT_FAILED, "the runtime could not be read", exc
             ) from exc
 
     def _invalid_diagnostics(self) -> tuple[Diagnostic, ...]:
@@ -501,10 +506,8 @@ class EmbeddedRuntimeSource:
             try:
                 workers = tuple(runtime.workers())
             except Exception as exc:
-                log.warning("embedded source %s: workers() failed", self.runtime_id, exc_info=exc)
-                raise SourceError(
-                    SNAPSHOT_FAILED,
-                    f"the runtime's workers could not be read ({type(exc).__name__})",
+                raise _failure(
+                    self._subject, SNAPSHOT_FAILED, "the runtime's workers could not be read", exc
                 ) from exc
             records: list[WorkerRecord] = []
             self._invalid_ids = set()
