@@ -1,0 +1,157 @@
+"""Reloading the configuration of a running daemon (SIGHUP, ``systemctl reload``).
+
+Like Prometheus: the new file is loaded and validated completely before anything changes,
+and a bad file keeps the running configuration (the reason is logged and recorded in
+:class:`ReloadStatus`). A good file is applied as the smallest change: sources that
+appeared start, sources that disappeared stop, sources whose configuration changed restart
+(keeping their runtime's last known state until they observe again), and unchanged sources
+are not touched at all, so their runtimes keep their state and records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import trio
+
+from yoi_registryd.config import Config, ConfigError, SourceConfig, load_config
+from yoi_registryd.registry import utcnow
+from yoi_registryd.supervisor import SourceSpec, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of reloads so far, for ``STATUS=``, probes and metrics."""
+
+    attempts: int = 0
+    failures: int = 0
+    last_ok: bool | None = None
+    """None until the first reload."""
+    last_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    """Why the last reload was rejected: for the operator (it may name the config file)."""
+
+    def succeeded(self) -> None:
+        self.attempts += 1
+        self.last_ok = True
+        self.last_at = self.last_success_at = utcnow()
+        self.last_error = None
+
+    def failed(self, reason: str) -> None:
+        self.attempts += 1
+        self.failures += 1
+        self.last_ok = False
+        self.last_at = utcnow()
+        self.last_error = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """What a reload does to the running sources."""
+
+    stop: tuple[str, ...] = ()
+    restart: tuple[SourceSpec, ...] = ()
+    start: tuple[SourceSpec, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+def plan_sources(running: Mapping[str, SourceSpec], wanted: Iterable[SourceSpec]) -> SourcePlan:
+    """Compare running and wanted sources by runtime id and by configuration (``key``)."""
+    wanted_by_id = {spec.runtime_id: spec for spec in wanted}
+    stop = tuple(rid for rid in running if rid not in wanted_by_id)
+    restart: list[SourceSpec] = []
+    start: list[SourceSpec] = []
+    unchanged: list[str] = []
+    for rid, spec in wanted_by_id.items():
+        current = running.get(rid)
+        if current is None:
+            start.append(spec)
+        elif current.key != spec.key:
+            restart.append(spec)
+        else:
+            unchanged.append(rid)
+    return SourcePlan(stop, tuple(restart), tuple(start), tuple(unchanged))
+
+
+async def apply_source_plan(
+    supervisor: Supervisor, nursery: trio.Nursery, plan: SourcePlan
+) -> None:
+    """Stop, restart and start sources as planned; unchanged ones are left alone."""
+    for rid in plan.stop:
+        await supervisor.stop(rid)
+        log.info("reload: stopped source %s", rid)
+    for spec in plan.restart:
+        # forget=False: the registry keeps the runtime's last known state for the new task.
+        await supervisor.stop(spec.runtime_id, forget=False)
+        await supervisor.start(nursery, spec)
+        log.info("reload: restarted source %s (its configuration changed)", spec.runtime_id)
+    for spec in plan.start:
+        await supervisor.start(nursery, spec)
+        log.info("reload: started source %s", spec.runtime_id)
+
+
+def settings_needing_restart(old: Config, new: Config) -> list[str]:
+    """Changed keys that a reload cannot apply to a running process."""
+    changed = []
+    if old.server.listen != new.server.listen:
+        changed.append("server.listen")
+    if old.server.unix_socket_mode != new.server.unix_socket_mode:
+        changed.append("server.unix_socket_mode")
+    if old.server.shutdown_grace != new.server.shutdown_grace:
+        changed.append("server.shutdown_grace")
+    if old.registry.channel_capacity != new.registry.channel_capacity:
+        changed.append("registry.channel_capacity")
+    return changed
+
+
+async def reload_config(
+    path: Path | None,
+    current: Config,
+    supervisor: Supervisor,
+    nursery: trio.Nursery,
+    make_spec: Callable[[SourceConfig], SourceSpec],
+    status: ReloadStatus,
+    *,
+    log_level_override: str | None = None,
+) -> Config | None:
+    """Load, validate and apply the configuration at ``path``.
+
+    Returns the new configuration, or None when it was rejected and ``current`` stays.
+    """
+    try:
+        new = Config() if path is None else await trio.to_thread.run_sync(load_config, path)
+        specs = [make_spec(source) for source in new.sources]
+    except ConfigError as exc:
+        where = exc.source or "the configuration"
+        for problem in exc.problems:
+            log.error("reload rejected, keeping the running configuration: %s: %s", where, problem)
+        status.failed("; ".join(exc.problems))
+        return None
+    except Exception as exc:  # a bug must not take down a daemon that was running fine
+        log.exception("reload failed, keeping the running configuration")
+        status.failed(f"internal error ({type(exc).__name__})")
+        return None
+    plan = plan_sources(supervisor.specs, specs)
+    supervisor.config = new.supervisor
+    await apply_source_plan(supervisor, nursery, plan)
+    level = log_level_override or new.logging.level
+    logging.getLogger().setLevel(level.upper())
+    for key in settings_needing_restart(current, new):
+        log.warning("reload: %s changed; it takes effect when the daemon restarts", key)
+    status.succeeded()
+    log.info(
+        "reloaded %s: %d sources started, %d stopped, %d restarted, %d unchanged",
+        path or "the built-in defaults",
+        len(plan.start),
+        len(plan.stop),
+        len(plan.restart),
+        len(plan.unchanged),
+    )
+    return new
