@@ -18,10 +18,12 @@ text is ever echoed. Every request's ``Authorization`` header is recorded.
 
 Run standalone (used by ``benchmarks/remote_freshness.py``)::
 
-    python -m tests.fake_runtime --runtimes 200 --workers 2 --port 0
+    python -m tests.fake_runtime --runtimes 200 --workers 2 [--token-file PATH]
 
-prints ``READY <port>`` and serves runtimes ``/rt-000`` ... with control routes
-``PUT|DELETE /_control/<prefix>/workers/<worker_id>`` to add or remove a worker.
+serves runtime ``i`` at ``http://127.0.0.1:<port i>/rt-<i>`` (each on its own port, like
+separate runtime processes; every port serves every prefix) and prints ``READY <port 0>
+<port 1> ...``. Control routes ``PUT|DELETE /_control/<prefix>/workers/<worker_id>`` add or
+remove a worker.
 """
 
 from __future__ import annotations
@@ -349,31 +351,43 @@ def _route(method: str, parts: list[str]) -> str:
 
 
 class FakeServer:
-    """Serves a :class:`FakeRuntimeApp` on a loopback port; can stop and start again."""
+    """Serves a :class:`FakeRuntimeApp` on loopback ports; can stop and start again.
+
+    Every port serves the same app; more than one port lets each runtime have its own
+    origin (``host:port``), as distinct runtime processes would.
+    """
 
     def __init__(self, app: FakeRuntimeApp | None = None) -> None:
         self.app = app or FakeRuntimeApp()
-        self.port: int | None = None
+        self.ports: list[int] = []
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
 
-    def url(self, prefix: str = "") -> str:
-        assert self.port is not None, "start the server first"
-        return f"http://127.0.0.1:{self.port}{prefix}"
+    @property
+    def port(self) -> int:
+        assert self.ports, "start the server first"
+        return self.ports[0]
 
-    async def start(self, nursery: trio.Nursery) -> FakeServer:
-        """Listen (on the same port as before, after a stop) and serve."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port or 0))
-        sock.listen(1024)
-        self.port = sock.getsockname()[1]
-        await nursery.start(self._serve, sock)
+    def url(self, prefix: str = "", port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.port}{prefix}"
+
+    async def start(self, nursery: trio.Nursery, listeners: int = 1) -> FakeServer:
+        """Listen (on the same ports as before, after a stop) and serve."""
+        wanted = self.ports or [0] * listeners
+        socks = []
+        for port in wanted:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1024)
+            socks.append(sock)
+        self.ports = [sock.getsockname()[1] for sock in socks]
+        await nursery.start(self._serve, socks)
         return self
 
-    async def _serve(self, sock: socket.socket, task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(self, socks: list[socket.socket], task_status: trio.TaskStatus[None]) -> None:
         config = HypercornConfig()
-        config.bind = [f"fd://{sock.detach()}"]
+        config.bind = [f"fd://{sock.detach()}" for sock in socks]
         config.errorlog = logging.getLogger("fake_runtime.server")
         config.accesslog = None
         config.graceful_timeout = 0.1
@@ -429,18 +443,17 @@ def runtime_prefix(index: int) -> str:
     return f"/rt-{index:03d}"
 
 
-async def _serve_standalone(runtimes: int, workers: int, port: int) -> None:
+async def _serve_standalone(runtimes: int, workers: int, token: str | None) -> None:
     server = FakeServer()
-    server.port = port or None
     for i in range(runtimes):
-        runtime = FakeRuntime(runtime_id=f"bench-{i:03d}")
+        runtime = FakeRuntime(runtime_id=f"bench-{i:03d}", token=token)
         runtime.add(*(f"w-{j}" for j in range(workers)))
         runtime.requests = _Discard()
         runtime.auth_headers = _Discard()
         server.app.mount(runtime_prefix(i), runtime)
     async with trio.open_nursery() as nursery:
-        await server.start(nursery)
-        print(f"READY {server.port}", flush=True)
+        await server.start(nursery, listeners=runtimes)
+        print("READY", *server.ports, flush=True)
 
 
 class _Discard(list[Any]):
@@ -454,10 +467,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="serve fake yoi worker-runtimes")
     parser.add_argument("--runtimes", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token-file", help="require the bearer token held in this file")
     args = parser.parse_args(argv)
+    token = None
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
     try:
-        trio.run(_serve_standalone, args.runtimes, args.workers, args.port)
+        trio.run(_serve_standalone, args.runtimes, args.workers, token)
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -59,7 +59,7 @@ from yoi_registryd.sources.remote_client import (
     RemoteClient,
     RemoteFailure,
     failure_for_status,
-    shared_http_client,
+    open_http_client,
 )
 from yoi_registryd.sources.remote_projection import (
     MalformedAnswer,
@@ -108,7 +108,7 @@ class RemoteRuntimeSource:
 
     async def run(self, reporter: Reporter) -> None:
         config = self.config
-        async with shared_http_client() as http:
+        async with open_http_client() as http:
             self._client = RemoteClient(
                 http,
                 config.base_url,

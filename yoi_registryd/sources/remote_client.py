@@ -1,8 +1,7 @@
-"""HTTP plumbing of the remote source: one pooled client, bounded requests, typed failures.
+"""HTTP plumbing of the remote source: a keep-alive client, bounded requests, typed failures.
 
-Every remote runtime of a daemon shares one keep-alive ``httpx.AsyncClient`` (httpx runs on
-trio through anyio). The client lives in a trio ``RunVar``, so it belongs to one trio run
-(one daemon), and it is closed when the last remote source of that run stops.
+Each remote runtime gets its own small keep-alive ``httpx.AsyncClient`` (httpx runs on trio
+through anyio) for as long as its source runs; all of them share one TLS context.
 
 Whatever goes wrong is reduced here to a :class:`RemoteFailure` carrying one of the typed
 codes of contract section 3. Its ``str`` is the code alone: the exception text of httpx
@@ -12,6 +11,8 @@ response, a diagnostic or a log line at INFO or above.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -31,7 +32,10 @@ UNSUPPORTED: Final = "remote_runtime_unsupported"
 WORKER_NOT_FOUND: Final = "remote_worker_not_found"
 TOKEN_UNAVAILABLE: Final = "remote_runtime_token_unavailable"
 
-_KEEPALIVE_EXPIRY: Final = 30.0
+_KEEPALIVE_EXPIRY: Final = 60.0
+_MAX_CONNECTIONS: Final = 16
+"""Polls use one connection; the rest serve concurrent worker operations."""
+_MAX_KEEPALIVE: Final = 2
 
 
 class RemoteFailure(Exception):
@@ -177,38 +181,35 @@ class RemoteClient:
         return b"".join(chunks)
 
 
-class _Pool:
-    __slots__ = ("client", "users")
-
-    def __init__(self) -> None:
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=None,
-                max_keepalive_connections=None,
-                keepalive_expiry=_KEEPALIVE_EXPIRY,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        self.users = 0
-
-
-_POOL: Final = trio.lowlevel.RunVar[_Pool | None]("yoi_registryd.remote_http_pool", default=None)
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every remote client of the process: loading CAs is the costly part."""
+    return httpx.create_ssl_context(trust_env=False)
 
 
 @asynccontextmanager
-async def shared_http_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The daemon's pooled client: created by its first user, closed after its last."""
-    pool = _POOL.get()
-    if pool is None:
-        pool = _Pool()
-        _POOL.set(pool)
-    pool.users += 1
+async def open_http_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A keep-alive client for one remote runtime, closed when the source stops.
+
+    One client per runtime rather than one for the whole daemon: httpcore's pool walks
+    every pooled connection on each request, and N runtimes are N origins, so one shared
+    pool costs O(N) per request. Measured with 200 runtimes polled every second
+    (``benchmarks/remote_freshness.py``): a shared pool kept the daemon at a full core;
+    one small pool per runtime, sharing one TLS context, costs far less (see
+    ``docs/remote-source.md``).
+    """
+    client = httpx.AsyncClient(
+        verify=_tls_context(),
+        limits=httpx.Limits(
+            max_connections=_MAX_CONNECTIONS,
+            max_keepalive_connections=_MAX_KEEPALIVE,
+            keepalive_expiry=_KEEPALIVE_EXPIRY,
+        ),
+        follow_redirects=False,
+        trust_env=False,
+    )
     try:
-        yield pool.client
+        yield client
     finally:
-        pool.users -= 1
-        if pool.users == 0:
-            _POOL.set(None)
-            with trio.CancelScope(shield=True):
-                await pool.client.aclose()
+        with trio.CancelScope(shield=True):
+            await client.aclose()
