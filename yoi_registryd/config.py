@@ -397,11 +397,7 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
         not _CREDENTIAL_RE.fullmatch(src.token_credential) or src.token_credential in (".", "..")
     ):
         problems.append(f"{key}.token_credential: must be a credential name, not a path")
-    for j, workspace in enumerate(src.workspaces):
-        if not is_valid_identifier(workspace):
-            problems.append(f"{key}.workspaces[{j}]: {workspace!r} is not a valid workspace id")
-    if len(set(src.workspaces)) != len(src.workspaces):
-        problems.append(f"{key}.workspaces: lists a workspace more than once")
+    problems.extend(_validate_workspaces(key, src.workspaces))
     for name in ("poll_interval", "timeout", "stale_after"):
         if getattr(src, name) <= timedelta(0):
             problems.append(f"{key}.{name}: must be greater than zero")

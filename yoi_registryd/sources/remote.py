@@ -50,6 +50,7 @@ from yoi_registryd.secrets import TokenUnavailable, load_token
 from yoi_registryd.sources.base import Reporter
 from yoi_registryd.sources.remote_client import (
     AUTH_FAILED,
+    HTTP_ERROR,
     MALFORMED,
     NETWORK_ERROR,
     TIMEOUT,
@@ -176,25 +177,28 @@ class RemoteRuntimeSource:
                 workers_body = await client.get(WORKERS_PATH)
             except RemoteFailure as failure:
                 if failure.code == WORKER_NOT_FOUND:  # a 404 on a runtime-wide route
-                    failure.code = "remote_runtime_http_error"
-                await self._failed(reporter, failure)
+                    failure.code = HTTP_ERROR
+                await self._failed(reporter, failure, trio.current_time() - started)
                 return False
+            duration = trio.current_time() - started
             async with self._lock:
                 if epoch != self._op_epoch:
                     continue  # an operation changed the runtime meanwhile: look again
                 try:
-                    await self._apply(reporter, runtime_body, workers_body)
+                    await self._apply(reporter, runtime_body, workers_body, duration)
                 except MalformedAnswer:
-                    await self._failed(reporter, RemoteFailure(MALFORMED))
+                    await self._failed(reporter, RemoteFailure(MALFORMED), duration)
                     return False
-            self._recovered(trio.current_time() - started)
+            self._recovered(duration)
             return True
         return True  # operations keep landing; their acknowledgements keep the view fresh
 
-    async def _apply(self, reporter: Reporter, runtime_body: bytes, workers_body: bytes) -> None:
+    async def _apply(
+        self, reporter: Reporter, runtime_body: bytes, workers_body: bytes, duration: float
+    ) -> None:
         bodies = (runtime_body, workers_body)
         if not self._needs_full and bodies == self._bodies:
-            await reporter.succeeded()
+            await reporter.succeeded(duration=duration)
             return
         previous = self._reported.workers if self._reported is not None else {}
         view = self._projector.project(runtime_body, workers_body, previous, utcnow())
@@ -203,7 +207,11 @@ class RemoteRuntimeSource:
             # The first look, or the first after failures (the registry may have expired
             # the workers meanwhile): send everything.
             await reporter.observed(
-                view.descriptor, view.hosts, tuple(view.workers.values()), {"": view.diagnostics}
+                view.descriptor,
+                view.hosts,
+                tuple(view.workers.values()),
+                {"": view.diagnostics},
+                duration=duration,
             )
             self._needs_full = False
         else:
@@ -219,13 +227,14 @@ class RemoteRuntimeSource:
                     diagnostics=diagnostics,
                     hosts=hosts,
                     runtime=descriptor,
+                    duration=duration,
                 )
             else:
-                await reporter.succeeded()
+                await reporter.succeeded(duration=duration)
         self._reported = view
         self._bodies = bodies
 
-    async def _failed(self, reporter: Reporter, failure: RemoteFailure) -> None:
+    async def _failed(self, reporter: Reporter, failure: RemoteFailure, duration: float) -> None:
         self._failures += 1
         self._needs_full = True
         self._bodies = None
@@ -236,7 +245,7 @@ class RemoteRuntimeSource:
             log.warning("remote source %s: %s [%s]", self.runtime_id, message, failure.code)
         log.debug("remote source %s: %s", self.runtime_id, failure.detail or failure.code)
         self._last_failure = failure.code
-        await reporter.failed(failure.code, message)
+        await reporter.failed(failure.code, message, duration=duration)
 
     def _recovered(self, elapsed: float) -> None:
         if self._failures:
