@@ -1,0 +1,129 @@
+"""``yoi-registryd status`` as a real subprocess against a running daemon (TCP and unix)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+from tests.conftest import RunningDaemon, StartDaemon, listen_socket, local_source_toml, wait_for
+from tests.scripted_source import Script
+from yoi_registryd.config import parse_config
+from yoi_registryd.daemon import Daemon, open_listener
+from yoi_registryd.status_cli import EXIT_NOT_READY, EXIT_READY, EXIT_UNREACHABLE
+
+
+async def run_status(*args: str) -> tuple[int, str, str]:
+    result = await trio.run_process(
+        [sys.executable, "-m", "yoi_registryd", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+def config_file(tmp_path: Path, listen: str, body: str = "sources = []\n") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f"{body}\n[server]\nlisten = [{listen!r}]\n".replace("'", '"'))
+    return path
+
+
+def port_of(d: RunningDaemon) -> int:
+    return int(d.base_url.rsplit(":", 1)[1])
+
+
+async def listed(d: RunningDaemon) -> list[dict[str, str]]:
+    async def has_workers() -> bool:
+        return bool((await d.get_json("/api/workers"))["items"])
+
+    await wait_for(has_workers)
+    items: list[dict[str, str]] = (await d.get_json("/api/workers"))["items"]
+    return items
+
+
+async def test_status_of_a_ready_daemon(
+    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path, tmp_path: Path
+) -> None:
+    source = local_source_toml(data_dir, runtime_dir)
+    d = await start_daemon(source)
+    workers = await listed(d)
+    # Found through the config's first listen address; a wildcard is asked on loopback.
+    config = config_file(tmp_path, f"0.0.0.0:{port_of(d)}", source)
+    code, out, err = await run_status("--config", str(config), "status", "--workers")
+    assert code == EXIT_READY, (out, err)
+    lines = out.splitlines()
+    assert lines[0].startswith(f"yoi-registryd at 127.0.0.1:{port_of(d)}: ready (revision ")
+    header = next(line for line in lines if line.startswith("RUNTIME  "))
+    assert header.split()[:4] == ["RUNTIME", "KIND", "STATUS", "TASK"]
+    runtime_row = next(line for line in lines if line.startswith("local-worker-runtime "))
+    by_state = Counter(w["state"] for w in workers)
+    assert runtime_row.split()[1:5] == [
+        "local_compatibility",
+        "available",
+        "running",
+        str(len(workers)),
+    ]
+    for state, count in by_state.items():
+        assert f"{state}={count}" in runtime_row
+    # --workers lists every worker with its state.
+    for worker in workers:
+        row = next(line for line in lines if f" {worker['worker_id']} " in line)
+        assert worker["state"] in row.split()
+    assert str(data_dir) not in out
+
+
+async def test_status_exits_1_when_not_ready(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    d = await start_daemon("sources = []\n")
+    await d.daemon.supervisor.start(nursery, Script("pending").spec(stale_after=60))
+    await wait_for(lambda: "pending" in d.daemon.actor.snapshot.runtimes)
+    code, out, _ = await run_status("status", "--address", f"127.0.0.1:{port_of(d)}")
+    assert code == EXIT_NOT_READY, out
+    assert ": NOT READY (revision " in out.splitlines()[0]
+    assert "[-]source/pending failed: no first observation yet" in out
+    row = next(line for line in out.splitlines() if line.startswith("pending "))
+    assert row.split()[1:4] == ["embedded_worker_runtime", "unknown", "running"]
+
+
+async def test_status_exits_2_when_nothing_answers(tmp_path: Path) -> None:
+    sock = listen_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    config = config_file(tmp_path, f"127.0.0.1:{port}")
+    code, out, err = await run_status("--config", str(config), "status", "--timeout", "2")
+    assert code == EXIT_UNREACHABLE
+    assert out == ""
+    assert f"cannot reach 127.0.0.1:{port}" in err
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nlisten = 5\n")
+    code, _, err = await run_status("--config", str(bad), "status")
+    assert code == EXIT_UNREACHABLE
+    assert "server.listen" in err
+
+
+async def test_status_over_a_unix_socket(
+    nursery: trio.Nursery, data_dir: Path, runtime_dir: Path, tmp_path: Path
+) -> None:
+    sock_path = tmp_path / "registry.sock"
+    body = local_source_toml(data_dir, runtime_dir)
+    config = config_file(tmp_path, f"unix:{sock_path}", body)
+    daemon = Daemon(parse_config(config.read_text()))
+    await nursery.start(daemon.run, [open_listener(f"unix:{sock_path}")])
+    try:
+
+        async def ready() -> bool:
+            code, _, _ = await run_status("--config", str(config), "status")
+            return code == EXIT_READY
+
+        await wait_for(ready, deadline_s=15, interval=0.2)
+        code, out, _ = await run_status("--config", str(config), "status")
+        assert code == EXIT_READY
+        assert out.startswith(f"yoi-registryd at unix:{sock_path}: ready")
+        assert "local-worker-runtime" in out
+    finally:
+        daemon.shutdown.set()

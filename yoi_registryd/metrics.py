@@ -1,0 +1,318 @@
+"""Prometheus metrics: one ``CollectorRegistry`` per daemon, scraped at ``GET /metrics``.
+
+Registry and runtime figures are read from the current Snapshot when Prometheus scrapes, by
+a custom collector, rather than kept in gauges updated on every change: the actor's hot path
+does no metric work, and a scrape always shows one consistent revision. Only what happens
+per request (HTTP counts and latencies, held watches) is counted as it happens.
+
+Labels identify a runtime by ``runtime_id`` and ``source_kind`` only, plus bounded enums
+(status, worker state, typed error code, route template, method, status code); never a URL,
+path or raw request path. A daemon has its own registry (not prometheus-client's global one)
+so that several daemons can run in one process, as they do in the tests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Final, Protocol, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from yoi_registryd import __version__
+from yoi_registryd.http.source_status import runtime_health
+from yoi_registryd.model import RuntimeStatus
+from yoi_registryd.registry import RegistryActor
+
+PREFIX: Final = "yoi_registryd"
+ROUTE_SCOPE_KEY: Final = "yoi_registryd.route"
+"""ASGI scope key where the app leaves the matched route template for the middleware."""
+HELD_SCOPE_KEY: Final = "yoi_registryd.held"
+"""ASGI scope key set when a request was held as a blocking query (its latency is not timed)."""
+UNMATCHED_ROUTE: Final = "unmatched"
+RUNTIME_LABELS: Final = ("runtime_id", "source_kind")
+STATUSES: Final[tuple[RuntimeStatus, ...]] = get_args(RuntimeStatus)
+HTTP_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LABEL_VALUE: Final = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
+
+
+def bounded_label(value: str) -> str:
+    """A source-provided enum value (worker state, error code) fit to be a label, or ``other``.
+
+    Keeps the label set small and free of anything that is not an identifier.
+    """
+    return value if _LABEL_VALUE.match(value) else "other"
+
+
+class ReloadOutcome(Protocol):
+    """What the config reload records (``yoi_registryd.reload.ReloadStatus``)."""
+
+    attempts: int
+    failures: int
+    last_ok: bool | None
+    last_success_at: datetime | None
+
+
+class Metrics:
+    """The metrics of one daemon. ``render`` produces a scrape; the rest is for its parts."""
+
+    def __init__(
+        self,
+        actor: RegistryActor,
+        *,
+        reloads: ReloadOutcome | None = None,
+        process: bool = True,
+    ) -> None:
+        self.actor = actor
+        self.reloads = reloads
+        self.registry = CollectorRegistry()
+        self.audit_queue_depth: Callable[[], int] | None = None
+        """Set by the audit sink: how many records wait to be written."""
+        self.loaded_at = time.time()
+        """When the configuration was first loaded (a successful load, as for Prometheus)."""
+        r = self.registry
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and method "
+            "(requests held as blocking queries are not timed).",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.watch_held = Gauge(
+            f"{PREFIX}_http_held_requests",
+            "Blocking queries currently held waiting for a change.",
+            registry=r,
+        )
+        self.watch_rejected = Counter(
+            f"{PREFIX}_http_held_requests_rejected",
+            "Blocking queries refused with 429 because too many were held.",
+            registry=r,
+        )
+        r.register(_SnapshotCollector(self))
+        if process:
+            ProcessCollector(registry=r)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        method = method if method in _METHODS else "other"
+        self.http_requests.labels(route, method, str(status)).inc()
+        if seconds is not None:
+            self.http_duration.labels(route, method).observe(seconds)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """A scrape in the format the client asked for (OpenMetrics or Prometheus text)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class _SnapshotCollector:
+    """Reads the actor's current snapshot and counters at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        actor = metrics.actor
+        snapshot = actor.snapshot
+        labels = list(RUNTIME_LABELS)
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=[*labels, *extra])
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=[*labels, *extra])
+
+        up = gauge(
+            "runtime_up", "1 when the last observation of the runtime succeeded and is fresh."
+        )
+        status = gauge(
+            "runtime_status", "The runtime's status: 1 for the current one.", ("status",)
+        )
+        last_success = gauge(
+            "runtime_last_success_timestamp_seconds",
+            "Unix time of the last successful observation of the runtime.",
+        )
+        duration = gauge(
+            "runtime_last_observation_duration_seconds",
+            "How long the last observation of the runtime took, as its source measured it.",
+        )
+        observations = counter(
+            "runtime_observations", "Successful observations of the runtime by its source."
+        )
+        errors = counter(
+            "runtime_observation_errors",
+            "Failed observations of the runtime, by typed error code.",
+            ("code",),
+        )
+        failures = gauge(
+            "runtime_consecutive_failures", "Failed observations since the last success."
+        )
+        restarts = counter(
+            "runtime_source_restarts", "Times the supervisor restarted the runtime's source."
+        )
+        workers = gauge("runtime_workers", "Workers of the runtime, by state.", ("state",))
+        for rid in snapshot.sorted_runtime_ids:
+            entry = snapshot.runtimes[rid]
+            record = entry.record
+            key = [rid, record.source.kind]
+            up.add_metric(key, 1.0 if runtime_health(record) == "up" else 0.0)
+            for name in STATUSES:
+                status.add_metric([*key, name], 1.0 if record.status == name else 0.0)
+            if record.last_seen_at is not None:
+                last_success.add_metric(key, record.last_seen_at.timestamp())
+            if entry.stats.last_duration is not None:
+                duration.add_metric(key, entry.stats.last_duration)
+            observations.add_metric(key, entry.stats.successes)
+            for code, count in _bounded_counts(entry.stats.errors).items():
+                errors.add_metric([*key, code], count)
+            failures.add_metric(key, record.consecutive_failures)
+            restarts.add_metric(key, record.supervisor.restarts)
+            for state, count in _bounded_counts(entry.workers_by_state.items()).items():
+                workers.add_metric([*key, state], count)
+        yield from (up, status, last_success, duration, observations, errors, failures)
+        yield from (restarts, workers)
+
+        yield _plain_gauge(
+            "registry_revision", "The registry's current revision.", snapshot.revision
+        )
+        yield _plain_gauge("registry_runtimes", "Runtimes in the registry.", len(snapshot.runtimes))
+        yield _plain_gauge(
+            "registry_channel_depth",
+            "Source messages queued for the registry actor.",
+            actor.channel_depth,
+        )
+        yield _plain_gauge(
+            "registry_channel_peak",
+            "The most source messages ever queued for the registry actor at once.",
+            actor.channel_peak,
+        )
+        yield _plain_gauge(
+            "registry_channel_capacity",
+            "Capacity of the registry actor's channel (sources wait when it is full).",
+            actor.channel_capacity,
+        )
+        publish = SummaryMetricFamily(
+            f"{PREFIX}_registry_snapshot_publish_duration_seconds",
+            "Time the registry actor spent building and publishing snapshots.",
+        )
+        publish.add_metric([], actor.publish_count, actor.publish_seconds_total)
+        yield publish
+        if metrics.audit_queue_depth is not None:
+            yield _plain_gauge(
+                "audit_queue_depth",
+                "Audit records waiting to be written.",
+                metrics.audit_queue_depth(),
+            )
+        yield from _reload_metrics(metrics.reloads, metrics.loaded_at)
+        info = GaugeMetricFamily(
+            f"{PREFIX}_build_info", "The running yoi-registryd version.", labels=["version"]
+        )
+        info.add_metric([__version__], 1.0)
+        yield info
+
+
+def _reload_metrics(reloads: ReloadOutcome | None, loaded_at: float) -> Iterator[Metric]:
+    last_ok = reloads is None or reloads.last_ok is not False
+    success_at = reloads.last_success_at if reloads is not None else None
+    yield _plain_gauge(
+        "config_last_reload_successful",
+        "1 when the last configuration (re)load succeeded.",
+        1.0 if last_ok else 0.0,
+    )
+    yield _plain_gauge(
+        "config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful configuration (re)load.",
+        success_at.timestamp() if success_at is not None else loaded_at,
+    )
+    attempts = CounterMetricFamily(
+        f"{PREFIX}_config_reloads", "Configuration reloads attempted (SIGHUP)."
+    )
+    attempts.add_metric([], reloads.attempts if reloads is not None else 0)
+    yield attempts
+    failures = CounterMetricFamily(
+        f"{PREFIX}_config_reload_failures", "Configuration reloads rejected (old config kept)."
+    )
+    failures.add_metric([], reloads.failures if reloads is not None else 0)
+    yield failures
+
+
+def _plain_gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _bounded_counts(items: Any) -> dict[str, int]:
+    """Sum counts under bounded label values (two odd values both become ``other``)."""
+    out: dict[str, int] = {}
+    for value, count in items:
+        label = bounded_label(value)
+        out[label] = out.get(label, 0) + count
+    return out
+
+
+class HttpMetrics:
+    """ASGI middleware: counts every request by route template and status, and times it.
+
+    The app names the matched route template in the scope (``ROUTE_SCOPE_KEY``); requests
+    that match no route (or are refused before routing) count as ``unmatched``, so a scan
+    of random paths cannot create new label values.
+    """
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # A request whose client left before any answer (a held watch, typically) was
+            # not answered: it is not counted.
+            if status is not None:
+                seconds = None if scope.get(HELD_SCOPE_KEY) else time.perf_counter() - started
+                route = scope.get(ROUTE_SCOPE_KEY) or UNMATCHED_ROUTE
+                self.metrics.observe_request(route, scope.get("method", ""), status, seconds)
