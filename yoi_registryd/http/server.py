@@ -20,8 +20,8 @@ module runs hypercorn's per-connection server itself and shuts down in this orde
 
 from __future__ import annotations
 
+import array
 import contextvars
-import ctypes
 import errno
 import logging
 import socket
@@ -99,9 +99,17 @@ class _Connections:
             await self._changed.wait()
 
 
-class _MarkRequests:
-    """ASGI wrapper: marks the connection a request arrived on (hypercorn runs the app in a
-    task spawned from the connection's task, so the context variable is inherited)."""
+class _AppAdapter:
+    """ASGI wrapper between hypercorn and the app.
+
+    It marks the connection a request arrived on (hypercorn runs the app in a task spawned
+    from the connection's task, so the context variable is inherited). And it shields the
+    app's ``send``: hypercorn finishes a response inside the app's last send (it recycles
+    the connection for keep-alive, or closes it), and quart-trio cancels that very task as
+    soon as the disconnect this causes reaches it, so unshielded that bookkeeping is cut
+    short: connections are then neither closed after ``Connection: close`` nor closed when
+    idle at shutdown. Sending to the socket itself is shielded by hypercorn already.
+    """
 
     def __init__(self, app: Any, connections: _Connections) -> None:
         self.app = app
@@ -112,7 +120,12 @@ class _MarkRequests:
         if conn is not None and not conn.started:
             conn.started = True
             self.connections.changed()
-        await self.app(scope, receive, send)
+
+        async def shielded_send(message: Any) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await self.app(scope, receive, shielded_send)
 
 
 class _TrackedStream(trio.abc.HalfCloseableStream):
@@ -159,9 +172,11 @@ def _refuse_new_connections(sock: socket.socket) -> None:
         if sock.family == socket.AF_UNIX:
             sock.shutdown(socket.SHUT_RD)  # connect() now fails with ECONNREFUSED
         else:
-            program = ctypes.create_string_buffer(_DROP_NEW_SYN)
-            # struct sock_fprog {unsigned short len; struct sock_filter *filter;}
-            fprog = struct.pack("HP", len(_DROP_NEW_SYN) // 8, ctypes.addressof(program))
+            # struct sock_fprog {unsigned short len; struct sock_filter *filter;}. An array
+            # gives the program an address without ctypes (whose import needs W+X memory,
+            # which MemoryDenyWriteExecute= forbids); the kernel copies it during the call.
+            program = array.array("B", _DROP_NEW_SYN)
+            fprog = struct.pack("HP", len(_DROP_NEW_SYN) // 8, program.buffer_info()[0])
             sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
     except OSError as exc:  # best effort: draining still serves what is queued
         log.debug("cannot stop new connections on %s before closing: %s", sock, exc)
@@ -199,7 +214,7 @@ async def serve(
     shut down as the module docstring says. ``inherited``: the sockets belong to systemd's
     socket unit. This process's descriptors for them are closed on return."""
     connections = _Connections()
-    wrapped = wrap_app(_MarkRequests(app, connections), config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(_AppAdapter(app, connections), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
