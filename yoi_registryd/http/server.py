@@ -1,21 +1,22 @@
-"""Serving the app: hypercorn's connection handling, with a shutdown that loses no request.
+"""Serving the app: hypercorn's HTTP handling, with a shutdown that loses no accepted request.
 
-``hypercorn.trio.serve`` closes its listeners, resetting every connection still queued in
-the kernel, and in the same step closes each connection it considers idle, including
-connections it accepted whose request it has not read yet. Under load both reset requests
-that clients had already sent on connections the kernel had already accepted. So this
-module runs hypercorn's per-connection server itself and shuts down in this order (Go's
-``http.Server.Shutdown`` is the model):
+``hypercorn.trio.serve`` shuts down by closing its listeners, which resets the connections
+still queued in the kernel, and by closing every connection it thinks idle. That includes
+connections whose request it has not read yet, and races with a request that arrives on a
+keep-alive connection at that moment: the app handles it but the response is lost. So this
+module runs hypercorn's per-connection server itself and shuts down the way Go's
+``http.Server.Shutdown`` does:
 
-1. stop the kernel from queueing new connections on the listeners this process bound
-   (a TCP listener drops new SYNs, so clients retry and then see "connection refused"; a
+1. stop the kernel from queueing new connections on the listeners this process bound (a
+   TCP listener drops new SYNs, so clients retry and then see "connection refused"; a
    unix listener refuses at once), then accept everything already queued. Listeners
    passed by systemd are shared with the socket unit and left alone: what is queued on
    them waits for the next start of the service;
-2. give each accepted connection that has not started a request yet up to
-   ``fresh_grace`` seconds to do so;
-3. only then tell hypercorn to close idle connections and to end each busy one after its
-   response; requests still running when ``config.graceful_timeout`` passes are cancelled.
+2. from then on every response says ``Connection: close``, and a connection is closed
+   as soon as it is idle: no request in flight, nothing received since its last response
+   and nothing waiting to be read. A connection that has not sent its first request yet
+   gets ``fresh_grace`` seconds to do so;
+3. requests still running when ``config.graceful_timeout`` passes are cancelled.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import array
 import contextvars
 import errno
 import logging
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,52 +65,87 @@ _DROP_NEW_SYN: Final = b"".join(
 
 
 class _Connection:
-    __slots__ = ("peer_closed", "started")
+    """What the shutdown needs to know about one accepted connection."""
 
-    def __init__(self) -> None:
-        self.started = False
-        """A request (or the first of several) has reached the app."""
+    __slots__ = ("active", "peer_closed", "received", "receives", "requests", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.requests = 0
+        """Requests that reached the app on this connection."""
+        self.active = 0
+        """Requests whose response has not been sent completely."""
+        self.received = False
+        """Bytes arrived since the last complete response (a request may be on its way)."""
+        self.receives = 0
+        """Reads that returned bytes, to tell whether any arrived during a response."""
         self.peer_closed = False
         """The client closed its side: no request is coming."""
 
-    @property
-    def fresh(self) -> bool:
-        """Accepted, and its first request may still be on its way."""
-        return not self.started and not self.peer_closed
+    def response_sent(self, receives_before: int) -> None:
+        self.active -= 1
+        if self.receives == receives_before:
+            self.received = False
+
+    def idle(self) -> bool:
+        """Closing now loses nothing: nothing in flight, nothing received or waiting."""
+        if self.active or self.received:
+            return False
+        fd = self.stream.socket.fileno()
+        if fd < 0:
+            return True  # hypercorn closed it already
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return not poller.poll(0)
 
 
 _CONNECTION: contextvars.ContextVar[_Connection] = contextvars.ContextVar("connection")
 
 
 class _Connections:
-    """The open connections, to tell when none is still waiting for its first request."""
+    """The open connections, and whether the server is closing them."""
 
     def __init__(self) -> None:
         self.open: set[_Connection] = set()
+        self.closing = False
         self._changed = trio.Event()
 
     def changed(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    def fresh(self) -> int:
-        return sum(1 for c in self.open if c.fresh)
-
-    async def wait_until_none_fresh(self) -> None:
-        while self.fresh():
-            await self._changed.wait()
+    async def close_when_idle(self, fresh_grace: float) -> None:
+        """Close each connection once it is idle; return when none is left open."""
+        self.closing = True
+        fresh_until = trio.current_time() + fresh_grace
+        while self.open:
+            now = trio.current_time()
+            for conn in list(self.open):
+                if not conn.active and (
+                    conn.peer_closed or (conn.idle() and (conn.requests or now >= fresh_until))
+                ):
+                    # No checkpoint between the check and the close: nothing can arrive
+                    # for hypercorn in between. The connection's task sees it closed.
+                    conn.stream.socket.close()
+                    self.open.discard(conn)
+            if not self.open:
+                return
+            with trio.move_on_at(fresh_until if now < fresh_until else float("inf")):
+                await self._changed.wait()
 
 
 class _AppAdapter:
     """ASGI wrapper between hypercorn and the app.
 
-    It marks the connection a request arrived on (hypercorn runs the app in a task spawned
-    from the connection's task, so the context variable is inherited). And it shields the
-    app's ``send``: hypercorn finishes a response inside the app's last send (it recycles
-    the connection for keep-alive, or closes it), and quart-trio cancels that very task as
-    soon as the disconnect this causes reaches it, so unshielded that bookkeeping is cut
-    short: connections are then neither closed after ``Connection: close`` nor closed when
-    idle at shutdown. Sending to the socket itself is shielded by hypercorn already.
+    It keeps each connection's request bookkeeping (hypercorn runs the app in a task
+    spawned from the connection's task, so the context variable is inherited), and once
+    the server is closing it marks every response ``Connection: close``.
+
+    It also shields the app's ``send``: hypercorn finishes a response inside the app's last
+    send (recycling the connection for keep-alive, or closing it), and quart-trio cancels
+    that very task as soon as the disconnect this causes reaches it, so unshielded that
+    bookkeeping is cut short and the connection is left open. Writing to the socket itself
+    is shielded by hypercorn already.
     """
 
     def __init__(self, app: Any, connections: _Connections) -> None:
@@ -117,24 +154,44 @@ class _AppAdapter:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         conn = _CONNECTION.get(None)
-        if conn is not None and not conn.started:
-            conn.started = True
-            self.connections.changed()
+        if conn is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        conn.requests += 1
+        conn.active += 1
+        responding = True
 
-        async def shielded_send(message: Any) -> None:
+        def sent(receives_before: int) -> None:
+            nonlocal responding
+            if responding:
+                responding = False
+                conn.response_sent(receives_before)
+                self.connections.changed()
+
+        async def tracked_send(message: Any) -> None:
+            if message["type"] == "http.response.start" and self.connections.closing:
+                message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+            final = message["type"] == "http.response.body" and not message.get("more_body")
+            receives_before = conn.receives
             with trio.CancelScope(shield=True):
                 await send(message)
+            if final:
+                # After the send: until the response is written the connection is busy.
+                # Bytes read meanwhile belong to the next request, which keeps it busy.
+                sent(receives_before)
 
-        await self.app(scope, receive, shielded_send)
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            sent(conn.receives)
 
 
 class _TrackedStream(trio.abc.HalfCloseableStream):
-    """A socket stream that notes when the client closed its side (hypercorn keeps such a
-    connection until its idle timer, and it must not hold the shutdown)."""
+    """A socket stream that notes what the shutdown needs: bytes arrived, peer closed."""
 
-    def __init__(self, stream: trio.SocketStream, conn: _Connection, connections: _Connections):
-        self._stream = stream
-        self.socket = stream.socket
+    def __init__(self, conn: _Connection, connections: _Connections):
+        self._stream = conn.stream
+        self.socket = conn.stream.socket
         self._conn = conn
         self._connections = connections
 
@@ -142,16 +199,16 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         try:
             data = await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:
-            self._peer_closed()
-            raise
-        if not data:
-            self._peer_closed()
-        return bytes(data)
-
-    def _peer_closed(self) -> None:
-        if not self._conn.peer_closed:
             self._conn.peer_closed = True
             self._connections.changed()
+            raise
+        if data:
+            self._conn.received = True
+            self._conn.receives += 1
+        else:
+            self._conn.peer_closed = True
+            self._connections.changed()
+        return bytes(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -173,7 +230,7 @@ def _refuse_new_connections(sock: socket.socket) -> None:
             sock.shutdown(socket.SHUT_RD)  # connect() now fails with ECONNREFUSED
         else:
             # struct sock_fprog {unsigned short len; struct sock_filter *filter;}. An array
-            # gives the program an address without ctypes (whose import needs W+X memory,
+            # gives the program an address without ctypes (whose callbacks need W+X memory,
             # which MemoryDenyWriteExecute= forbids); the kernel copies it during the call.
             program = array.array("B", _DROP_NEW_SYN)
             fprog = struct.pack("HP", len(_DROP_NEW_SYN) // 8, program.buffer_info()[0])
@@ -220,12 +277,12 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
 
     async def handle(stream: trio.SocketStream) -> None:
-        conn = _Connection()
+        conn = _Connection(stream)
         _CONNECTION.set(conn)
         connections.open.add(conn)
         try:
             state = ConnectionState(lifespan_state.copy())
-            tracked = _TrackedStream(stream, conn, connections)
+            tracked = _TrackedStream(conn, connections)
             # TCPServer is annotated for TLS streams; it serves plain ones as well.
             await TCPServer(wrapped, config, context, state, cast(Any, tracked))
         finally:
@@ -273,13 +330,18 @@ async def serve(
                 task_status.started()
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
-            if not inherited:
-                await drain(connection_nursery)
-            for listener in listeners:
-                await listener.aclose()
-            with trio.move_on_after(min(fresh_grace, config.graceful_timeout)):
-                await connections.wait_until_none_fresh()
-            await context.terminated.set()
-            connection_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            with trio.move_on_after(config.graceful_timeout) as grace:
+                if not inherited:
+                    await drain(connection_nursery)
+                for listener in listeners:
+                    await listener.aclose()
+                await connections.close_when_idle(fresh_grace)
+            if grace.cancelled_caught:
+                log.warning(
+                    "shutdown grace of %gs passed: cancelling %d connections",
+                    config.graceful_timeout,
+                    len(connections.open),
+                )
+            connection_nursery.cancel_scope.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
