@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import trio
@@ -18,8 +19,9 @@ from yoi_registryd.config import (
     resolve_config_path,
     validate_config,
 )
-from yoi_registryd.daemon import Daemon
+from yoi_registryd.daemon import Daemon, activated_listeners
 from yoi_registryd.logs import setup_logging
+from yoi_registryd.systemd import Notifier, SocketActivationError, watchdog_interval
 
 log = logging.getLogger("yoi_registryd")
 
@@ -123,8 +125,8 @@ def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> in
     setup_logging(log_level or config.logging.level)
     log.info("yoi-registryd %s starting with %s", __version__, where)
     try:
-        trio.run(_serve, config)
-    except OSError as exc:
+        trio.run(_serve, config, resolve_config_path(path_arg), log_level, demo)
+    except (OSError, SocketActivationError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     except KeyboardInterrupt:
@@ -132,8 +134,18 @@ def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> in
     return 0
 
 
-async def _serve(config: Config) -> None:
-    await Daemon(config).run(handle_signals=True)
+async def _serve(config: Config, path: Path | None, log_level: str | None, demo: bool) -> None:
+    listeners = activated_listeners()
+    daemon = Daemon(
+        config,
+        config_path=path,
+        log_level_override=log_level,
+        notifier=Notifier.from_environment(),
+        watchdog_interval=watchdog_interval(),
+        socket_activated=listeners is not None,
+        config_transform=_with_demo if demo else None,
+    )
+    await daemon.run(listeners, handle_signals=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Final
 
 import trio
 
@@ -97,18 +98,41 @@ async def apply_source_plan(
         log.info("reload: started source %s", spec.runtime_id)
 
 
+RESTART_ONLY: Final = (
+    "server.listen",
+    "server.unix_socket_mode",
+    "server.shutdown_grace",
+    "registry.channel_capacity",
+    "audit",
+)
+"""Settings a running process keeps until it restarts: listeners, buffers, the audit sink."""
+
+
 def settings_needing_restart(old: Config, new: Config) -> list[str]:
-    """Changed keys that a reload cannot apply to a running process."""
-    changed = []
-    if old.server.listen != new.server.listen:
-        changed.append("server.listen")
-    if old.server.unix_socket_mode != new.server.unix_socket_mode:
-        changed.append("server.unix_socket_mode")
-    if old.server.shutdown_grace != new.server.shutdown_grace:
-        changed.append("server.shutdown_grace")
-    if old.registry.channel_capacity != new.registry.channel_capacity:
-        changed.append("registry.channel_capacity")
-    return changed
+    """The :data:`RESTART_ONLY` settings that differ between ``old`` and ``new``."""
+    return [key for key in RESTART_ONLY if _setting(old, key) != _setting(new, key)]
+
+
+def _setting(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _load(
+    path: Path | None,
+    transform: Callable[[Config], Config] | None,
+    make_spec: Callable[[SourceConfig], SourceSpec],
+    prepare: Callable[[Config], Callable[[], None]] | None,
+) -> tuple[Config, list[SourceSpec], Callable[[], None] | None]:
+    """Everything that can fail, done before anything changes (in a worker thread: it
+    reads files)."""
+    new = Config() if path is None else load_config(path)
+    if transform is not None:
+        new = transform(new)
+    specs = [make_spec(source) for source in new.sources]
+    return new, specs, prepare(new) if prepare is not None else None
 
 
 async def reload_config(
@@ -120,14 +144,21 @@ async def reload_config(
     status: ReloadStatus,
     *,
     log_level_override: str | None = None,
+    transform: Callable[[Config], Config] | None = None,
+    prepare: Callable[[Config], Callable[[], None]] | None = None,
 ) -> Config | None:
     """Load, validate and apply the configuration at ``path``.
 
-    Returns the new configuration, or None when it was rejected and ``current`` stays.
+    ``transform`` adjusts the loaded configuration as the command line did at start-up.
+    ``prepare(new)`` builds what else the daemon needs from the new configuration (it may
+    raise :class:`ConfigError`, rejecting the reload) and returns the function that swaps
+    it in once the sources are applied. Returns the new configuration, or None when it was
+    rejected and ``current`` stays.
     """
     try:
-        new = Config() if path is None else await trio.to_thread.run_sync(load_config, path)
-        specs = [make_spec(source) for source in new.sources]
+        new, specs, swap_in = await trio.to_thread.run_sync(
+            _load, path, transform, make_spec, prepare
+        )
     except ConfigError as exc:
         where = exc.source or "the configuration"
         for problem in exc.problems:
@@ -141,6 +172,8 @@ async def reload_config(
     plan = plan_sources(supervisor.specs, specs)
     supervisor.config = new.supervisor
     await apply_source_plan(supervisor, nursery, plan)
+    if swap_in is not None:
+        swap_in()
     level = log_level_override or new.logging.level
     logging.getLogger().setLevel(level.upper())
     for key in settings_needing_restart(current, new):
