@@ -29,8 +29,10 @@ import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from typing import Any, Final, cast
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
@@ -38,6 +40,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
+
+from yoi_registryd.errors import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +261,51 @@ def _accept_queued(sock: socket.socket) -> list[socket.socket]:
         accepted.append(conn)
 
 
+class TooManyConnections(RegistryError):
+    """The server holds ``server.max_connections`` connections: this one is refused."""
+
+    code = "too_many_connections"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the server has too many open connections; retry later")
+        self.headers["Retry-After"] = "1"
+
+
+def _refusal(error: RegistryError) -> bytes:
+    status, body = error.wire()
+    payload = msgspec.json.encode(body)
+    head = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "content-type: application/json",
+        f"content-length: {len(payload)}",
+        "connection: close",
+        *(f"{name.lower()}: {value}" for name, value in error.headers.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + payload
+
+
+REFUSE_S: Final = 1.0
+"""How long a refused connection may take to get its answer and close."""
+
+
+async def refuse_connection(stream: trio.SocketStream) -> None:
+    """Answer a connection over the limit with a typed 503 without running any app code.
+
+    The request is read (what has arrived, within :data:`REFUSE_S`) only so that closing
+    does not reset the connection before the client has read the answer.
+    """
+    with trio.move_on_after(REFUSE_S):
+        try:
+            await stream.send_all(_refusal(TooManyConnections()))
+            await stream.send_eof()
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
 async def serve(
     app: Any,
     config: HypercornConfig,
@@ -265,11 +314,13 @@ async def serve(
     *,
     inherited: bool = False,
     fresh_grace: float = 2.0,
+    max_connections: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening ``sockets`` until ``shutdown_trigger`` returns, then
     shut down as the module docstring says. ``inherited``: the sockets belong to systemd's
-    socket unit. This process's descriptors for them are closed on return."""
+    socket unit. This process's descriptors for them are closed on return.
+    ``max_connections``: a connection beyond it is answered 503 and closed at once."""
     connections = _Connections()
     wrapped = wrap_app(_AppAdapter(app, connections), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
@@ -300,7 +351,10 @@ async def serve(
                 log.error("cannot accept a connection (%s); retrying in 100ms", exc.strerror)
                 await trio.sleep(0.1)
             else:
-                nursery.start_soon(handle, stream)
+                if max_connections is not None and len(connections.open) >= max_connections:
+                    nursery.start_soon(refuse_connection, stream)
+                else:
+                    nursery.start_soon(handle, stream)
 
     async def drain(nursery: trio.Nursery) -> None:
         for sock in sockets:
