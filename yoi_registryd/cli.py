@@ -129,6 +129,10 @@ def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> in
     except (OSError, SocketActivationError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except ConfigError as exc:  # found while starting: token files, plugins, the audit file
+        for problem in exc.problems:
+            log.error("cannot start: %s", problem)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -7,6 +7,7 @@ that caused it, so ``yoi-registryd check-config`` can tell an operator exactly w
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from datetime import timedelta
@@ -83,6 +84,18 @@ def default_data_dir() -> Path:
     return Path.home() / ".yoi"
 
 
+def default_state_dir() -> Path:
+    """Where the daemon keeps state: systemd's ``$STATE_DIRECTORY``, else the XDG state dir
+    (``/var/lib/yoi-registryd`` for root)."""
+    if value := os.environ.get("STATE_DIRECTORY"):
+        return Path(value.split(":")[0])
+    if value := os.environ.get("XDG_STATE_HOME"):
+        return Path(value) / "yoi-registryd"
+    if os.geteuid() == 0:
+        return Path("/var/lib/yoi-registryd")
+    return Path.home() / ".local" / "state" / "yoi-registryd"
+
+
 def default_runtime_dir() -> Path:
     """Where yoi keeps liveness sockets (contract section 2)."""
     if value := os.environ.get("YOI_RUNTIME_DIR"):
@@ -122,6 +135,61 @@ class RegistryConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClientConfig(_Section):
+    """A backend client: its name, how it proves who it is, which workspaces it acts for.
+
+    The token itself is never written here: give its SHA-256 (hex), or name where it lives
+    (a file, an environment variable or a systemd credential).
+    """
+
+    name: str
+    workspaces: tuple[str, ...]
+    """Workspace ids the client may name in ``X-Yoi-Workspace``; ``["*"]``: any, and every
+    workspace at once when it names none."""
+    token_sha256: str | None = None
+    token_file: str | None = None
+    token_env: str | None = None
+    token_credential: str | None = None
+    """Name of a systemd credential (``LoadCredential=``): ``$CREDENTIALS_DIRECTORY/<name>``."""
+
+
+class WorkspaceConfig(_Section):
+    """Names a workspace and, for local sources, the root its Workers record."""
+
+    id: str
+    root: str | None = None
+    """Local Workers whose ``workspace_root`` is this path belong to the workspace ``id``."""
+
+
+class PolicyConfig(_Section):
+    custom: str | None = None
+    """A policy factory as ``module:attribute``; default: the workspace visibility policy."""
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+    """Passed to a custom policy's factory."""
+    conceal_invisible_workers: bool | None = None
+    """Answer a lookup of a worker the caller may not see as 404 ``unknown_worker`` (default),
+    else 403 ``worker_not_visible``. Unset: ``server.conceal_invisible_workers``."""
+
+
+class AuditConfig(_Section):
+    sink: str = "file"
+    """``file`` (JSON lines, fsynced), ``stderr`` (the journal) or ``module:attribute``."""
+    path: str | None = None
+    """The file sink's file; default ``audit.jsonl`` in the state directory."""
+    queue_size: int = 1024
+    """Records waiting to be written; when full, requests wait rather than drop one."""
+    flush_interval: Duration = Duration(milliseconds=100)
+    """Longest a record waits before its batch is written and fsynced."""
+    options: dict[str, str] = msgspec.field(default_factory=dict)
+    """Passed to a custom sink's factory."""
+    on_failure: Literal["refuse", "serve"] = "refuse"
+    """When the sink fails and ``queue_size`` records already wait: ``refuse`` answers new
+    requests 503 ``audit_unavailable``; ``serve`` answers them and drops their records."""
+
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else default_state_dir() / "audit.jsonl"
 
 
 class _SourceBase(
@@ -226,6 +294,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=lambda: [LocalSourceConfig()])
     """Omitted: one local source on the default data dir. ``sources = []``: none."""
+    clients: list[ClientConfig] = msgspec.field(default_factory=list)
+    """None: unauthenticated requests are accepted on loopback and unix sockets only."""
+    workspaces: list[WorkspaceConfig] = msgspec.field(default_factory=list)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
+
+    def conceals_invisible_workers(self) -> bool:
+        """``policy.conceal_invisible_workers``, else the older ``server.`` spelling."""
+        if self.policy.conceal_invisible_workers is not None:
+            return self.policy.conceal_invisible_workers
+        return self.server.conceal_invisible_workers
 
 
 def parse_config(data: bytes | str, source: str | None = None) -> Config:
@@ -344,6 +423,7 @@ def validate_config(config: Config) -> list[str]:
             problems.extend(_validate_remote(key, src))
         elif isinstance(src, EmbeddedSourceConfig):
             problems.extend(_validate_embedded(key, src))
+    problems.extend(_validate_access(config))
     return problems
 
 
@@ -445,3 +525,97 @@ def _validate_embedded(key: str, src: EmbeddedSourceConfig) -> list[str]:
         problems.append(f"{key}.stale_after: must be greater than zero")
     problems.extend(_validate_workspaces(key, src.workspaces))
     return problems
+
+
+# -- access: clients, workspaces, policy, audit -------------------------------------------
+
+ANY_WORKSPACE: Final = "*"
+_SHA256_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
+_TOKEN_KEYS: Final = ("token_sha256", "token_file", "token_env", "token_credential")
+
+
+def _validate_access(config: Config) -> list[str]:
+    """Checks of ``[[clients]]``, ``[[workspaces]]``, ``[policy]`` and ``[audit]``."""
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for i, client in enumerate(config.clients):
+        key = f"clients[{i}]"
+        if not is_valid_identifier(client.name):
+            problems.append(f"{key}.name: {client.name!r} is not a valid name ([A-Za-z0-9_:-])")
+        elif client.name in names:
+            problems.append(
+                f"{key}.name: {client.name!r} is already used by clients[{names[client.name]}]"
+            )
+        names.setdefault(client.name, i)
+        given = [k for k in _TOKEN_KEYS if getattr(client, k) is not None]
+        if len(given) != 1:
+            problems.append(f"{key}: give exactly one of {', '.join(_TOKEN_KEYS)}")
+        if client.token_sha256 is not None:
+            if not _SHA256_RE.fullmatch(client.token_sha256):
+                problems.append(f"{key}.token_sha256: expected 64 hexadecimal characters")
+            else:
+                digest = client.token_sha256.lower()
+                if digest in digests:
+                    problems.append(
+                        f"{key}.token_sha256: the same token as clients[{digests[digest]}]"
+                    )
+                digests.setdefault(digest, i)
+        if client.token_file is not None and not client.token_file.startswith("/"):
+            problems.append(f"{key}.token_file: must be an absolute path")
+        if client.token_env is not None and not _ENV_NAME_RE.fullmatch(client.token_env):
+            problems.append(f"{key}.token_env: must be an environment variable name")
+        if client.token_credential is not None and (
+            not _CREDENTIAL_RE.fullmatch(client.token_credential)
+            or client.token_credential in (".", "..")
+        ):
+            problems.append(f"{key}.token_credential: must be a credential name, not a path")
+        if not client.workspaces:
+            problems.append(f'{key}.workspaces: name at least one workspace id, or "*" for any')
+        elif ANY_WORKSPACE in client.workspaces:
+            if len(client.workspaces) > 1:
+                problems.append(f'{key}.workspaces: "*" already means every workspace')
+        else:
+            problems.extend(_validate_workspaces(key, client.workspaces))
+    ids: dict[str, int] = {}
+    for i, workspace in enumerate(config.workspaces):
+        key = f"workspaces[{i}]"
+        if not is_valid_identifier(workspace.id):
+            problems.append(f"{key}.id: {workspace.id!r} is not a valid workspace id")
+        elif workspace.id in ids:
+            problems.append(
+                f"{key}.id: {workspace.id!r} is already used by workspaces[{ids[workspace.id]}]"
+            )
+        ids.setdefault(workspace.id, i)
+        if workspace.root is not None and not workspace.root.startswith("/"):
+            problems.append(f"{key}.root: must be an absolute path")
+    if config.policy.custom is not None and not _FACTORY_RE.fullmatch(config.policy.custom):
+        problems.append(
+            f"policy.custom: {config.policy.custom!r} is not of the form 'module:attribute'"
+        )
+    audit = config.audit
+    if audit.sink not in ("file", "stderr") and not _FACTORY_RE.fullmatch(audit.sink):
+        problems.append('audit.sink: expected "file", "stderr" or \'module:attribute\'')
+    if audit.path is not None and not audit.path.startswith("/"):
+        problems.append("audit.path: must be an absolute path")
+    if audit.queue_size < 1:
+        problems.append("audit.queue_size: must be at least 1")
+    return problems
+
+
+def import_object(spec: str, key: str) -> Any:
+    """The object a ``module:attribute`` config value names; :class:`ConfigError` otherwise."""
+    if not _FACTORY_RE.fullmatch(spec):
+        raise ConfigError([f"{key}: {spec!r} is not of the form 'module:attribute'"])
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError([f"{key}: cannot import {module_name!r}: {exc}"]) from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError([f"{key}: {module_name!r} has no attribute {attribute!r}"]) from None
+    return target

@@ -85,15 +85,28 @@ class UnknownWorker(RegistryError):
         )
 
 
-class WorkerNotVisible(RegistryError):
-    """The worker exists but the acting workspace may not see it.
+class NotVisible(RegistryError):
+    """Something exists but the acting workspace may not see it.
 
-    On the wire it is concealed as ``unknown_worker`` 404 unless the configuration turns
-    concealment off, so that its existence does not leak across workspaces.
+    On the wire it is concealed as the matching "unknown" error (404) unless the
+    configuration turns concealment off, so that its existence does not leak across
+    workspaces.
     """
 
-    code = "worker_not_visible"
     status = 403
+
+    def concealed(self) -> RegistryError:
+        """The error a caller that may not know about the target sees instead."""
+        raise NotImplementedError
+
+    def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
+        if conceal_invisible:
+            return self.concealed().wire()
+        return super().wire()
+
+
+class WorkerNotVisible(NotVisible):
+    code = "worker_not_visible"
 
     def __init__(self, runtime_id: str, worker_id: str) -> None:
         super().__init__(
@@ -104,10 +117,53 @@ class WorkerNotVisible(RegistryError):
         self.runtime_id = runtime_id
         self.worker_id = worker_id
 
-    def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
-        if conceal_invisible:
-            return UnknownWorker(self.runtime_id, self.worker_id).wire()
-        return super().wire()
+    def concealed(self) -> RegistryError:
+        return UnknownWorker(self.runtime_id, self.worker_id)
+
+
+class RuntimeNotVisible(NotVisible):
+    code = "runtime_not_visible"
+
+    def __init__(self, runtime_id: str) -> None:
+        super().__init__(
+            f"runtime {runtime_id!r} is not visible to this workspace", runtime_id=runtime_id
+        )
+        self.runtime_id = runtime_id
+
+    def concealed(self) -> RegistryError:
+        return UnknownRuntime(self.runtime_id)
+
+
+class HostNotVisible(NotVisible):
+    code = "host_not_visible"
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__(f"host {host_id!r} is not visible to this workspace", host_id=host_id)
+        self.host_id = host_id
+
+    def concealed(self) -> RegistryError:
+        return UnknownHost(self.host_id)
+
+
+class Unauthenticated(RegistryError):
+    """No valid bearer token where one is required."""
+
+    code = "unauthenticated"
+    status = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        challenge = 'Bearer realm="yoi-registryd"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        self.headers["WWW-Authenticate"] = challenge
+
+
+class Forbidden(RegistryError):
+    """The caller is known but may not do this (workspace not allowed, policy says no)."""
+
+    code = "forbidden"
+    status = 403
 
 
 class RuntimeUnavailable(RegistryError):

@@ -1,0 +1,617 @@
+"""The audit trail over real HTTP: one record per request, nothing secret in any, nothing lost
+when the queue is full, the sink fails, the file is rotated or the daemon gets SIGTERM."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import trio
+
+from tests.conftest import StartDaemon, wait_for
+from tests.policy_plugins import SINKS
+from yoi_registryd.audit import AuditRecord, AuditTrail, FileSink, StderrSink, build_sink
+from yoi_registryd.config import ConfigError, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+RECORD = msgspec.json.Decoder(AuditRecord)
+
+
+def read_records(path: Path) -> list[AuditRecord]:
+    """Every line of the file, each of which must be one whole record."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), "a partial last line"
+    return [RECORD.decode(line) for line in data.splitlines()]
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def secured_toml(tmp_path: Path, token: str, *, sources: str = "sources = []", **audit: Any) -> str:
+    audit_lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in audit.items())
+    return f"""
+{sources}
+[[clients]]
+name = "backend"
+token_sha256 = "{digest(token)}"
+workspaces = ["alpha", "beta"]
+[audit]
+{audit_lines}
+"""
+
+
+def local_source(data_dir: Path, runtime_dir: Path) -> str:
+    return f"""
+[[sources]]
+kind = "local"
+data_dir = "{data_dir}"
+runtime_dir = "{runtime_dir}"
+"""
+
+
+async def test_n_concurrent_requests_leave_exactly_n_records(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    token = secrets.token_urlsafe(24)
+    audit_path = tmp_path / "state" / "audit.jsonl"
+    d = await start_daemon(
+        secured_toml(
+            tmp_path,
+            token,
+            path=str(audit_path),
+            queue_size=8,
+            flush_interval="20ms",
+        )
+    )
+    good = {"Authorization": f"Bearer {token}", "X-Yoi-Workspace": "alpha"}
+    # (path, headers, expected status, decision, route template, client, workspace)
+    kinds: list[tuple[str, dict[str, str], int, str, str | None, str | None, str | None]] = [
+        ("/api/workers", good, 200, "allowed", "/api/workers", "backend", "alpha"),
+        ("/api/runtimes", {}, 401, "denied", "/api/runtimes", None, None),
+        (
+            "/api/runtimes/local-worker-runtime",
+            {"Authorization": "Bearer nope"},
+            401,
+            "denied",
+            "/api/runtimes/<runtime_id>",
+            None,
+            None,
+        ),
+        (
+            "/api/hosts",
+            {**good, "X-Yoi-Workspace": "gamma"},
+            403,
+            "denied",
+            "/api/hosts",
+            "backend",
+            None,
+        ),
+        ("/api/nope", good, 404, "allowed", None, "backend", "alpha"),
+        (
+            "/api/runtimes/local-worker-runtime/workers/unknown",
+            good,
+            404,
+            "allowed",
+            "/api/runtimes/<runtime_id>/workers/<worker_id>",
+            "backend",
+            "alpha",
+        ),
+    ]
+    n = 120
+    sent: dict[str, tuple[Any, ...]] = {}
+    statuses: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        path, headers, *_ = kind = kinds[i % len(kinds)]
+        request_id = f"req-{i:04d}"
+        sent[request_id] = tuple(kind)
+        response = await d.client.get(path, headers={**headers, "X-Request-Id": request_id})
+        assert response.headers["x-request-id"] == request_id
+        statuses[request_id] = response.status_code
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(one, i)
+        # Probes in the middle of it are not audited.
+        for _ in range(10):
+            nursery.start_soon(d.client.get, "/livez")
+    assert len(statuses) == n
+    await wait_for(lambda: len(read_records(audit_path)) >= n, message="n records")
+    records = read_records(audit_path)
+    assert len(records) == n
+    by_id = {r.request_id: r for r in records}
+    assert set(by_id) == set(sent)
+    for request_id, (_path, _h, status, decision, route, client, workspace) in sent.items():
+        r = by_id[request_id]
+        assert statuses[request_id] == status == r.status, request_id
+        assert (r.decision, r.route, r.client, r.workspace) == (
+            decision,
+            route,
+            client,
+            workspace,
+        ), request_id
+        assert r.method == "GET"
+        assert r.latency_ms >= 0
+    unknown = [r for r in records if r.worker_id is not None]
+    assert {(r.runtime_id, r.worker_id) for r in unknown} == {("local-worker-runtime", "unknown")}
+    assert d.daemon.audit.records_written == n
+    assert d.daemon.audit.queue_depth == 0
+
+
+async def test_filtered_and_concealed_requests_are_recorded_as_such(
+    start_daemon: StartDaemon, tmp_path: Path, data_dir: Path, runtime_dir: Path
+) -> None:
+    token = secrets.token_urlsafe(24)
+    audit_path = tmp_path / "audit.jsonl"
+    d = await start_daemon(
+        f"""
+{local_source(data_dir, runtime_dir)}
+[[workspaces]]
+id = "demo"
+root = "/srv/yoi/workspaces/demo"
+[[clients]]
+name = "backend"
+token_sha256 = "{digest(token)}"
+workspaces = ["*"]
+[audit]
+path = "{audit_path}"
+flush_interval = "0s"
+"""
+    )
+    everyone = {"Authorization": f"Bearer {token}"}
+    demo = {**everyone, "X-Yoi-Workspace": "demo"}
+
+    async def observed() -> bool:
+        return len((await d.get_json("/api/workers", headers=everyone))["items"]) > 0
+
+    await wait_for(observed, message="workers")
+    workers = (await d.get_json("/api/workers", headers=everyone))["items"]
+    other = next(w for w in workers if w["label"] == "other-ws")
+    filtered = await d.client.get("/api/workers", headers={**demo, "X-Request-Id": "filtered"})
+    assert filtered.headers["x-results-filtered-by-policy"] == "true"
+    hidden = f"/api/runtimes/{other['runtime_id']}/workers/{other['worker_id']}"
+    concealed = await d.client.get(hidden, headers={**demo, "X-Request-Id": "concealed"})
+    assert concealed.status_code == 404
+    plain = await d.client.get("/api/workers", headers={**everyone, "X-Request-Id": "plain"})
+    assert "x-results-filtered-by-policy" not in plain.headers
+
+    def decisions() -> dict[str, str]:
+        return {r.request_id: r.decision for r in read_records(audit_path)}
+
+    await wait_for(lambda: {"filtered", "concealed", "plain"} <= set(decisions()))
+    got = decisions()
+    assert (got["filtered"], got["concealed"], got["plain"]) == ("filtered", "denied", "allowed")
+
+
+async def test_no_secret_or_path_reaches_a_record(
+    start_daemon: StartDaemon, tmp_path: Path, data_dir: Path, runtime_dir: Path
+) -> None:
+    canary = "canary-token-" + secrets.token_hex(8)
+    wrong = "canary-wrong-" + secrets.token_hex(8)
+    token_file = tmp_path / "secret-dir" / "backend.token"
+    token_file.parent.mkdir()
+    token_file.write_text(canary)
+    audit_path = tmp_path / "audit.jsonl"
+    d = await start_daemon(
+        f"""
+{local_source(data_dir, runtime_dir)}
+[[clients]]
+name = "backend"
+token_file = "{token_file}"
+workspaces = ["*"]
+[audit]
+path = "{audit_path}"
+flush_interval = "0s"
+"""
+    )
+    good = {"Authorization": f"Bearer {canary}"}
+    rid = "local-worker-runtime"
+
+    async def observed() -> bool:
+        return len((await d.get_json("/api/workers", headers=good))["items"]) > 0
+
+    await wait_for(observed, message="workers")
+    worker = (await d.get_json("/api/workers", headers=good))["items"][0]["worker_id"]
+    requests: list[tuple[str, str, dict[str, str], bytes | None]] = [
+        ("GET", "/api/workers?cursor=canary-query-1", good, None),
+        ("GET", "/api/workers", {"Authorization": f"Bearer {wrong}"}, None),
+        ("GET", "/api/workers", {"Authorization": f"Basic {canary}"}, None),
+        ("GET", "/api/workers", {**good, "X-Yoi-Workspace": f"{tmp_path}/canary"}, None),
+        ("GET", f"/api/runtimes/{rid}/workers/..%2Fmetadata.json", good, None),
+        ("GET", f"/api/{tmp_path}/metadata.json", good, None),
+        ("GET", f"/api/runtimes/{rid}/workers/{worker}?session=abc", good, None),
+        (
+            "POST",
+            f"/api/runtimes/{rid}/workers/{worker}/input",
+            good,
+            b'{"kind": "user", "content": "canary-body-socket"}',
+        ),
+        ("GET", "/api/workers", {**good, "X-Request-Id": "has/a/path"}, None),
+    ]
+    ids = [f"canary-check-{i}" for i in range(len(requests))]
+    for request_id, (method, path, headers, body) in zip(ids, requests, strict=True):
+        headers = {"X-Request-Id": request_id, **headers}
+        response = await d.client.request(method, path, headers=headers, content=body)
+        assert response.status_code >= 200
+
+    def recorded() -> set[str]:
+        return {r.request_id for r in read_records(audit_path)}
+
+    # All but the last (whose id was refused and replaced) are recorded under their ids.
+    await wait_for(lambda: set(ids[:-1]) <= recorded(), message="the canary requests")
+    await wait_for(lambda: len(read_records(audit_path)) >= len(requests), message="all")
+    text = audit_path.read_text()
+    for needle in (
+        canary,
+        wrong,
+        str(tmp_path),
+        str(data_dir),
+        "metadata.json",
+        "canary",
+        "session",
+        "socket",
+        "token",
+        "/srv/yoi",
+        "Bearer",
+        "has/a/path",
+    ):
+        assert needle not in text.replace("canary-check-", ""), needle
+
+
+async def test_a_full_queue_makes_requests_wait_and_loses_nothing(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    key = secrets.token_hex(4)
+    d = await start_daemon(
+        f"""
+sources = []
+[audit]
+sink = "tests.policy_plugins:memory_sink"
+queue_size = 2
+flush_interval = "0s"
+options = {{ key = "{key}" }}
+"""
+    )
+    sink = SINKS[key]
+    gate = sink.gate = trio.Event()
+    trail = d.daemon.audit
+    done: list[str] = []
+
+    async def one(i: int) -> None:
+        response = await d.client.get("/api/workers", headers={"X-Request-Id": f"r{i}"})
+        assert response.status_code == 200
+        done.append(f"r{i}")
+
+    async with trio.open_nursery() as nursery:
+        try:
+            # The first record reaches the sink and is held at the gate (a slow disk) ...
+            nursery.start_soon(one, 0)
+            await wait_for(lambda: sink.writes_started == 1, message="the first write")
+            await wait_for(lambda: done == ["r0"], message="the first response")
+            # ... then two records fill the queue, and three requests wait for room:
+            # none of those five has its response yet.
+            for i in range(1, 6):
+                nursery.start_soon(one, i)
+            await wait_for(lambda: trail.waiting_requests == 3, message="three waiting requests")
+            assert trail.queue_depth == 2
+            assert len(done) == 3
+            assert sink.records == []
+        finally:
+            gate.set()
+    assert sorted(r.request_id for r in sink.records) == sorted(done)
+    assert len(sink.records) == 6
+
+
+async def test_a_failing_sink_is_retried_without_loss_or_duplicates(
+    start_daemon: StartDaemon,
+) -> None:
+    key = secrets.token_hex(4)
+    d = await start_daemon(
+        f"""
+sources = []
+[audit]
+sink = "tests.policy_plugins:memory_sink"
+flush_interval = "0s"
+options = {{ key = "{key}", failures = "2" }}
+"""
+    )
+    sink = SINKS[key]
+    for i in range(5):
+        await d.client.get("/api/runtimes", headers={"X-Request-Id": f"f{i}"})
+    await wait_for(lambda: len(sink.records) == 5, message="five records")
+    assert sorted(r.request_id for r in sink.records) == [f"f{i}" for i in range(5)]
+    assert d.daemon.audit.write_failures == 2
+    assert sink.context.options["failures"] == "2"
+
+
+async def test_the_file_is_reopened_after_rotation(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    d = await start_daemon(f'sources = []\n[audit]\npath = "{path}"\nflush_interval = "0s"\n')
+    await d.client.get("/api/workers", headers={"X-Request-Id": "before"})
+    await wait_for(lambda: len(read_records(path)) == 1)
+    rotated = path.with_name("audit.jsonl.1")
+    path.rename(rotated)
+    await d.daemon.audit.reopen()
+    assert path.exists() and path.stat().st_size == 0
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    await d.client.get("/api/workers", headers={"X-Request-Id": "after"})
+    await wait_for(lambda: len(read_records(path)) == 1)
+    assert [r.request_id for r in read_records(rotated)] == ["before"]
+    assert [r.request_id for r in read_records(path)] == ["after"]
+
+
+async def test_the_stderr_sink_writes_json_lines(
+    start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = await start_daemon('sources = []\n[audit]\nsink = "stderr"\nflush_interval = "0s"\n')
+    assert isinstance(d.daemon.audit.sink, StderrSink)
+    seen: list[AuditRecord] = []
+
+    def read() -> bool:
+        for line in capsys.readouterr().err.splitlines():
+            if line.startswith("{"):
+                seen.append(RECORD.decode(line))
+        return any(r.request_id == "to-the-journal" for r in seen)
+
+    await d.client.get("/api/hosts", headers={"X-Request-Id": "to-the-journal"})
+    await wait_for(read, message="the record on stderr")
+    record = next(r for r in seen if r.request_id == "to-the-journal")
+    assert (record.route, record.status, record.decision) == ("/api/hosts", 200, "allowed")
+
+
+@pytest.mark.parametrize(
+    ("sink", "problem"),
+    [
+        ("tests.policy_plugins:NOT_CALLABLE", "is not callable"),
+        ("tests.policy_plugins:not_a_policy", "did not return a sink"),
+        ("tests.policy_plugins:nothing_here", "has no attribute"),
+    ],
+)
+def test_a_bad_custom_sink_stops_the_start(sink: str, problem: str) -> None:
+    config = parse_config(f'[audit]\nsink = "{sink}"\n')
+    with pytest.raises(ConfigError) as caught:
+        build_sink(config.audit)
+    assert caught.value.problems[0].startswith("audit.sink:")
+    assert problem in caught.value.problems[0]
+
+
+def test_an_audit_file_that_cannot_be_opened_stops_the_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = parse_config(f'[audit]\npath = "{blocker}/audit.jsonl"\n')
+    with pytest.raises(ConfigError) as caught:
+        build_sink(config.audit)
+    assert caught.value.problems[0].startswith("audit.path: cannot open")
+
+
+@pytest.mark.parametrize(
+    ("audit", "problem"),
+    [
+        ('sink = "syslog"', "audit.sink: expected"),
+        ('path = "relative.jsonl"', "audit.path: must be an absolute path"),
+        ("queue_size = 0", "audit.queue_size: must be at least 1"),
+    ],
+)
+def test_audit_config_problems_name_the_key(audit: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[audit]\n{audit}\n")
+    assert any(p.startswith(problem) for p in caught.value.problems)
+
+
+def test_the_default_file_is_in_the_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/one:{tmp_path}/two")
+    assert parse_config("").audit.resolved_path() == tmp_path / "one" / "audit.jsonl"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    if os.geteuid() != 0:
+        expected = tmp_path / "xdg" / "yoi-registryd" / "audit.jsonl"
+        assert parse_config("").audit.resolved_path() == expected
+
+
+async def test_a_batch_that_fails_half_way_leaves_only_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills up mid-batch: the partial batch is cut off again, the retry writes
+    it whole, and the file never holds a broken line."""
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path)
+    trail = AuditTrail(sink, queue_size=16, flush_interval=0)
+    real_write = os.write
+    failures = [1]
+
+    def short_then_fail(fd: int, data: Any) -> int:
+        if failures[0] and len(data) > 10:
+            failures[0] -= 1
+            real_write(fd, bytes(data[:10]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("yoi_registryd.audit.os.write", short_then_fail)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trail.run)
+        await trail.emit(_record("one"))
+        await trail.emit(_record("two"))
+        await wait_for(lambda: trail.records_written == 2, message="both written")
+        await trail.aclose()
+    assert [r.request_id for r in read_records(path)] == ["one", "two"]
+    assert trail.write_failures == 1
+
+
+async def test_records_queued_when_the_writer_is_cancelled_are_still_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(FileSink(path), queue_size=64, flush_interval=60)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trail.run)
+        for i in range(10):
+            await trail.emit(_record(f"c{i}"))
+        nursery.cancel_scope.cancel()  # a second SIGTERM: no orderly close
+    assert [r.request_id for r in read_records(path)] == [f"c{i}" for i in range(10)]
+
+
+def _record(request_id: str) -> AuditRecord:
+    from datetime import UTC, datetime
+
+    return AuditRecord(
+        time=datetime.now(UTC),
+        request_id=request_id,
+        client=None,
+        workspace=None,
+        method="GET",
+        route="/api/workers",
+        decision="allowed",
+        status=200,
+        latency_ms=1.0,
+    )
+
+
+# -- the real process: SIGHUP rotation and SIGTERM under load --------------------------------
+
+
+async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
+    """Clients hammer the daemon over a unix socket; the audit file is rotated (SIGHUP)
+    halfway, then SIGTERM arrives mid-load. After exit, both files together hold exactly
+    one valid line per response the clients received, and none for anything else."""
+    token = secrets.token_urlsafe(24)
+    socket_path = tmp_path / "registry.sock"
+    audit_path = tmp_path / "state" / "audit.jsonl"
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+sources = []
+[server]
+listen = ["unix:{socket_path}"]
+[[clients]]
+name = "backend"
+token_sha256 = "{digest(token)}"
+workspaces = ["*"]
+[audit]
+path = "{audit_path}"
+queue_size = 16
+flush_interval = "5ms"
+"""
+    )
+    log_path = tmp_path / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS")}
+    with log_path.open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "yoi_registryd", "--config", str(config_path), "serve"],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+            env=env,
+        )
+    received: dict[str, int] = {}
+    stop_sending = trio.Event()
+
+    def client() -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+        return httpx.AsyncClient(transport=transport, base_url="http://registry", timeout=10)
+
+    async def up() -> bool:
+        if not socket_path.exists():
+            return False
+        try:
+            async with client() as c:
+                return (await c.get("/livez")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def hammer(worker: int) -> None:
+        async with client() as c:
+            i = 0
+            while not stop_sending.is_set():
+                request_id = f"w{worker}-{i}"
+                i += 1
+                auth = token if i % 7 else "wrong"  # some denied requests too
+                try:
+                    response = await c.get(
+                        "/api/workers",
+                        headers={"Authorization": f"Bearer {auth}", "X-Request-Id": request_id},
+                    )
+                except httpx.TransportError:
+                    return  # the daemon stopped accepting
+                received[request_id] = response.status_code
+
+    try:
+        await wait_for(up, deadline_s=15, message="the daemon to listen")
+        async with trio.open_nursery() as nursery:
+            for worker in range(12):
+                nursery.start_soon(hammer, worker)
+            await wait_for(lambda: len(received) >= 150, deadline_s=20, message="load")
+            rotated = audit_path.with_name("audit.jsonl.1")
+            audit_path.rename(rotated)
+            process.send_signal(signal.SIGHUP)
+            await wait_for(audit_path.exists, deadline_s=10, message="a reopened audit file")
+            count = len(received)
+            await wait_for(lambda: len(received) >= count + 150, deadline_s=20, message="load")
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                code = await process.wait()
+            stop_sending.set()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 0, log_path.read_text()
+    before, after = read_records(rotated), read_records(audit_path)
+    assert before and after
+    records = before + after
+    by_id = {r.request_id: r for r in records}
+    assert len(by_id) == len(records), "a request recorded twice"
+    assert set(by_id) == set(received), log_path.read_text()
+    for request_id, status in received.items():
+        record = by_id[request_id]
+        assert record.status == status
+        assert record.decision == ("allowed" if status == 200 else "denied")
+    assert token not in rotated.read_text() + audit_path.read_text()
+
+
+async def test_the_queue_depth_is_a_metric(start_daemon: StartDaemon) -> None:
+    key = secrets.token_hex(4)
+    d = await start_daemon(
+        f"""
+sources = []
+[audit]
+sink = "tests.policy_plugins:memory_sink"
+queue_size = 4
+flush_interval = "0s"
+options = {{ key = "{key}" }}
+"""
+    )
+    sink = SINKS[key]
+    gate = sink.gate = trio.Event()
+
+    async def depth() -> float:
+        text = (await d.client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("yoi_registryd_audit_queue_depth"))
+        return float(line.split()[-1])
+
+    try:
+        assert await depth() == 0
+        await d.client.get("/api/workers")  # its record is held at the gate
+        await wait_for(lambda: sink.writes_started == 1)
+        for i in range(2):  # these two wait in the queue
+            await d.client.get("/api/workers", headers={"X-Request-Id": f"m{i}"})
+        await wait_for(lambda: d.daemon.audit.queue_depth == 2)
+        assert await depth() == 2
+    finally:
+        gate.set()
+    await wait_for(lambda: len(sink.records) == 3)
+    assert await depth() == 0

@@ -1,0 +1,339 @@
+"""The audit trail: one record per request, queued, batched and written by one task.
+
+Every request that reaches the API (denied and failed ones included) yields one
+:class:`AuditRecord`. Requests hand records to :class:`AuditTrail` through a bounded queue;
+when the queue is full the request waits for room rather than dropping a record. One task
+takes records off the queue in batches and gives each batch to the configured
+:class:`AuditSink`: the default appends JSON lines to a file and fsyncs once per batch, so
+many concurrent requests share one fsync; ``stderr`` sends the lines to the journal; a
+custom sink is named as ``module:attribute``.
+
+Records hold ids, names and numbers only: never a token, a URL, a path, a query or a body.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+import msgspec
+import trio
+
+from yoi_registryd.config import AuditConfig, ConfigError, default_state_dir, import_object
+from yoi_registryd.policy import Decision
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH: Final = 1024
+RETRY_INITIAL_S: Final = 0.1
+RETRY_MAX_S: Final = 5.0
+CLOSE_ATTEMPTS: Final = 3
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One request, as the audit trail keeps it (also the JSON line written)."""
+
+    time: datetime
+    """When the request arrived (UTC)."""
+    request_id: str
+    client: str | None
+    """The authenticated client's name; null for anonymous local callers and for callers
+    that failed authentication."""
+    workspace: str | None
+    """The acting workspace, once it was accepted; null when none was named."""
+    method: str
+    route: str | None
+    """The route template (``/api/runtimes/<runtime_id>/workers``); null when none matched."""
+    runtime_id: str | None = None
+    worker_id: str | None = None
+    host_id: str | None = None
+    decision: Decision
+    status: int | None
+    """The HTTP status sent; null if the request ended before any response started."""
+    latency_ms: float
+    """From the request's arrival to the start of its response."""
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode_lines(records: Sequence[AuditRecord]) -> bytes:
+    """JSON lines: one record per line, each line complete."""
+    return b"".join(_encoder.encode(r) + b"\n" for r in records)
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    """Where batches of records go. Implemented by the built-in sinks and custom ones.
+
+    ``write`` is awaited by the trail's single writer task, never concurrently with itself
+    or ``reopen``. When it raises, the trail logs the error and retries the same batch, so a
+    sink must not leave a half-written batch behind.
+    """
+
+    async def write(self, records: Sequence[AuditRecord]) -> None: ...
+
+    async def reopen(self) -> None:
+        """Reopen output after log rotation (SIGHUP); a no-op for sinks without files."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What a custom sink's factory is called with."""
+
+    state_dir: Path
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class FileSink:
+    """Appends JSON lines to a file and fsyncs each batch.
+
+    The file is opened for appending (``O_APPEND``), created ``0640`` in a ``0750``
+    directory. A batch that fails half-way is cut back off the file before the error is
+    raised, so every line in the file stays one complete record.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o640)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def open(self) -> None:
+        """Open now, so a bad path stops the daemon at start-up rather than at the first
+        request."""
+        if self._fd is None:
+            self._open()
+
+    def _append(self, data: bytes) -> None:
+        if self._fd is None:
+            self._open()
+        fd = self._fd
+        assert fd is not None
+        start = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                self._close()  # reopened and retried by the next write
+            raise
+
+    async def write(self, records: Sequence[AuditRecord]) -> None:
+        await trio.to_thread.run_sync(self._append, encode_lines(records))
+
+    async def reopen(self) -> None:
+        def reopen() -> None:
+            self._close()
+            self._open()
+
+        await trio.to_thread.run_sync(reopen)
+
+    async def aclose(self) -> None:
+        self._close()
+
+
+class StderrSink:
+    """Writes JSON lines to stderr: under systemd, into the journal."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream
+
+    async def write(self, records: Sequence[AuditRecord]) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(encode_lines(records).decode("utf-8"))
+        stream.flush()
+
+    async def reopen(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_sink(config: AuditConfig) -> AuditSink:
+    """The sink ``[audit] sink`` names; a file sink's file is opened here."""
+    if config.sink == "file":
+        sink = FileSink(config.resolved_path())
+        try:
+            sink.open()
+        except OSError as exc:
+            raise ConfigError(
+                [f"audit.path: cannot open {str(sink.path)!r} for appending: {exc.strerror}"]
+            ) from None
+        return sink
+    if config.sink == "stderr":
+        return StderrSink()
+    factory: Any = import_object(config.sink, "audit.sink")
+    if not callable(factory):
+        raise ConfigError([f"audit.sink: {config.sink!r} is not callable"])
+    custom = factory(AuditContext(default_state_dir(), dict(config.options)))
+    if not isinstance(custom, AuditSink):
+        raise ConfigError(
+            [f"audit.sink: {config.sink!r} did not return a sink (write, reopen, aclose)"]
+        )
+    return custom
+
+
+class AuditTrail:
+    """The bounded queue between requests and the sink, and the task that drains it.
+
+    Start :meth:`run` in a nursery before serving; call :meth:`aclose` after the last
+    request finished: it writes what is queued and closes the sink. ``queue_depth`` and the
+    counters are read by the metrics.
+    """
+
+    def __init__(self, sink: AuditSink, queue_size: int = 1024, flush_interval: float = 0.1):
+        self.sink = sink
+        self.queue_size = queue_size
+        self.flush_interval = flush_interval
+        self._send, self._receive = trio.open_memory_channel[AuditRecord](queue_size)
+        self._lock = trio.Lock()
+        self._done = trio.Event()
+        self._closing = False
+        self._started = False
+        self._batch: list[AuditRecord] = []
+        self.records_written = 0
+        self.write_failures = 0
+        self.records_lost = 0
+
+    @classmethod
+    def from_config(cls, config: AuditConfig) -> AuditTrail:
+        return cls(build_sink(config), config.queue_size, config.flush_interval.total_seconds())
+
+    @property
+    def queue_depth(self) -> int:
+        """Records queued and not yet taken by the writer."""
+        return self._send.statistics().current_buffer_used
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests waiting for room in a full queue."""
+        return self._send.statistics().tasks_waiting_send
+
+    async def emit(self, record: AuditRecord) -> None:
+        """Queue a record; waits while the queue is full.
+
+        With room in the queue it returns without yielding to the scheduler, so a request
+        is not held up (nor its response reordered with others) by its audit record.
+        """
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            await self._send.send(record)
+
+    async def reopen(self) -> None:
+        """Reopen the sink's output (wire to SIGHUP for logrotate). Waits for a batch being
+        written to finish, so no batch is split across two files."""
+        async with self._lock:
+            await self.sink.reopen()
+        log.info("audit sink reopened")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take batches off the queue and write them until :meth:`aclose` (or cancellation,
+        in which case what is queued is still written, shielded, before returning)."""
+        self._started = True
+        task_status.started()
+        try:
+            while True:
+                try:
+                    self._batch.append(await self._receive.receive())
+                except trio.EndOfChannel:
+                    break
+                await self._gather()
+                await self._write()
+        finally:
+            with trio.CancelScope(shield=True):
+                self._closing = True
+                await self._drain()
+                await self.sink.aclose()
+                self._done.set()
+
+    async def _gather(self) -> None:
+        """Add what else arrives within ``flush_interval``: one fsync for the lot."""
+        batch = self._batch
+        with trio.move_on_after(self.flush_interval):
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                    continue
+                except trio.WouldBlock:
+                    pass
+                except trio.EndOfChannel:
+                    return
+                if self.flush_interval <= 0:
+                    return
+                try:
+                    batch.append(await self._receive.receive())
+                except trio.EndOfChannel:
+                    return
+
+    async def _drain(self) -> None:
+        """Write the batch in hand and everything still queued."""
+        while True:
+            while len(self._batch) < MAX_BATCH:
+                try:
+                    self._batch.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            if not self._batch:
+                return
+            await self._write()
+
+    async def _write(self) -> None:
+        """Write the batch in hand, retrying with backoff while the sink fails (requests
+        wait on the full queue meanwhile). Once closing, a batch gets a few tries, then
+        counts as lost. The batch is only let go once written, so a cancellation in between
+        leaves it for the shielded drain."""
+        batch = self._batch
+        delay = RETRY_INITIAL_S
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                async with self._lock:
+                    await self.sink.write(batch)
+            except Exception:
+                self.write_failures += 1
+                log.exception("audit sink failed to write %d records; retrying", len(batch))
+                if self._closing and attempts >= CLOSE_ATTEMPTS:
+                    self.records_lost += len(batch)
+                    log.error("audit: %d records could not be written at shutdown", len(batch))
+                    self._batch = []
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+            else:
+                self.records_written += len(batch)
+                self._batch = []
+                return
+
+    async def aclose(self) -> None:
+        """No more records: write what is queued, close the sink, wait until done."""
+        self._send.close()
+        if self._started:
+            await self._done.wait()
+        else:
+            await self.sink.aclose()

@@ -1,0 +1,285 @@
+"""The security middleware: request id -> authentication -> policy -> audit, around the app.
+
+One ASGI middleware, in that order, so that no handler has to remember any of it:
+
+1. **Request id.** A sane incoming ``X-Request-Id`` (1 to 128 of ``[A-Za-z0-9._:-]``) is
+   kept, anything else is replaced by a fresh one; it is echoed on every response and set
+   in :data:`request_id_var` for log lines.
+2. **Authentication** (``yoi_registryd.auth``): who is asking, for which workspace.
+3. **Policy** (``yoi_registryd.policy``): may the request run; the principal's
+   :class:`~yoi_registryd.policy.Visibility` is left in the scope (:class:`RequestAccess`)
+   for the app, which filters lists and lookups through it.
+4. **Audit** (``yoi_registryd.audit``): one record per request, queued before the response
+   starts (so a response a client received always has its record, and a full queue slows
+   requests down instead of losing records). Its latency is the time to the response's
+   start.
+
+Probe routes (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``) need no token and are not
+audited: they are polled constantly and reveal nothing about workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import trio
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, RoutingException
+
+from yoi_registryd.audit import AuditRecord, AuditTrail
+from yoi_registryd.auth import Authenticator, load_clients
+from yoi_registryd.config import Config
+from yoi_registryd.errors import Forbidden, InternalError, RegistryError
+from yoi_registryd.http.views import encode
+from yoi_registryd.ids import is_valid_identifier
+from yoi_registryd.metrics import ROUTE_SCOPE_KEY
+from yoi_registryd.policy import (
+    ACCESS_SCOPE_KEY,
+    ANONYMOUS,
+    SEES_ALL,
+    Decision,
+    Policy,
+    Principal,
+    RequestAccess,
+    RequestFacts,
+    load_policy,
+)
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+FILTERED_HEADER: Final = "X-Results-Filtered-By-Policy"
+"""Set to ``true`` on a list response from which the policy hid something."""
+OPEN_PATHS: Final = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+LATE_AUDIT_DEADLINE_S: Final = 10.0
+"""How long a cancelled request may still wait to queue its audit record."""
+
+_REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID_NAME: Final = REQUEST_ID_HEADER.lower().encode("ascii")
+_METHOD_RE: Final = re.compile(r"[A-Z]{1,16}")
+_TARGETS: Final = ("runtime_id", "worker_id", "host_id")
+
+request_id_var: ContextVar[str | None] = ContextVar("yoi_registryd_request_id", default=None)
+"""The current request's id, for log lines."""
+
+
+def unprotected_access() -> RequestAccess:
+    """For an app served without this middleware (never by the daemon): sees everything."""
+    return RequestAccess(request_id_var.get() or new_request_id(), ANONYMOUS, SEES_ALL)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's ``X-Request-Id`` if there is exactly one and it is sane, else a new one."""
+    values = [value for name, value in headers if name.lower() == _REQUEST_ID_NAME]
+    if len(values) == 1 and _REQUEST_ID_RE.fullmatch(values[0]):
+        return values[0].decode("ascii")
+    return new_request_id()
+
+
+class RouteTable:
+    """Matches a request to a route template and its path parameters, before the app runs,
+    so that policy and audit speak of ``/api/runtimes/<runtime_id>`` and never a raw path."""
+
+    def __init__(self, url_map: Map) -> None:
+        self._map = url_map
+
+    def match(self, method: str, path: str) -> tuple[str | None, dict[str, str]]:
+        try:
+            rule, params = self._map.bind("localhost").match(path, method, return_rule=True)
+        except (HTTPException, RoutingException):
+            return None, {}
+        return rule.rule, {k: v for k, v in params.items() if isinstance(v, str)}
+
+
+@dataclass(frozen=True)
+class AccessControl:
+    """Authentication and policy, built together from the config; swapped whole on reload."""
+
+    authenticator: Authenticator
+    policy: Policy
+
+    @classmethod
+    def from_config(cls, config: Config) -> AccessControl:
+        """Reads token files and imports a custom policy; ``ConfigError`` when it cannot."""
+        return cls(Authenticator(load_clients(config.clients)), load_policy(config))
+
+
+@dataclass
+class _Exchange:
+    """One request as the audit will record it."""
+
+    started: float
+    time: datetime
+    request_id: str
+    method: str
+    route: str | None
+    targets: dict[str, str]
+    client: str | None = None
+    workspace: str | None = None
+    decision: Decision = "allowed"
+    access: RequestAccess | None = None
+    status: int | None = None
+    recorded: bool = field(default=False)
+
+    def record(self) -> AuditRecord:
+        decision = self.access.decision if self.access is not None else self.decision
+        return AuditRecord(
+            time=self.time,
+            request_id=self.request_id,
+            client=self.client,
+            workspace=self.workspace,
+            method=self.method,
+            route=self.route,
+            runtime_id=self.targets.get("runtime_id"),
+            worker_id=self.targets.get("worker_id"),
+            host_id=self.targets.get("host_id"),
+            decision=decision,
+            status=self.status,
+            latency_ms=round((trio.current_time() - self.started) * 1000, 3),
+        )
+
+
+class SecurityMiddleware:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        routes: RouteTable,
+        access: AccessControl,
+        audit: AuditTrail,
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.access = access
+        """Replace with a new :class:`AccessControl` to apply a reloaded config."""
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope.get("headers", []))
+        token = request_id_var.set(request_id)
+        try:
+            if scope["path"] in OPEN_PATHS:
+                await self.app(scope, receive, _echo_request_id(send, request_id))
+            else:
+                await self._guarded(scope, receive, send, request_id)
+        finally:
+            request_id_var.reset(token)
+
+    async def _guarded(self, scope: Scope, receive: Any, send: Send, request_id: str) -> None:
+        access = self.access  # one configuration for the whole request, even across a reload
+        method = scope["method"]
+        route, params = self.routes.match(method, scope["path"])
+        if route is not None:
+            scope[ROUTE_SCOPE_KEY] = route
+        exchange = _Exchange(
+            started=trio.current_time(),
+            time=datetime.now(UTC),
+            request_id=request_id,
+            method=method if _METHOD_RE.fullmatch(method) else "OTHER",
+            route=route,
+            targets={k: v for k in _TARGETS if is_valid_identifier(v := params.get(k, ""))},
+        )
+        echo = _echo_request_id(send, request_id)
+
+        async def send_audited(message: Message) -> None:
+            # The record is queued before the response starts: with a Content-Length, a
+            # client holds the whole response before the final (empty) body message.
+            if message["type"] == "http.response.start":
+                exchange.status = int(message["status"])
+                await self._record(exchange)
+            await echo(message)
+
+        try:
+            try:
+                principal = self._admit(scope, access, exchange)
+            except RegistryError as error:
+                exchange.decision = "denied"
+                log.debug("request %s refused: %s", request_id, error.code)
+                await send_error(send_audited, error)
+                return
+            exchange.access = RequestAccess(request_id, principal, access.policy.view(principal))
+            scope[ACCESS_SCOPE_KEY] = exchange.access
+            await self.app(scope, receive, send_audited)
+        except Exception:
+            if exchange.status is None:
+                exchange.status = 500
+            raise
+        finally:
+            if not exchange.recorded:
+                with trio.CancelScope(shield=True) as late:
+                    late.deadline = trio.current_time() + LATE_AUDIT_DEADLINE_S
+                    await self._record(exchange)
+                if not exchange.recorded:
+                    self.audit.records_lost += 1
+                    log.error("request %s: its audit record could not be queued", request_id)
+
+    def _admit(self, scope: Scope, access: AccessControl, exchange: _Exchange) -> Principal:
+        """Authenticate, then ask the policy; the exchange learns who as soon as it is known."""
+        client = access.authenticator.authenticate(scope)
+        exchange.client = client.name if client is not None else None
+        workspace = access.authenticator.acting_workspace(client, scope)
+        exchange.workspace = workspace
+        principal = Principal(exchange.client, workspace)
+        facts = RequestFacts(
+            principal=principal,
+            method=exchange.method,
+            route=exchange.route,
+            **exchange.targets,
+        )
+        try:
+            allowed = access.policy.allows(facts)
+        except Exception:
+            log.exception("request %s: the policy failed; refusing", exchange.request_id)
+            raise InternalError(exchange.request_id) from None
+        if not allowed:
+            raise Forbidden("the policy does not allow this request")
+        return principal
+
+    async def _record(self, exchange: _Exchange) -> None:
+        await self.audit.emit(exchange.record())
+        exchange.recorded = True
+
+
+def _echo_request_id(send: Send, request_id: str) -> Send:
+    header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
+
+    async def echo(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return echo
+
+
+async def send_error(send: Send, error: RegistryError) -> None:
+    """Answer with a typed error body before the app runs."""
+    status, body = error.wire()
+    encoded = encode(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(encoded)).encode("ascii")),
+        *(
+            (name.lower().encode("ascii"), value.encode("ascii"))
+            for name, value in error.headers.items()
+        ),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": encoded})
