@@ -145,7 +145,7 @@ async def test_n_concurrent_requests_leave_exactly_n_records(
         assert r.latency_ms >= 0
     unknown = [r for r in records if r.worker_id is not None]
     assert {(r.runtime_id, r.worker_id) for r in unknown} == {("local-worker-runtime", "unknown")}
-    assert d.daemon.audit.records_written == n
+    await wait_for(lambda: d.daemon.audit.records_written == n, message="the counter")
     assert d.daemon.audit.queue_depth == 0
 
 
@@ -304,8 +304,9 @@ options = {{ key = "{key}" }}
             for i in range(1, 6):
                 nursery.start_soon(one, i)
             await wait_for(lambda: trail.waiting_requests == 3, message="three waiting requests")
+            await wait_for(lambda: len(done) == 3, message="the responses of the queued two")
+            assert trail.waiting_requests == 3
             assert trail.queue_depth == 2
-            assert len(done) == 3
             assert sink.records == []
         finally:
             gate.set()
