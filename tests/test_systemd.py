@@ -37,6 +37,7 @@ from tests.test_daemon_process import (
     run_daemon,
     short_tmpdir,
 )
+from yoi_registryd.config import parse_config
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.systemd import (
     Notifier,
@@ -604,3 +605,10 @@ def test_service_exposure_is_at_most_2(tmp_path: Path) -> None:
     assert match is not None, output
     assert float(match.group(1)) <= 2.0, output
     assert result.returncode == 0, output
+
+
+def test_example_config_is_valid() -> None:
+    """The file docs/operations.md tells operators to start from."""
+    config = parse_config((UNITS / "config.example.toml").read_bytes(), "config.example.toml")
+    assert [s.runtime_id for s in config.sources] == ["local-worker-runtime"]
+    assert config.server.listen == ["127.0.0.1:38790", "unix:/run/yoi-registryd/registry.sock"]
