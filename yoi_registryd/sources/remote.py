@@ -118,7 +118,9 @@ class RemoteRuntimeSource:
             )
             with reporter.operations(RemoteOperations(self, reporter)):
                 log.info(
-                    "remote source %s: polling every %s", self.runtime_id, config.poll_interval
+                    "remote source %s: polling every %gs",
+                    self.runtime_id,
+                    config.poll_interval.total_seconds(),
                 )
                 log.debug(
                     "remote source %s: base URL %s", self.runtime_id, config.base_url.reveal()
