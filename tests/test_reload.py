@@ -208,9 +208,13 @@ async def test_sighup_with_a_bad_config_keeps_the_running_one(
     config = tmp_path / "config.toml"
     good = sources_toml(port, tmp_path / "run", {"local": (data, "Local")})
     config.write_text(good)
+    # As under systemd: JOURNAL_STREAM names the daemon's stderr (run_daemon's log file),
+    # so log lines carry syslog priorities.
+    stderr_log = tmp_path / "stderr.log"
+    stderr_log.touch()
+    journal = f"{stderr_log.stat().st_dev}:{stderr_log.stat().st_ino}"
     async with notify_socket() as manager:
-        # JOURNAL_STREAM: log lines carry syslog priorities, as under systemd.
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address, JOURNAL_STREAM="8:12345")
+        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address, JOURNAL_STREAM=journal)
         async with (
             run_daemon(["--config", str(config)], env, tmp_path) as daemon,
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,

@@ -38,6 +38,7 @@ from tests.test_daemon_process import (
     short_tmpdir,
 )
 from yoi_registryd.config import parse_config
+from yoi_registryd.logs import setup_logging
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.systemd import (
     Notifier,
@@ -612,3 +613,42 @@ def test_example_config_is_valid() -> None:
     config = parse_config((UNITS / "config.example.toml").read_bytes(), "config.example.toml")
     assert [s.runtime_id for s in config.sources] == ["local-worker-runtime"]
     assert config.server.listen == ["127.0.0.1:38790", "unix:/run/yoi-registryd/registry.sock"]
+
+
+def test_log_lines_carry_journal_priorities_only_when_stderr_is_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    log = logging.getLogger("yoi_registryd.test")
+
+    def lines_logged(journal_stream: str | None) -> list[str]:
+        out = tmp_path / f"stderr-{uuid.uuid4().hex[:6]}"
+        with out.open("w") as stderr:
+            monkeypatch.setattr(sys, "stderr", stderr)
+            if journal_stream is None:
+                st = out.stat()
+                journal_stream = f"{st.st_dev}:{st.st_ino}"
+            monkeypatch.setenv("JOURNAL_STREAM", journal_stream)
+            try:
+                setup_logging("debug")
+                log.debug("d")
+                log.info("i")
+                log.warning("w")
+                log.error("two\nlines")
+            finally:
+                root.handlers[:] = saved_handlers
+                root.setLevel(saved_level)
+        return out.read_text().splitlines()
+
+    assert lines_logged(None) == [
+        "<7>yoi_registryd.test: d",
+        "<6>yoi_registryd.test: i",
+        "<4>yoi_registryd.test: w",
+        "<3>yoi_registryd.test: two",
+        "<3>lines",
+    ]
+    # Inherited from a service, but stderr goes elsewhere: plain lines.
+    plain = lines_logged("1:2")
+    assert len(plain) == 5 and not any(line.startswith("<") for line in plain)
+    assert re.match(r"\d{4}-\d\d-\d\d [\d:,]+ WARNING yoi_registryd\.test: w$", plain[2])

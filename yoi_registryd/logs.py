@@ -1,8 +1,8 @@
 """Operator logging: one line per event on stderr, journal-friendly under systemd.
 
-Under systemd (``JOURNAL_STREAM`` is set) each line starts with a syslog priority prefix
-(``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug) so journald files it at the
-right level; otherwise lines carry a timestamp and the level name.
+Under systemd (stderr is the journal stream ``JOURNAL_STREAM`` names) each line starts
+with a syslog priority prefix (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug)
+so journald files it at the right level; otherwise lines carry a timestamp and the level.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Final
 
 _PRIORITY: Final = {
@@ -34,9 +35,23 @@ def _priority(record: logging.LogRecord) -> int:
     return 7
 
 
+def stderr_is_journal(environ: Mapping[str, str] = os.environ) -> bool:
+    """``$JOURNAL_STREAM`` names stderr's device and inode: systemd connected stderr to the
+    journal. Compared, not just tested for presence, because the variable is inherited by
+    processes whose stderr was redirected elsewhere (a shell in a service, a pipe)."""
+    device, sep, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
