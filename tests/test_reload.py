@@ -197,8 +197,13 @@ async def test_sighup_applies_only_what_changed(tmp_path: Path) -> None:
         ("[supervisor]\nbogus_key = 1\n", "supervisor.bogus_key"),
         ('[[sources]]\nkind = "local"\nruntime_id = "a b"\n', "runtime_id"),
         ('[[sources]]\nkind = "local"\nrescan_interval = "soon"\n', "rescan_interval"),
+        (
+            '[[clients]]\nname = "backend"\nworkspaces = ["*"]\n'
+            'token_file = "/nonexistent/backend.token"\n',
+            "token_file does not exist",
+        ),
     ],
-    ids=["not-toml", "unknown-key", "bad-id", "bad-duration"],
+    ids=["not-toml", "unknown-key", "bad-id", "bad-duration", "missing-token-file"],
 )
 async def test_sighup_with_a_bad_config_keeps_the_running_one(
     tmp_path: Path, bad: str, named: str
