@@ -189,6 +189,7 @@ class Daemon:
             conceal_invisible_workers=config.server.conceal_invisible_workers,
         )
         app: Any = PathGuard(create_app(api))  # an ASGI app; hypercorn's types are narrower
+        self._ready = trio.Event()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.actor.run)
@@ -206,6 +207,7 @@ class Daemon:
             log.info("yoi-registryd ready: %d sources", len(config.sources))
             status = self.status_line()
             await self.notifier.notify("READY=1", f"STATUS={status}")
+            self._ready.set()
             if self.notifier.enabled:
                 nursery.start_soon(self._report_status, status)
             task_status.started(self)
@@ -287,7 +289,9 @@ class Daemon:
         return swap_in
 
     async def _reload_on_request(self, requests: trio.MemoryReceiveChannel[None]) -> None:
-        """One reload at a time; SIGHUPs arriving during a reload coalesce into one more."""
+        """One reload at a time; SIGHUPs arriving during a reload coalesce into one more.
+        A SIGHUP during start-up waits for READY=1: a reload's READY=1 must not come first."""
+        await self._ready.wait()
         async for _ in requests:
             if not self.shutdown.is_set():
                 await self.reload()
