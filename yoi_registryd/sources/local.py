@@ -50,6 +50,7 @@ _WATCH_DEBOUNCE_MS: Final = 400
 _WATCH_STEP_MS: Final = 15
 _WATCH_TIMEOUT_MS: Final = 1000
 _MISSING_DIR_POLL: Final = 1.0
+_WATCH_RETRY_MAX: Final = 60.0
 
 
 def _platform_os() -> str:
@@ -286,17 +287,26 @@ class LocalCompatibilitySource:
 
     async def _watch_loop(self, reporter: Reporter) -> None:
         """Watch the pods dir; when it is missing, wait for it; when lost, rescan and rewatch."""
+        retry = _MISSING_DIR_POLL
         while True:
             if not self.pods_dir.is_dir():
                 await trio.sleep(_MISSING_DIR_POLL)
                 if self.pods_dir.is_dir():
                     await self._rescan(reporter)
                 continue
-            await self._watch_once(reporter)
-            # The watch ended (its directory vanished or was replaced): catch up in full.
+            failed = await self._watch_once(reporter)
+            # The watch ended (its directory vanished or was replaced, or it failed, e.g. on
+            # a name that is not UTF-8): catch up in full. A watch that keeps failing is
+            # retried with a growing delay; the interval rescan covers the gap.
             await self._rescan(reporter)
+            if failed:
+                await trio.sleep(retry)
+                retry = min(retry * 2, _WATCH_RETRY_MAX)
+            else:
+                retry = _MISSING_DIR_POLL
 
-    async def _watch_once(self, reporter: Reporter) -> None:
+    async def _watch_once(self, reporter: Reporter) -> bool:
+        """Watch until the watch ends; True when it failed (rather than lost its dir)."""
         stop = anyio.Event()
         async with trio.open_nursery() as nursery:
 
@@ -310,6 +320,7 @@ class LocalCompatibilitySource:
 
             nursery.start_soon(stopper)
             caught_up = False
+            failed = False
             try:
                 async for changes in watchfiles.awatch(
                     self.pods_dir,
@@ -333,9 +344,17 @@ class LocalCompatibilitySource:
                         await self._rescan(reporter)
                     elif names:
                         await self._refresh(reporter, names)
-            except (OSError, RuntimeError) as exc:
-                log.warning("local source %s: watch failed (%s); rescanning", self.runtime_id, exc)
+            except* (OSError, RuntimeError) as group:
+                # awatch runs in a task group, so its errors come grouped. The rescan remains
+                # the safety net; the caller waits before watching again.
+                failed = True
+                log.warning(
+                    "local source %s: watch failed (%s); rescanning",
+                    self.runtime_id,
+                    "; ".join(str(e) for e in group.exceptions),
+                )
             nursery.cancel_scope.cancel()
+        return failed
 
     def _affected(self, changes: set[tuple[watchfiles.Change, str]]) -> tuple[set[str], bool]:
         """Worker directory names touched by ``changes``; True if the pods dir itself was."""
