@@ -190,6 +190,22 @@ class _AppAdapter:
             sent(conn.receives)
 
 
+class _TCPServer(TCPServer):
+    """hypercorn's connection server, ending as soon as the client has gone.
+
+    hypercorn's read loop returns once the peer closed and every request it sent was
+    answered, but its keep-alive timer lives on, and with it the connection (socket in
+    CLOSE-WAIT, task, a place under ``max_connections``) for up to ``keep_alive_timeout``:
+    a client that opens and closes connections quickly would fill the server.
+    """
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            await self.idle_task.stop()
+
+
 class _TrackedStream(trio.abc.HalfCloseableStream):
     """A socket stream that notes what the shutdown needs: bytes arrived, peer closed."""
 
@@ -335,7 +351,7 @@ async def serve(
             state = ConnectionState(lifespan_state.copy())
             tracked = _TrackedStream(conn, connections)
             # TCPServer is annotated for TLS streams; it serves plain ones as well.
-            await TCPServer(wrapped, config, context, state, cast(Any, tracked))
+            await _TCPServer(wrapped, config, context, state, cast(Any, tracked))
         finally:
             connections.open.discard(conn)
             connections.changed()
