@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 import trio
 
 from yoi_registryd.config import AuditConfig, ConfigError, default_state_dir, import_object
+from yoi_registryd.errors import RegistryError
 from yoi_registryd.policy import Decision
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,21 @@ def build_sink(config: AuditConfig) -> AuditSink:
     return custom
 
 
+OnFailure = Literal["refuse", "serve"]
+
+
+class AuditUnavailable(RegistryError):
+    """The audit trail cannot take another record (its sink fails and its queue is full), and
+    ``audit.on_failure = "refuse"``: the request is refused rather than answered unaudited."""
+
+    code = "audit_unavailable"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the audit trail cannot record this request right now; retry later")
+        self.headers["Retry-After"] = "1"
+
+
 class AuditTrail:
     """The bounded queue between requests and the sink, and the task that drains it.
 
@@ -205,10 +221,23 @@ class AuditTrail:
     counters are read by the metrics.
     """
 
-    def __init__(self, sink: AuditSink, queue_size: int = 1024, flush_interval: float = 0.1):
+    def __init__(
+        self,
+        sink: AuditSink,
+        queue_size: int = 1024,
+        flush_interval: float = 0.1,
+        on_failure: OnFailure = "refuse",
+    ):
         self.sink = sink
         self.queue_size = queue_size
         self.flush_interval = flush_interval
+        self.on_failure: OnFailure = on_failure
+        self.failing = False
+        """The last write failed: records wait in memory until the sink takes them again."""
+        self.requests_refused = 0
+        """Requests answered 503 ``audit_unavailable`` (``on_failure = "refuse"``)."""
+        self.records_dropped = 0
+        """Records given up while the sink failed and the queue was full (``"serve"``)."""
         self._send, self._receive = trio.open_memory_channel[AuditRecord](queue_size)
         self._lock = trio.Lock()
         self._done = trio.Event()
@@ -221,7 +250,28 @@ class AuditTrail:
 
     @classmethod
     def from_config(cls, config: AuditConfig) -> AuditTrail:
-        return cls(build_sink(config), config.queue_size, config.flush_interval.total_seconds())
+        return cls(
+            build_sink(config),
+            config.queue_size,
+            config.flush_interval.total_seconds(),
+            config.on_failure,
+        )
+
+    @property
+    def saturated(self) -> bool:
+        """The sink fails and the queue is full: a new record has nowhere to go."""
+        return self.failing and self.queue_depth >= self.queue_size
+
+    def admit(self) -> None:
+        """Refuse a request whose record could not be kept (``on_failure = "refuse"``).
+
+        Called before a request runs, so that nothing is answered unaudited: while the sink
+        fails, records wait in the queue; once it is full, requests get 503 at once instead
+        of waiting for a sink that may not come back.
+        """
+        if self.on_failure == "refuse" and self.saturated:
+            self.requests_refused += 1
+            raise AuditUnavailable()
 
     @property
     def queue_depth(self) -> int:
@@ -242,13 +292,29 @@ class AuditTrail:
         try:
             self._send.send_nowait(record)
         except trio.WouldBlock:
+            if self.on_failure == "serve" and self.failing:
+                self.records_dropped += 1
+                if self.records_dropped == 1 or self.records_dropped % 1000 == 0:
+                    log.error(
+                        "audit: the sink fails and the queue is full: %d records dropped "
+                        '(on_failure = "serve")',
+                        self.records_dropped,
+                    )
+                return
             await self._send.send(record)
 
     async def reopen(self) -> None:
         """Reopen the sink's output (wire to SIGHUP for logrotate). Waits for a batch being
         written to finish, so no batch is split across two files."""
         async with self._lock:
-            await self.sink.reopen()
+            try:
+                await self.sink.reopen()
+            except Exception:
+                # A read-only or full disk must not take the daemon down: the writer keeps
+                # retrying (the file sink opens the file again), and requests are refused
+                # once the queue is full.
+                log.exception("audit sink could not be reopened; writing will retry")
+                return
         log.info("audit sink reopened")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -317,6 +383,16 @@ class AuditTrail:
                     await self.sink.write(batch)
             except Exception:
                 self.write_failures += 1
+                if not self.failing:
+                    self.failing = True
+                    log.error(
+                        "audit sink failing: records wait in memory (at most %d queued); "
+                        "then requests are %s",
+                        self.queue_size,
+                        "refused (503 audit_unavailable)"
+                        if self.on_failure == "refuse"
+                        else "answered and their records dropped",
+                    )
                 log.exception("audit sink failed to write %d records; retrying", len(batch))
                 if self._closing and attempts >= CLOSE_ATTEMPTS:
                     self.records_lost += len(batch)
@@ -328,6 +404,9 @@ class AuditTrail:
             else:
                 self.records_written += len(batch)
                 self._batch = []
+                if self.failing:
+                    self.failing = False
+                    log.warning("audit sink recovered: %d records written", len(batch))
                 return
 
     async def aclose(self) -> None:

@@ -118,6 +118,19 @@ class ServerConfig(_Section):
     shutdown_grace: Duration = Duration(seconds=10)
     conceal_invisible_workers: bool = True
     """Answer a lookup of a worker the caller may not see as 404 ``unknown_worker``."""
+    # Limits on what one client can make the server hold (docs/reliability.md).
+    max_connections: int = 1024
+    """Open connections at most; past it a new connection is answered 503
+    ``too_many_connections`` and closed. The open-files limit is raised to fit."""
+    max_header_bytes: int = 16 * 1024
+    """Request line and headers at most; past it the answer is 431 and the connection closes."""
+    max_body_bytes: int = 64 * 1024
+    """Request body at most; past it the answer is 413 ``request_entity_too_large``."""
+    body_timeout: Duration = Duration(seconds=10)
+    """Longest a request body may take to arrive; then 408 ``request_timeout``."""
+    keep_alive_timeout: Duration = Duration(seconds=30)
+    """An idle connection is closed after this long; it is also the longest a client may
+    take to send a request's line and headers (a slow client cannot hold a connection)."""
 
 
 class SupervisorConfig(_Section):
@@ -396,6 +409,7 @@ def validate_config(config: Config) -> list[str]:
             problems.append(f"server.listen[{i}]: {exc}")
     if not re.fullmatch(r"0?[0-7]{3}", config.server.unix_socket_mode):
         problems.append("server.unix_socket_mode: expected an octal mode such as '0660'")
+    problems.extend(_validate_server_limits(config.server))
     if config.registry.channel_capacity < 1:
         problems.append("registry.channel_capacity: must be at least 1")
     sup = config.supervisor
@@ -424,6 +438,17 @@ def validate_config(config: Config) -> list[str]:
         elif isinstance(src, EmbeddedSourceConfig):
             problems.extend(_validate_embedded(key, src))
     problems.extend(_validate_access(config))
+    return problems
+
+
+def _validate_server_limits(server: ServerConfig) -> list[str]:
+    problems = []
+    for name, least in (("max_connections", 1), ("max_header_bytes", 1024), ("max_body_bytes", 1)):
+        if getattr(server, name) < least:
+            problems.append(f"server.{name}: must be at least {least}")
+    for name in ("body_timeout", "keep_alive_timeout"):
+        if getattr(server, name) <= timedelta(0):
+            problems.append(f"server.{name}: must be greater than zero")
     return problems
 
 

@@ -12,28 +12,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from yoi_registryd.audit import AuditTrail
 from yoi_registryd.config import (
     Config,
     EmbeddedSourceConfig,
     LocalSourceConfig,
     RemoteSourceConfig,
+    ServerConfig,
     SourceConfig,
     parse_listen,
 )
 from yoi_registryd.http.app import ApiState, create_app
+from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
 from yoi_registryd.http.middleware import PathGuard
+from yoi_registryd.http.probes import Lifecycle
+from yoi_registryd.http.security import AccessControl, SecurityMiddleware
 from yoi_registryd.http.server import serve
+from yoi_registryd.metrics import HttpMetrics, Metrics
 from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import RegistryActor, Snapshot
 from yoi_registryd.reload import ReloadStatus, reload_config
@@ -131,6 +138,36 @@ def status_summary(snapshot: Snapshot) -> str:
     return f"runtimes: {available}/{len(entries)} available, workers: {workers}"
 
 
+FD_RESERVE: Final = 256
+"""Descriptors kept for everything but client connections: sources, audit, listeners."""
+
+
+def apply_server_limits(hconfig: HypercornConfig, server: ServerConfig) -> None:
+    """The ``[server]`` limits hypercorn enforces, and room for ``max_connections``.
+
+    The soft open-files limit is raised (up to the hard one) so that the connection cap,
+    not a failing ``accept``, is what bounds clients; sources keep their descriptors.
+    """
+    hconfig.keep_alive_timeout = server.keep_alive_timeout.total_seconds()
+    hconfig.h11_max_incomplete_size = server.max_header_bytes
+    hconfig.h2_max_header_list_size = server.max_header_bytes
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = server.max_connections + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        log.warning(
+            "server.max_connections = %d needs %d open files but the limit is %d: "
+            "raise LimitNOFILE or lower max_connections",
+            server.max_connections,
+            wanted,
+            raised,
+        )
+
+
 @dataclass
 class Daemon:
     """The running daemon's parts, for tests and for the CLI."""
@@ -139,6 +176,8 @@ class Daemon:
     actor: RegistryActor = field(init=False)
     supervisor: Supervisor = field(init=False)
     router: OperationRouter = field(init=False)
+    metrics: Metrics = field(init=False)
+    lifecycle: Lifecycle = field(init=False)
     shutdown: trio.Event = field(default_factory=trio.Event)
     addresses: list[str] = field(default_factory=list)
     config_path: Path | None = None
@@ -157,7 +196,15 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.actor = RegistryActor(self.config.registry.channel_capacity)
+        self.metrics = Metrics(self.actor, reloads=self.reloads)
+        self.lifecycle = Lifecycle(self.shutdown)
         self.router = OperationRouter()
+        # Token files, the custom policy and the audit file are read here: a problem with
+        # any of them is a ConfigError before anything starts.
+        self.access = AccessControl.from_config(self.config)
+        self.audit = AuditTrail.from_config(self.config.audit)
+        """Queue depth and counters for the metrics; ``reopen()`` after log rotation."""
+        self.metrics.audit_queue_depth = lambda: self.audit.queue_depth
         self.supervisor = Supervisor(
             self.actor.send_channel, self.config.supervisor, router=self.router
         )
@@ -181,18 +228,34 @@ class Daemon:
         hconfig.graceful_timeout = config.server.shutdown_grace.total_seconds()
         hconfig.errorlog = logging.getLogger("hypercorn.error")
         hconfig.accesslog = None
-        hconfig.keep_alive_timeout = 75
         hconfig.include_server_header = False
+        apply_server_limits(hconfig, config.server)
         self.api = api = ApiState(
             self.actor,
             self.router,
-            conceal_invisible_workers=config.server.conceal_invisible_workers,
+            conceal_invisible_workers=config.conceals_invisible_workers(),
+            metrics=self.metrics,
+            lifecycle=self.lifecycle,
         )
-        app: Any = PathGuard(create_app(api))  # an ASGI app; hypercorn's types are narrower
+        # An ASGI app; hypercorn's types are narrower. Metrics outermost: they count all.
+        # Inside the metrics: request id -> authentication -> policy -> audit -> the app,
+        # whose plain reads the fast path answers before quart (http/fastpath.py).
+        quart_app = create_app(api)
+        quart_app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+        quart_app.config["BODY_TIMEOUT"] = config.server.body_timeout.total_seconds()
+        self.fastpath = ReadFastPath(quart_app, api)
+        self.security = SecurityMiddleware(
+            PathGuard(self.fastpath, max_head_bytes=config.server.max_header_bytes),
+            routes=MemoizedRouteTable(quart_app.url_map),
+            access=self.access,
+            audit=self.audit,
+        )
+        app: Any = HttpMetrics(self.security, self.metrics)
         self._ready = trio.Event()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.actor.run)
+            await nursery.start(self.audit.run)
             if self.watchdog_interval is not None:
                 nursery.start_soon(
                     run_watchdog, self.notifier, self.watchdog_interval, self.actor.ping
@@ -202,9 +265,11 @@ class Daemon:
             if handle_signals:
                 nursery.start_soon(self._handle_signals, nursery.cancel_scope)
             await nursery.start(self._serve, app, hconfig, socks, nursery.cancel_scope)
+            self.lifecycle.listening = True
             for address in self.addresses:
                 log.info("listening on %s", address)
             log.info("yoi-registryd ready: %d sources", len(config.sources))
+            self._log_access_mode()
             status = self.status_line()
             await self.notifier.notify("READY=1", f"STATUS={status}")
             self._ready.set()
@@ -229,6 +294,7 @@ class Daemon:
             await self.shutdown.wait()
             await self.notifier.notify("STOPPING=1", "STATUS=shutting down")
             log.info("shutting down: no new connections, finishing in-flight requests")
+            self.api.watches.release_all()
 
         await serve(
             app,
@@ -236,9 +302,25 @@ class Daemon:
             socks,
             shutdown_trigger,
             inherited=self.socket_activated,
+            max_connections=self.config.server.max_connections,
             task_status=task_status,
         )
+        # Every request has finished and queued its audit record: write them all out
+        # before the sources and the actor are cancelled.
+        await self.audit.aclose()
         scope.cancel()
+
+    def _log_access_mode(self) -> None:
+        """Say at start-up who may call, so an open daemon is never a surprise."""
+        if self.access.authenticator.open:
+            log.warning(
+                "no [[clients]] configured: unauthenticated requests are accepted on "
+                "loopback addresses and unix sockets only"
+            )
+        else:
+            log.info(
+                "%d clients configured: requests need a bearer token", len(self.config.clients)
+            )
 
     def status_line(self) -> str:
         line = status_summary(self.actor.snapshot)
@@ -277,14 +359,19 @@ class Daemon:
         )
         if new is not None:
             self.config = new
+        # SIGHUP is also logrotate's signal: the audit file is reopened either way.
+        await self.audit.reopen()
         await self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         return new is not None
 
     def _prepare_reload(self, new: Config) -> Callable[[], None]:
-        """What else the daemon takes from a new config; the returned function swaps it in."""
+        """Build the access control of a new config (reads token files: may raise
+        ConfigError); the returned function swaps it in. Requests in flight keep theirs."""
+        access = AccessControl.from_config(new)
 
         def swap_in() -> None:
-            self.api.conceal_invisible_workers = new.server.conceal_invisible_workers
+            self.access = self.security.access = access
+            self.api.conceal_invisible_workers = new.conceals_invisible_workers()
 
         return swap_in
 

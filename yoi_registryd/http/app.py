@@ -9,10 +9,9 @@ a traceback.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -20,13 +19,34 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from yoi_registryd.errors import (
     InternalError,
     InvalidQuery,
+    NotVisible,
     RegistryError,
     RouteNotFound,
 )
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
-from yoi_registryd.http import views
+from yoi_registryd.http import probes, reads, views
+from yoi_registryd.http.security import FILTERED_HEADER, new_request_id, request_id_var
+from yoi_registryd.http.source_status import sources_page
+from yoi_registryd.http.status_page import HEADERS as STATUS_PAGE_HEADERS
+from yoi_registryd.http.status_page import render_status_page
+from yoi_registryd.http.watch import (
+    DEFAULT_MAX_HELD,
+    ViewIndex,
+    WatchGate,
+    WatchQuery,
+    etag_for,
+    split_watch_query,
+)
 from yoi_registryd.ids import validate_identifier
+from yoi_registryd.metrics import HELD_SCOPE_KEY, ROUTE_SCOPE_KEY, Metrics
 from yoi_registryd.operations import Operation, OperationRouter, decode_request
+from yoi_registryd.policy import (
+    ACCESS_SCOPE_KEY,
+    ANONYMOUS,
+    SEES_ALL,
+    RequestAccess,
+    access_of,
+)
 from yoi_registryd.registry import RegistryActor, Snapshot
 
 log = logging.getLogger(__name__)
@@ -45,11 +65,37 @@ class ApiState:
         router: OperationRouter | None = None,
         *,
         conceal_invisible_workers: bool = True,
+        metrics: Metrics | None = None,
+        lifecycle: probes.Lifecycle | None = None,
+        max_held_requests: int = DEFAULT_MAX_HELD,
     ) -> None:
         self.actor = actor
         self.router = router or OperationRouter()
         self.conceal_invisible_workers = conceal_invisible_workers
         self.cache = views.BodyCache()
+        self.etags = views.BodyCache()
+        """ETags of the cached bodies, same keys: a body is hashed once per revision."""
+        self.metrics = metrics or Metrics(actor, process=False)
+        self.lifecycle = lifecycle or probes.Lifecycle(listening=True)
+        self.watches = WatchGate(actor, max_held=max_held_requests, metrics=self.metrics)
+
+
+def _scope() -> dict[str, Any]:
+    """The request's ASGI scope, shared with the middleware around the app."""
+    return cast("dict[str, Any]", request.scope)
+
+
+def _access() -> RequestAccess:
+    """The request's principal and visibility, as the security middleware admitted it.
+
+    The daemon always serves the app behind that middleware; an app served without it (a
+    bare ``create_app``) answers as to an anonymous caller that may see everything.
+    """
+    access = access_of(request.scope)
+    if access is None:
+        access = RequestAccess(request_id_var.get() or new_request_id(), ANONYMOUS, SEES_ALL)
+        _scope()[ACCESS_SCOPE_KEY] = access
+    return access
 
 
 def _json(body: bytes, snapshot: Snapshot, status: int = 200) -> Response:
@@ -68,67 +114,87 @@ def create_app(state: ApiState) -> QuartTrio:
     app.url_map.merge_slashes = False
     app.extensions[STATE_EXTENSION] = state
 
-    def cached(key: tuple[object, ...], build: Callable[[Snapshot], bytes]) -> Response:
-        snapshot = state.actor.snapshot
-        body = state.cache.get(snapshot.revision, key, lambda: build(snapshot))
-        return _json(body, snapshot)
+    @app.before_request
+    async def note_route() -> None:
+        # The route template (never the raw path) labels this request's metrics.
+        rule = request.url_rule
+        if rule is not None:
+            _scope()[ROUTE_SCOPE_KEY] = rule.rule
 
-    def list_query() -> views.ListQuery:
-        return views.parse_list_query(request.args.items(multi=True))
+    async def current(watch: WatchQuery | None, view_index: ViewIndex) -> Snapshot:
+        """The snapshot to answer from; a blocking query waits here for its view to change."""
+        if watch is not None:
+            _scope()[HELD_SCOPE_KEY] = True
+        return await state.watches.snapshot_for(watch, view_index)
+
+    def conditional(
+        rendered: views.Rendered, etag: str, snapshot: Snapshot, access: RequestAccess
+    ) -> Response:
+        """The body, or ``304`` when the client already holds it (``If-None-Match``)."""
+        if request.if_none_match.contains_weak(etag):
+            response = Response(b"", status=304)
+            response.headers[REVISION_HEADER] = str(snapshot.revision)
+        else:
+            response = _json(rendered.body, snapshot)
+        response.set_etag(etag)
+        if rendered.filtered:
+            access.note_filtered()
+            response.headers[FILTERED_HEADER] = "true"
+        return response
+
+    async def cached(template: str, **params: str) -> Response:
+        """A read route, resolved and rendered by ``reads`` (which the fast path shares)."""
+        read, watch = reads.resolve(template, params, request.args.items(multi=True))
+        access = _access()
+        snapshot = await current(watch, read.view_index)
+        answer = reads.render(state, read, snapshot, access)
+        return conditional(answer.rendered, answer.etag, snapshot, access)
+
+    def list_query() -> tuple[views.ListQuery, WatchQuery | None]:
+        watch, rest = split_watch_query(request.args.items(multi=True))
+        return views.parse_list_query(rest), watch
 
     def no_query() -> None:
         views.reject_query(request.args.items(multi=True))
 
-    @app.get("/api/runtimes")
+    @app.get(reads.RUNTIMES)
     async def list_runtimes() -> Response:
-        q = list_query()
-        return cached(("runtimes", q), lambda s: views.runtimes_page(s, q))
+        return await cached(reads.RUNTIMES)
 
-    @app.get("/api/runtimes/<runtime_id>")
+    @app.get(reads.RUNTIME)
     async def get_runtime(runtime_id: str) -> Response:
-        validate_identifier(runtime_id, "runtime_id")
-        no_query()
-        return cached(("runtime", runtime_id), lambda s: views.encode(s.runtime(runtime_id).record))
+        return await cached(reads.RUNTIME, runtime_id=runtime_id)
 
-    @app.get("/api/runtimes/<runtime_id>/workers")
+    @app.get(reads.RUNTIME_WORKERS)
     async def list_runtime_workers(runtime_id: str) -> Response:
-        validate_identifier(runtime_id, "runtime_id")
-        q = list_query()
-        return cached(
-            ("runtime_workers", runtime_id, q),
-            lambda s: views.runtime_workers_page(s.runtime(runtime_id), q),
-        )
+        return await cached(reads.RUNTIME_WORKERS, runtime_id=runtime_id)
 
-    @app.get("/api/runtimes/<runtime_id>/workers/<worker_id>")
+    @app.get(reads.WORKER)
     async def get_worker(runtime_id: str, worker_id: str) -> Response:
-        validate_identifier(runtime_id, "runtime_id")
-        validate_identifier(worker_id, "worker_id")
-        no_query()
-        return cached(
-            ("worker", runtime_id, worker_id),
-            lambda s: views.encode(s.worker(runtime_id, worker_id)),
-        )
+        return await cached(reads.WORKER, runtime_id=runtime_id, worker_id=worker_id)
 
-    @app.get("/api/hosts")
+    @app.get(reads.HOSTS)
     async def list_hosts() -> Response:
-        q = list_query()
-        return cached(("hosts", q), lambda s: views.hosts_page(s, q))
+        return await cached(reads.HOSTS)
 
-    @app.get("/api/hosts/<host_id>/workers")
+    @app.get(reads.HOST_WORKERS)
     async def list_host_workers(host_id: str) -> Response:
-        validate_identifier(host_id, "host_id")
-        q = list_query()
+        return await cached(reads.HOST_WORKERS, host_id=host_id)
 
-        def build(s: Snapshot) -> bytes:
-            entry, host = s.host(host_id)
-            return views.host_workers_page(entry, host, q)
-
-        return cached(("host_workers", host_id, q), build)
-
-    @app.get("/api/workers")
+    @app.get(reads.WORKERS)
     async def list_workers() -> Response:
-        q = list_query()
-        return cached(("workers", q), lambda s: views.workers_page(s, q))
+        return await cached(reads.WORKERS)
+
+    @app.get("/api/sources")
+    async def list_sources() -> Response:
+        # Not cached per revision: ``ready`` moves with the clock, and the list is short.
+        q, watch = list_query()
+        access = _access()
+        snapshot = await current(watch, reads.whole_registry)
+        rendered = sources_page(
+            snapshot, q, trio.current_time(), access.view, access.principal.workspace
+        )
+        return conditional(rendered, etag_for(rendered.body), snapshot, access)
 
     async def operate(runtime_id: str, worker_id: str, operation: Operation) -> Response:
         validate_identifier(runtime_id, "runtime_id")
@@ -137,7 +203,13 @@ def create_app(state: ApiState) -> QuartTrio:
         body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         op_request = decode_request(operation, body)
         snapshot = state.actor.snapshot
-        ack = await state.router.dispatch(snapshot, runtime_id, worker_id, operation, op_request)
+        view = _access().view
+        views.visible_entry(snapshot, runtime_id, view)
+        worker = snapshot.runtime(runtime_id).workers.get(worker_id)
+        visible = worker is None or view.worker_visible(worker)
+        ack = await state.router.dispatch(
+            snapshot, runtime_id, worker_id, operation, op_request, visible=visible
+        )
         return _json(views.encode({"ack": ack}), state.actor.snapshot)
 
     @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/stop")
@@ -152,12 +224,82 @@ def create_app(state: ApiState) -> QuartTrio:
     async def input_worker(runtime_id: str, worker_id: str) -> Response:
         return await operate(runtime_id, worker_id, "input")
 
+    async def probe(kind: probes.ProbeKind) -> Response:
+        query = probes.parse_probe_query(request.args.items(multi=True))
+        result = await probes.evaluate(kind, state.actor, state.lifecycle, query.exclude)
+        response = Response(
+            result.render(query.verbose),
+            status=result.status,
+            content_type="text/plain; charset=utf-8",
+        )
+        response.headers[REVISION_HEADER] = str(state.actor.snapshot.revision)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        return await probe("livez")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        return await probe("readyz")
+
     @app.get("/healthz")
     async def healthz() -> Response:
-        return _json(b'{"status":"ok"}', state.actor.snapshot)
+        """The liveness probe under its older name, keeping its JSON body."""
+        query = probes.parse_probe_query(request.args.items(multi=True))
+        result = await probes.evaluate("livez", state.actor, state.lifecycle, query.exclude)
+        failed = [c.name for c in result.checks if not c.ok]
+        body = {"status": "ok"} if result.ok else {"status": "failed", "failed": failed}
+        return _json(views.encode(body), state.actor.snapshot, result.status)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        no_query()
+        body, content_type = state.metrics.render(request.headers.get("Accept"))
+        response = Response(body, content_type=content_type)
+        response.headers[REVISION_HEADER] = str(state.actor.snapshot.revision)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    document: list[bytes] = []
+
+    @app.get("/openapi.json")
+    async def openapi_document() -> Response:
+        """This API's OpenAPI 3.1 document, built once from the routes the app really has."""
+        from yoi_registryd.http import openapi  # it describes the middleware's errors too
+
+        no_query()
+        if not document:
+            document.append(openapi.encode_document(openapi.build_document(app.url_map)))
+        return _json(document[0], state.actor.snapshot)
+
+    @app.get("/")
+    async def status_page() -> Response:
+        no_query()
+        access = _access()
+        snapshot = state.actor.snapshot
+        sources = sources_page(
+            snapshot,
+            views.ListQuery(views.MAX_LIMIT),
+            trio.current_time(),
+            access.view,
+            access.principal.workspace,
+        )
+        response = Response(
+            render_status_page(snapshot.revision, sources.body),
+            content_type="text/html; charset=utf-8",
+        )
+        response.headers[REVISION_HEADER] = str(snapshot.revision)
+        for name, value in STATUS_PAGE_HEADERS.items():
+            response.headers[name] = value
+        return response
 
     @app.errorhandler(RegistryError)
     async def registry_error(error: RegistryError) -> Response:
+        if isinstance(error, NotVisible):
+            _access().note_denied()
         return render_error(error, state)
 
     @app.errorhandler(HTTPException)
@@ -165,7 +307,10 @@ def create_app(state: ApiState) -> QuartTrio:
         if isinstance(error, NotFound):
             return render_error(RouteNotFound(), state)
         if isinstance(error, MethodNotAllowed):
-            return render_error(MethodNotAllowedError(), state)
+            response = render_error(MethodNotAllowedError(), state)
+            if error.valid_methods:  # RFC 9110: a 405 names the methods the route takes
+                response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
+            return response
         generic = RegistryError(error.description or "bad request")
         return _render(
             error.code or 400,
@@ -175,7 +320,7 @@ def create_app(state: ApiState) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
-        request_id = uuid.uuid4().hex
+        request_id = _access().request_id
         log.error("request %s failed", request_id, exc_info=error)
         return render_error(InternalError(request_id), state)
 

@@ -33,7 +33,7 @@ import trio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RoutingException
 
-from yoi_registryd.audit import AuditRecord, AuditTrail
+from yoi_registryd.audit import AuditRecord, AuditTrail, AuditUnavailable
 from yoi_registryd.auth import Authenticator, load_clients
 from yoi_registryd.config import Config
 from yoi_registryd.errors import Forbidden, InternalError, RegistryError
@@ -184,6 +184,13 @@ class SecurityMiddleware:
             request_id_var.reset(token)
 
     async def _guarded(self, scope: Scope, receive: Any, send: Send, request_id: str) -> None:
+        try:
+            self.audit.admit()
+        except AuditUnavailable as error:
+            # Its record could not be kept either: refused before anything runs, unrecorded
+            # (counted in ``audit.requests_refused``).
+            await send_error(_echo_request_id(send, request_id), error)
+            return
         access = self.access  # one configuration for the whole request, even across a reload
         method = scope["method"]
         route, params = self.routes.match(method, scope["path"])

@@ -1,9 +1,14 @@
 """Projection of a Snapshot into the wire bodies of the backend API (contract section 4).
 
-Pure functions from (snapshot, validated query) to encoded JSON bytes, plus a small cache so
-that a body is encoded once per revision and view rather than once per request. Records
-are safe by construction (see ``yoi_registryd.model``); this module only selects, orders and
-pages them.
+Pure functions from (snapshot, validated query, visibility) to encoded JSON bytes, plus a
+small cache so that a body is encoded once per revision and view rather than once per
+request. Records are safe by construction (see ``yoi_registryd.model``); this module only
+selects, orders and pages them.
+
+Visibility (``yoi_registryd.policy``) is applied *before* paging: items the acting workspace
+may not see are skipped as if absent, so ``limit``, ``next_cursor`` and counts only ever
+concern visible items, and a page reports (``Rendered.filtered``) whether the policy hid
+anything in its range.
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ import base64
 import binascii
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar, cast
 
 import msgspec
 
-from yoi_registryd.errors import InvalidQuery
+from yoi_registryd.errors import (
+    HostNotVisible,
+    InvalidQuery,
+    RuntimeNotVisible,
+    WorkerNotVisible,
+)
 from yoi_registryd.model import Diagnostic, HostRecord, RuntimeRecord, WorkerRecord
+from yoi_registryd.policy import SEES_ALL, Visibility
 from yoi_registryd.registry import RuntimeEntry, Snapshot
 
 DEFAULT_LIMIT: Final = 200
@@ -26,6 +37,7 @@ MAX_ENVELOPE_DIAGNOSTICS: Final = 64
 LIST_SOURCE: Final = "worker_runtime_registry"
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 class ListEnvelope(msgspec.Struct, Generic[T]):
@@ -37,6 +49,7 @@ class ListEnvelope(msgspec.Struct, Generic[T]):
     next_cursor: str | None
     source: str = LIST_SOURCE
     workspace_id: str | None = None
+    """The acting workspace the list was filtered for; null: every workspace."""
 
 
 RuntimeList = ListEnvelope[RuntimeRecord]
@@ -49,6 +62,109 @@ _cursor_decoder: Final = msgspec.json.Decoder(list[str])
 
 def encode(value: object) -> bytes:
     return _encoder.encode(value)
+
+
+class Rendered(NamedTuple):
+    """An encoded body, and whether the policy hid something from it."""
+
+    body: bytes
+    filtered: bool = False
+
+
+class _Filter:
+    """Applies a visibility to a stream of items and remembers whether it hid any."""
+
+    __slots__ = ("hid", "view")
+
+    def __init__(self, view: Visibility) -> None:
+        self.view = view
+        self.hid = False
+
+    def keep(self, visible: bool) -> bool:
+        if not visible:
+            self.hid = True
+        return visible
+
+    def workers(self, workers: Iterator[WorkerRecord]) -> Iterator[WorkerRecord]:
+        if not self.view.restricted:
+            return workers
+        return (w for w in workers if self.keep(self.view.worker_visible(w)))
+
+
+# -- lookups under a visibility ----------------------------------------------------------
+
+
+def visible_entry(snapshot: Snapshot, runtime_id: str, view: Visibility) -> RuntimeEntry:
+    entry = snapshot.runtime(runtime_id)
+    if not view.runtime_visible(entry.record):
+        raise RuntimeNotVisible(runtime_id)
+    return entry
+
+
+def visible_worker(
+    snapshot: Snapshot, runtime_id: str, worker_id: str, view: Visibility
+) -> WorkerRecord:
+    visible_entry(snapshot, runtime_id, view)
+    worker = snapshot.worker(runtime_id, worker_id)
+    if not view.worker_visible(worker):
+        raise WorkerNotVisible(runtime_id, worker_id)
+    return worker
+
+
+def visible_host(
+    snapshot: Snapshot, host_id: str, view: Visibility
+) -> tuple[RuntimeEntry, HostRecord]:
+    entry, host = snapshot.host(host_id)
+    if not (view.runtime_visible(entry.record) and view.host_visible(host)):
+        raise HostNotVisible(host_id)
+    return entry, host
+
+
+def _visible_diagnostics(entry: RuntimeEntry, view: Visibility) -> tuple[Diagnostic, ...]:
+    """A runtime's diagnostics without those about workers the view may not see."""
+    diagnostics = entry.record.diagnostics
+    if not view.restricted:
+        return diagnostics
+    workers = entry.workers
+    return tuple(
+        d
+        for d in diagnostics
+        if d.worker_id is None
+        or (worker := workers.get(d.worker_id)) is None
+        or view.worker_visible(worker)
+    )
+
+
+def visible_runtime(entry: RuntimeEntry, view: Visibility) -> tuple[RuntimeRecord, bool]:
+    """The runtime record as ``view`` sees it: hosts, worker count and diagnostics of what it
+    may not see are left out. True when something was."""
+    record = entry.record
+    if not view.restricted:
+        return record, False
+    hidden = sum(1 for w in entry.workers.values() if not view.worker_visible(w))
+    hosts = {h.host_id for h in entry.hosts if view.host_visible(h)}
+    host_ids = tuple(h for h in record.host_ids if h in hosts)
+    diagnostics = _visible_diagnostics(entry, view)
+    if not hidden and host_ids == record.host_ids and diagnostics == record.diagnostics:
+        return record, False
+    trimmed = msgspec.structs.replace(
+        record,
+        host_ids=host_ids,
+        worker_count=max(0, record.worker_count - hidden),
+        diagnostics=diagnostics,
+    )
+    return trimmed, True
+
+
+def runtime_detail(snapshot: Snapshot, runtime_id: str, view: Visibility = SEES_ALL) -> Rendered:
+    record, trimmed = visible_runtime(visible_entry(snapshot, runtime_id, view), view)
+    return Rendered(encode(record), trimmed)
+
+
+def worker_detail(
+    snapshot: Snapshot, runtime_id: str, worker_id: str, view: Visibility = SEES_ALL
+) -> Rendered:
+    return Rendered(encode(visible_worker(snapshot, runtime_id, worker_id, view)))
 
 
 # -- cursors ---------------------------------------------------------------------------
@@ -141,60 +257,114 @@ def _cap(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return head
 
 
-def _runtime_diagnostics(entries: Iterable[RuntimeEntry]) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    for entry in entries:
-        out.extend(entry.record.diagnostics)
-    return _cap(out)
-
-
-def runtimes_page(snapshot: Snapshot, query: ListQuery) -> bytes:
+def runtimes_page(
+    snapshot: Snapshot,
+    query: ListQuery,
+    view: Visibility = SEES_ALL,
+    workspace_id: str | None = None,
+) -> Rendered:
     after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
     ids = snapshot.sorted_runtime_ids
-    records = (snapshot.runtimes[rid].record for rid in ids if after is None or rid > after)
-    items, cursor = _take(records, query.limit, lambda r: (r.runtime_id,))
-    return encode(RuntimeList(items, [], query.limit, cursor))
+    seen = _Filter(view)
+
+    def records() -> Iterator[RuntimeRecord]:
+        for rid in ids:
+            if after is not None and rid <= after:
+                continue
+            entry = snapshot.runtimes[rid]
+            if not seen.keep(view.runtime_visible(entry.record)):
+                continue
+            record, trimmed = visible_runtime(entry, view)
+            seen.hid |= trimmed
+            yield record
+
+    items, cursor = _take(records(), query.limit, lambda r: (r.runtime_id,))
+    body = encode(RuntimeList(items, [], query.limit, cursor, workspace_id=workspace_id))
+    return Rendered(body, seen.hid)
 
 
-def hosts_page(snapshot: Snapshot, query: ListQuery) -> bytes:
+def hosts_page(
+    snapshot: Snapshot,
+    query: ListQuery,
+    view: Visibility = SEES_ALL,
+    workspace_id: str | None = None,
+) -> Rendered:
     after = decode_cursor(query.cursor, 2) if query.cursor else None
+    seen = _Filter(view)
 
     def hosts() -> Iterator[HostRecord]:
         for rid in snapshot.sorted_runtime_ids:
             if after is not None and rid < after[0]:
                 continue
-            for host in sorted(snapshot.runtimes[rid].hosts, key=lambda h: h.host_id):
+            entry = snapshot.runtimes[rid]
+            runtime_visible = view.runtime_visible(entry.record)
+            for host in sorted(entry.hosts, key=lambda h: h.host_id):
                 if after is not None and (rid, host.host_id) <= after:
                     continue
-                yield host
+                if seen.keep(runtime_visible and view.host_visible(host)):
+                    yield host
 
     items, cursor = _take(hosts(), query.limit, lambda h: (h.runtime_id, h.host_id))
-    return encode(HostList(items, [], query.limit, cursor))
+    body = encode(HostList(items, [], query.limit, cursor, workspace_id=workspace_id))
+    return Rendered(body, seen.hid)
 
 
-def workers_page(snapshot: Snapshot, query: ListQuery) -> bytes:
-    """All workers, ordered by ``(runtime_id, worker_id)``."""
+def workers_page(
+    snapshot: Snapshot,
+    query: ListQuery,
+    view: Visibility = SEES_ALL,
+    workspace_id: str | None = None,
+) -> Rendered:
+    """All workers the view may see, ordered by ``(runtime_id, worker_id)``."""
     after = decode_cursor(query.cursor, 2) if query.cursor else None
     position = (after[0], after[1]) if after else None
+    seen = _Filter(view)
     items, cursor = _take(
-        snapshot.iter_workers_after(position), query.limit, lambda w: (w.runtime_id, w.worker_id)
+        seen.workers(snapshot.iter_workers_after(position)),
+        query.limit,
+        lambda w: (w.runtime_id, w.worker_id),
     )
-    diagnostics = _runtime_diagnostics(snapshot.runtimes[r] for r in snapshot.sorted_runtime_ids)
-    return encode(WorkerList(items, diagnostics, query.limit, cursor))
+    diagnostics: list[Diagnostic] = []
+    for rid in snapshot.sorted_runtime_ids:
+        entry = snapshot.runtimes[rid]
+        if view.runtime_visible(entry.record):
+            diagnostics.extend(_visible_diagnostics(entry, view))
+    body = encode(
+        WorkerList(items, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
+    )
+    return Rendered(body, seen.hid)
 
 
-def runtime_workers_page(entry: RuntimeEntry, query: ListQuery) -> bytes:
+def runtime_workers_page(
+    entry: RuntimeEntry,
+    query: ListQuery,
+    view: Visibility = SEES_ALL,
+    workspace_id: str | None = None,
+) -> Rendered:
     after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
-    items, cursor = _take(entry.iter_workers_after(after), query.limit, lambda w: (w.worker_id,))
-    return encode(WorkerList(items, _cap(list(entry.record.diagnostics)), query.limit, cursor))
+    seen = _Filter(view)
+    items, cursor = _take(
+        seen.workers(entry.iter_workers_after(after)), query.limit, lambda w: (w.worker_id,)
+    )
+    diagnostics = _cap(list(_visible_diagnostics(entry, view)))
+    body = encode(WorkerList(items, diagnostics, query.limit, cursor, workspace_id=workspace_id))
+    return Rendered(body, seen.hid)
 
 
-def host_workers_page(entry: RuntimeEntry, host: HostRecord, query: ListQuery) -> bytes:
+def host_workers_page(
+    entry: RuntimeEntry,
+    host: HostRecord,
+    query: ListQuery,
+    view: Visibility = SEES_ALL,
+    workspace_id: str | None = None,
+) -> Rendered:
     after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
-    workers = (w for w in entry.iter_workers_after(after) if w.host_id == host.host_id)
-    items, cursor = _take(workers, query.limit, lambda w: (w.worker_id,))
-    diagnostics = _cap([*host.diagnostics, *entry.record.diagnostics])
-    return encode(WorkerList(items, diagnostics, query.limit, cursor))
+    seen = _Filter(view)
+    on_host = (w for w in entry.iter_workers_after(after) if w.host_id == host.host_id)
+    items, cursor = _take(seen.workers(on_host), query.limit, lambda w: (w.worker_id,))
+    diagnostics = _cap([*host.diagnostics, *_visible_diagnostics(entry, view)])
+    body = encode(WorkerList(items, diagnostics, query.limit, cursor, workspace_id=workspace_id))
+    return Rendered(body, seen.hid)
 
 
 # -- the per-revision body cache ----------------------------------------------------------
@@ -205,12 +375,14 @@ class BodyCache:
 
     def __init__(self, max_entries: int = 4096) -> None:
         self._revision = -1
-        self._bodies: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._bodies: OrderedDict[tuple[object, ...], object] = OrderedDict()
         self._max = max_entries
         self.hits = 0
         self.misses = 0
 
-    def get(self, revision: int, key: tuple[object, ...], build: Callable[[], bytes]) -> bytes:
+    def get(self, revision: int, key: tuple[object, ...], build: Callable[[], V]) -> V:
+        """The value cached under ``key`` at ``revision``; built (and kept) if absent. One
+        cache holds one kind of value per key: callers keep their keys apart."""
         if revision != self._revision:
             self._bodies.clear()
             self._revision = revision
@@ -218,7 +390,7 @@ class BodyCache:
         if body is not None:
             self.hits += 1
             self._bodies.move_to_end(key)
-            return body
+            return cast(V, body)
         self.misses += 1
         body = build()
         self._bodies[key] = body

@@ -1,0 +1,135 @@
+"""The cacheable read routes, described once: what a request asks for, how its body is built.
+
+A read route's answer depends only on the snapshot, the caller's visibility and the request's
+validated parameters, so it is named by a cache key and built by a pure function. Both the
+quart handlers (``yoi_registryd.http.app``) and the fast path in front of them
+(``yoi_registryd.http.fastpath``) resolve a request through :func:`resolve` and answer
+through :func:`render`: one definition of every read route's parameters, cache key, body
+and headers, whichever of the two serves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from yoi_registryd.http import views
+from yoi_registryd.http.watch import ViewIndex, WatchQuery, etag_for, split_watch_query
+from yoi_registryd.ids import validate_identifier
+from yoi_registryd.policy import RequestAccess
+from yoi_registryd.registry import Snapshot
+
+if TYPE_CHECKING:
+    from yoi_registryd.http.app import ApiState
+
+RUNTIMES: Final = "/api/runtimes"
+RUNTIME: Final = "/api/runtimes/<runtime_id>"
+RUNTIME_WORKERS: Final = "/api/runtimes/<runtime_id>/workers"
+WORKER: Final = "/api/runtimes/<runtime_id>/workers/<worker_id>"
+HOSTS: Final = "/api/hosts"
+HOST_WORKERS: Final = "/api/hosts/<host_id>/workers"
+WORKERS: Final = "/api/workers"
+TEMPLATES: Final = (RUNTIMES, RUNTIME, RUNTIME_WORKERS, WORKER, HOSTS, HOST_WORKERS, WORKERS)
+
+Build = Callable[[Snapshot, RequestAccess], views.Rendered]
+
+
+class Read(NamedTuple):
+    """One read request, resolved: its cache key (less the caller's view), body and index."""
+
+    key: tuple[object, ...]
+    build: Build
+    view_index: ViewIndex
+
+
+class Answer(NamedTuple):
+    rendered: views.Rendered
+    etag: str
+
+
+def whole_registry(snapshot: Snapshot) -> int:
+    """View index of views that any change may affect."""
+    return snapshot.revision
+
+
+def _runtime_index(runtime_id: str) -> ViewIndex:
+    return lambda s: s.runtime(runtime_id).revision
+
+
+def resolve(
+    template: str, params: dict[str, str], args: Iterable[tuple[str, str]]
+) -> tuple[Read, WatchQuery | None]:
+    """The read behind a matched route template; raises the route's typed errors
+    (``invalid_identifier``, ``invalid_query``) in the order the API has always checked."""
+    if template in (RUNTIMES, HOSTS, WORKERS):
+        watch, rest = split_watch_query(args)
+        q = views.parse_list_query(rest)
+        if template == WORKERS:
+            return Read(
+                ("workers", q),
+                lambda s, a: views.workers_page(s, q, a.view, a.principal.workspace),
+                whole_registry,
+            ), watch
+        if template == RUNTIMES:
+            return Read(
+                ("runtimes", q),
+                lambda s, a: views.runtimes_page(s, q, a.view, a.principal.workspace),
+                whole_registry,
+            ), watch
+        return Read(
+            ("hosts", q),
+            lambda s, a: views.hosts_page(s, q, a.view, a.principal.workspace),
+            whole_registry,
+        ), watch
+    if template == HOST_WORKERS:
+        host_id = validate_identifier(params["host_id"], "host_id")
+        watch, rest = split_watch_query(args)
+        q = views.parse_list_query(rest)
+
+        def host_workers(s: Snapshot, a: RequestAccess) -> views.Rendered:
+            entry, host = views.visible_host(s, host_id, a.view)
+            return views.host_workers_page(entry, host, q, a.view, a.principal.workspace)
+
+        return Read(
+            ("host_workers", host_id, q), host_workers, lambda s: s.host(host_id)[0].revision
+        ), watch
+    runtime_id = validate_identifier(params["runtime_id"], "runtime_id")
+    if template == RUNTIME_WORKERS:
+        watch, rest = split_watch_query(args)
+        q = views.parse_list_query(rest)
+        return Read(
+            ("runtime_workers", runtime_id, q),
+            lambda s, a: views.runtime_workers_page(
+                views.visible_entry(s, runtime_id, a.view), q, a.view, a.principal.workspace
+            ),
+            _runtime_index(runtime_id),
+        ), watch
+    if template == RUNTIME:
+        watch, rest = split_watch_query(args)
+        views.reject_query(rest)
+        return Read(
+            ("runtime", runtime_id),
+            lambda s, a: views.runtime_detail(s, runtime_id, a.view),
+            _runtime_index(runtime_id),
+        ), watch
+    if template == WORKER:
+        worker_id = validate_identifier(params["worker_id"], "worker_id")
+        watch, rest = split_watch_query(args)
+        views.reject_query(rest)
+        return Read(
+            ("worker", runtime_id, worker_id),
+            lambda s, a: views.worker_detail(s, runtime_id, worker_id, a.view),
+            _runtime_index(runtime_id),
+        ), watch
+    raise ValueError(f"not a read route: {template!r}")
+
+
+def render(state: ApiState, read: Read, snapshot: Snapshot, access: RequestAccess) -> Answer:
+    """The body and its ETag for ``access``'s view at ``snapshot``: built and hashed once per
+    revision and view, then shared by every request that asks the same."""
+    # Bodies depend on who asks: the visibility and the acting workspace join the key.
+    key = (access.view.key, access.principal.workspace, *read.key)
+    rendered = state.cache.get(snapshot.revision, key, lambda: read.build(snapshot, access))
+    body = rendered.body
+    tag = state.etags.get(snapshot.revision, key, lambda: etag_for(body).encode("ascii"))
+    return Answer(rendered, tag.decode("ascii"))
