@@ -36,6 +36,16 @@ def copy_fixtures(dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(autouse=True)
+def state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every daemon a test starts keeps its state (the audit trail) in the test's temp dir,
+    never in the machine's /var/lib/yoi-registryd."""
+    path = tmp_path / "state"
+    path.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", str(path))
+    return path
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return copy_fixtures(tmp_path / "yoi-data")
