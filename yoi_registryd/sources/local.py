@@ -189,12 +189,14 @@ class LocalCompatibilitySource:
     def _worker_map(self) -> tuple[WorkerRecord, ...]:
         return tuple(e.worker for e in self._entries.values() if e.worker is not None)
 
-    async def _report_full(self, reporter: Reporter) -> None:
+    async def _report_full(self, reporter: Reporter, duration: float) -> None:
         self._hosts = self._compute_hosts()
         diagnostics = {r.worker_id: r.diagnostics for r in self._entries.values() if r.diagnostics}
         if self._registry_problem is not None:
             diagnostics[REGISTRY_SUBJECT] = (self._registry_problem,)
-        await reporter.observed(self._descriptor(), self._hosts, self._worker_map(), diagnostics)
+        await reporter.observed(
+            self._descriptor(), self._hosts, self._worker_map(), diagnostics, duration=duration
+        )
 
     async def _apply(
         self,
@@ -202,6 +204,7 @@ class LocalCompatibilitySource:
         problem: Diagnostic | None,
         changed: dict[str, EntryResult],
         gone: set[str],
+        duration: float,
     ) -> None:
         """Fold a change into the source's view and send the delta (or a heartbeat)."""
         registry_changed = problem != self._registry_problem
@@ -238,18 +241,21 @@ class LocalCompatibilitySource:
                 diagnostics=diagnostics,
                 hosts=new_hosts,
                 runtime=self._descriptor() if registry_changed else None,
+                duration=duration,
             )
         else:
-            await reporter.succeeded()
+            await reporter.succeeded(duration=duration)
 
     async def _rescan(self, reporter: Reporter) -> None:
         async with self._lock:
             known = dict(self._entries)
+            started = trio.current_time()
             problem, changed, gone = await trio.to_thread.run_sync(self._scan, known)
-            await self._apply(reporter, problem, changed, gone)
+            await self._apply(reporter, problem, changed, gone, trio.current_time() - started)
 
     async def _refresh(self, reporter: Reporter, names: set[str]) -> None:
         async with self._lock:
+            started = trio.current_time()
             results = await trio.to_thread.run_sync(self._evaluate, names)
             changed = {
                 n: r
@@ -258,16 +264,18 @@ class LocalCompatibilitySource:
                 and (n not in self._entries or self._entries[n].fingerprint != r.fingerprint)
             }
             gone = {n for n, r in results.items() if r is None}
-            await self._apply(reporter, self._registry_problem, changed, gone)
+            duration = trio.current_time() - started
+            await self._apply(reporter, self._registry_problem, changed, gone, duration)
 
     # -- the task ------------------------------------------------------------------------
 
     async def run(self, reporter: Reporter) -> None:
         async with self._lock:
+            started = trio.current_time()
             problem, changed, _ = await trio.to_thread.run_sync(self._scan, {})
             self._registry_problem = problem
             self._entries = dict(changed)
-            await self._report_full(reporter)
+            await self._report_full(reporter, trio.current_time() - started)
         log.info(
             "local source %s: %d worker entries under %s",
             self.runtime_id,
