@@ -463,6 +463,8 @@ def main() -> None:
     report = {
         "host": host_info(),
         "minutes": round(figures["elapsed"] / 60, 2),
+        "load_seconds": round(figures["elapsed"] + args.warmup, 1),
+        "note": "requests and audit figures cover all the load, warm-up included",
         "readers": args.readers,
         "daemon_exit_code": code,
         "requests": sum(tally.requests.values()),
