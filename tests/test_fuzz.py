@@ -261,7 +261,7 @@ metadata_bytes = (
 
 
 @settings(
-    max_examples=400,
+    max_examples=200,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
