@@ -43,7 +43,7 @@ from yoi_registryd.sources import local_metadata
 from yoi_registryd.sources.local_metadata import LocalOptions, entry_worker_id, evaluate_entry
 
 REPO = Path(__file__).parent.parent
-OPEN = {rule.replace("<", "").replace(">", "") for rule in OPEN_PATHS}
+OPEN = OPEN_PATHS
 SEED = 20261124
 MAX_EXAMPLES = 25
 ST_TIMEOUT_S = 120
