@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import msgspec
 
@@ -39,7 +39,8 @@ class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class InputRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     kind: Literal["user", "system"]
-    content: str
+    content: Annotated[str, msgspec.Meta(min_length=1)]
+    """Non-empty: runtimes refuse empty input, so the registry refuses it first (400)."""
 
 
 OperationRequest = StopRequest | CancelRequest | InputRequest
