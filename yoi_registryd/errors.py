@@ -7,6 +7,7 @@ ids the caller already knows, so no error body can carry an endpoint, path or to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -57,12 +58,22 @@ class InvalidRequest(RegistryError):
     status = 400
 
 
-class UnknownRuntime(RegistryError):
-    code = "unknown_runtime"
-    status = 404
+class RuntimeScoped(RegistryError):
+    """An error about one runtime, named only by its id (so the message cannot leak more).
+
+    Subclasses set ``template``, formatted with ``runtime_id``.
+    """
+
+    template: ClassVar[str]
 
     def __init__(self, runtime_id: str) -> None:
-        super().__init__(f"no runtime {runtime_id!r} is registered", runtime_id=runtime_id)
+        super().__init__(self.template.format(runtime_id=runtime_id), runtime_id=runtime_id)
+
+
+class UnknownRuntime(RuntimeScoped):
+    code = "unknown_runtime"
+    status = 404
+    template = "no runtime {runtime_id!r} is registered"
 
 
 class UnknownHost(RegistryError):
@@ -94,10 +105,12 @@ class NotVisible(RegistryError):
     """
 
     status = 403
+    conceal_as: ClassVar[Callable[..., RegistryError]]
 
     def concealed(self) -> RegistryError:
-        """The error a caller that may not know about the target sees instead."""
-        raise NotImplementedError
+        """The error a caller that may not know about the target sees instead: the
+        matching "unknown" error, built from the same ids."""
+        return self.conceal_as(**self.details)
 
     def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
         if conceal_invisible:
@@ -107,6 +120,7 @@ class NotVisible(RegistryError):
 
 class WorkerNotVisible(NotVisible):
     code = "worker_not_visible"
+    conceal_as = UnknownWorker
 
     def __init__(self, runtime_id: str, worker_id: str) -> None:
         super().__init__(
@@ -114,35 +128,24 @@ class WorkerNotVisible(NotVisible):
             runtime_id=runtime_id,
             worker_id=worker_id,
         )
-        self.runtime_id = runtime_id
-        self.worker_id = worker_id
-
-    def concealed(self) -> RegistryError:
-        return UnknownWorker(self.runtime_id, self.worker_id)
 
 
 class RuntimeNotVisible(NotVisible):
     code = "runtime_not_visible"
+    conceal_as = UnknownRuntime
 
     def __init__(self, runtime_id: str) -> None:
         super().__init__(
             f"runtime {runtime_id!r} is not visible to this workspace", runtime_id=runtime_id
         )
-        self.runtime_id = runtime_id
-
-    def concealed(self) -> RegistryError:
-        return UnknownRuntime(self.runtime_id)
 
 
 class HostNotVisible(NotVisible):
     code = "host_not_visible"
+    conceal_as = UnknownHost
 
     def __init__(self, host_id: str) -> None:
         super().__init__(f"host {host_id!r} is not visible to this workspace", host_id=host_id)
-        self.host_id = host_id
-
-    def concealed(self) -> RegistryError:
-        return UnknownHost(self.host_id)
 
 
 class Unauthenticated(RegistryError):
@@ -166,14 +169,13 @@ class Forbidden(RegistryError):
     status = 403
 
 
-class RuntimeUnavailable(RegistryError):
+class RuntimeUnavailable(RuntimeScoped):
     code = "runtime_unavailable"
     status = 503
+    template = "runtime {runtime_id!r} is not reachable right now"
 
     def __init__(self, runtime_id: str, retry_after: int = 5) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} is not reachable right now", runtime_id=runtime_id
-        )
+        super().__init__(runtime_id)
         self.headers["Retry-After"] = str(retry_after)
 
 
@@ -189,7 +191,7 @@ class OperationUnsupported(RegistryError):
         )
 
 
-class RuntimeTimeout(RegistryError):
+class RuntimeTimeout(RuntimeScoped):
     """The runtime did not answer an operation within its configured timeout.
 
     The operation may or may not have taken effect; the worker's state shows which.
@@ -197,43 +199,31 @@ class RuntimeTimeout(RegistryError):
 
     code = "runtime_timeout"
     status = 504
-
-    def __init__(self, runtime_id: str) -> None:
-        super().__init__(f"runtime {runtime_id!r} did not answer in time", runtime_id=runtime_id)
+    template = "runtime {runtime_id!r} did not answer in time"
 
 
-class RuntimeAuthFailed(RegistryError):
+class RuntimeAuthFailed(RuntimeScoped):
     """The runtime refused the registry's own credentials: a gateway fault, not the caller's."""
 
     code = "runtime_auth_failed"
     status = 502
-
-    def __init__(self, runtime_id: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} refused the registry's credentials", runtime_id=runtime_id
-        )
+    template = "runtime {runtime_id!r} refused the registry's credentials"
 
 
-class RuntimeBadResponse(RegistryError):
+class RuntimeBadResponse(RuntimeScoped):
     """The runtime failed (5xx), or answered with something that is not a valid reply."""
 
     code = "runtime_bad_response"
     status = 502
-
-    def __init__(self, runtime_id: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} failed or sent an invalid reply", runtime_id=runtime_id
-        )
+    template = "runtime {runtime_id!r} failed or sent an invalid reply"
 
 
-class RuntimeStopped(RegistryError):
+class RuntimeStopped(RuntimeScoped):
     """The runtime says it is stopped and accepts no worker operations."""
 
     code = "runtime_stopped"
     status = 409
-
-    def __init__(self, runtime_id: str) -> None:
-        super().__init__(f"runtime {runtime_id!r} is stopped", runtime_id=runtime_id)
+    template = "runtime {runtime_id!r} is stopped"
 
 
 class OperationRejected(RegistryError):
