@@ -7,7 +7,6 @@ import hashlib
 import os
 import secrets
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ import pytest
 import trio
 
 from tests.conftest import StartDaemon, wait_for
+from tests.daemon_process import clean_env, run_daemon
 from tests.policy_plugins import SINKS
 from yoi_registryd.audit import AuditRecord, AuditTrail, FileSink, StderrSink, build_sink
 from yoi_registryd.config import ConfigError, parse_config
 
-REPO = Path(__file__).resolve().parent.parent
 RECORD = msgspec.json.Decoder(AuditRecord)
 
 
@@ -508,16 +507,6 @@ queue_size = 16
 flush_interval = "5ms"
 """
     )
-    log_path = tmp_path / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS")}
-    with log_path.open("wb") as log:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "yoi_registryd", "--config", str(config_path), "serve"],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-            env=env,
-        )
     received: dict[str, int] = {}
     stop_sending = trio.Event()
 
@@ -550,7 +539,8 @@ flush_interval = "5ms"
                     return  # the daemon stopped accepting
                 received[request_id] = response.status_code
 
-    try:
+    args = ["--config", str(config_path), "serve"]
+    async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
         await wait_for(up, deadline_s=15, message="the daemon to listen")
         async with trio.open_nursery() as nursery:
             for worker in range(12):
@@ -558,25 +548,20 @@ flush_interval = "5ms"
             await wait_for(lambda: len(received) >= 150, deadline_s=20, message="load")
             rotated = audit_path.with_name("audit.jsonl.1")
             audit_path.rename(rotated)
-            process.send_signal(signal.SIGHUP)
+            daemon.process.send_signal(signal.SIGHUP)
             await wait_for(audit_path.exists, deadline_s=10, message="a reopened audit file")
             count = len(received)
             await wait_for(lambda: len(received) >= count + 150, deadline_s=20, message="load")
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(20):
-                code = await process.wait()
+            daemon.process.send_signal(signal.SIGTERM)
+            code = await daemon.wait_exit(deadline_s=20)
             stop_sending.set()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert code == 0, log_path.read_text()
+    assert code == 0, daemon.stderr
     before, after = read_records(rotated), read_records(audit_path)
     assert before and after
     records = before + after
     by_id = {r.request_id: r for r in records}
     assert len(by_id) == len(records), "a request recorded twice"
-    assert set(by_id) == set(received), log_path.read_text()
+    assert set(by_id) == set(received), daemon.stderr
     for request_id, status in received.items():
         record = by_id[request_id]
         assert record.status == status

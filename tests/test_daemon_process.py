@@ -5,124 +5,28 @@ sleeping a fixed time.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import trio
 
 from tests.conftest import copy_fixtures, wait_for
+from tests.daemon_process import (
+    clean_env,
+    free_port,
+    port_is_free,
+    run_daemon,
+    short_tmpdir,
+    wait_ready,
+)
 from yoi_registryd.config import DEFAULT_PORT, SYSTEM_CONFIG_PATH
 
 FIXTURE_LABELS = {"coder", "reviewer", "idle-helper", "other-ws", "legacy-pod"} | {
     "Ticket#Worker@Reviewer"
 }
-READY_DEADLINE_S = 15.0
-EXIT_DEADLINE_S = 15.0
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment without anything that would point the daemon elsewhere."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("YOI_", "XDG_", "NOTIFY_", "WATCHDOG_", "LISTEN_", "JOURNAL_"))
-    }
-    env["HOME"] = str(home)
-    env.update(extra)
-    return env
-
-
-@dataclass
-class DaemonProcess:
-    process: trio.Process
-    stderr_path: Path
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def wait_exit(self) -> int:
-        with trio.fail_after(EXIT_DEADLINE_S):
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def run_daemon(
-    args: list[str], env: Mapping[str, str], workdir: Path
-) -> AsyncIterator[DaemonProcess]:
-    """Start ``python -m yoi_registryd ARGS``; kill it if the test leaves it running."""
-    stderr_path = workdir / "stderr.log"
-    with stderr_path.open("wb") as err:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "yoi_registryd", *args],
-            env=dict(env),
-            cwd=str(workdir),
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-        )
-    try:
-        yield DaemonProcess(process, stderr_path)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.move_on_after(5):
-                await process.wait()
-
-
-async def wait_ready(client: httpx.AsyncClient, daemon: DaemonProcess) -> None:
-    """Poll ``/api/runtimes`` until it answers; fail early if the process died."""
-
-    async def answers() -> bool:
-        if daemon.process.returncode is not None:
-            raise AssertionError(
-                f"daemon exited with {daemon.process.returncode}:\n{daemon.stderr}"
-            )
-        try:
-            response = await client.get("/api/runtimes")
-        except httpx.TransportError:
-            return False
-        return response.status_code == 200
-
-    await wait_for(answers, READY_DEADLINE_S, interval=0.05, message="the daemon to answer")
-
-
-@contextmanager
-def short_tmpdir() -> Iterator[Path]:
-    """A short directory path, so a unix socket inside it stays under the 108-byte limit."""
-    path = Path(tempfile.mkdtemp(prefix="yrd-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def write_config(path: Path, text: str) -> Path:

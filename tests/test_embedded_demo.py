@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import StartDaemon, wait_for
+from tests.daemon_process import clean_env, free_port, run_daemon, wait_ready
 from tests.embedded_plugins import embedded_source_toml
-from tests.test_daemon_process import clean_env, free_port, run_daemon, wait_ready
 from yoi_registryd.runtimes.demo import DEMO_RUNTIME_ID
 
 DEMO_LABELS = {"coder", "reviewer", "planner", "Ticket#42@Coder", "companion", "docs-writer"}

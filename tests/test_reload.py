@@ -17,8 +17,14 @@ import httpx
 import pytest
 
 from tests.conftest import StartDaemon, copy_fixtures, local_source_toml, wait_for
-from tests.test_daemon_process import clean_env, free_port, run_daemon
-from tests.test_systemd import NotifySocket, is_set, notify_socket
+from tests.daemon_process import (
+    NotifySocket,
+    clean_env,
+    free_port,
+    is_set,
+    notify_socket,
+    run_daemon,
+)
 from yoi_registryd.config import parse_config
 from yoi_registryd.reload import plan_sources, settings_needing_restart
 from yoi_registryd.supervisor import SourceSpec

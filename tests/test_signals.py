@@ -16,8 +16,15 @@ import pytest
 import trio
 
 from tests.conftest import copy_fixtures, wait_for
-from tests.test_daemon_process import clean_env, free_port, run_daemon, short_tmpdir
-from tests.test_systemd import is_set, notify_socket, raw_get
+from tests.daemon_process import (
+    clean_env,
+    free_port,
+    is_set,
+    notify_socket,
+    raw_get,
+    run_daemon,
+    short_tmpdir,
+)
 
 CLIENTS = 40
 REQUESTS_BEFORE_SIGTERM = 200

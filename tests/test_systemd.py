@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,14 +28,19 @@ import trio
 import trio.testing
 
 from tests.conftest import copy_fixtures, wait_for
-from tests.test_daemon_process import (
-    EXIT_DEADLINE_S,
+from tests.daemon_process import (
+    DAEMON_COMMAND,
     DaemonProcess,
     clean_env,
     free_port,
+    is_set,
+    notify_socket,
+    parse_notification,
     port_is_free,
+    raw_get,
     run_daemon,
     short_tmpdir,
+    spawn,
 )
 from yoi_registryd.config import parse_config
 from yoi_registryd.logs import setup_logging
@@ -50,80 +55,6 @@ from yoi_registryd.systemd import (
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
-NOTIFY_DEADLINE_S = 15.0
-
-Message = dict[str, str]
-
-
-def parse_notification(data: bytes) -> Message:
-    """One sd_notify datagram: newline-separated ``KEY=VALUE`` lines."""
-    fields = {}
-    for line in data.decode().split("\n"):
-        key, sep, value = line.partition("=")
-        assert sep, f"not a KEY=VALUE line: {line!r}"
-        fields[key] = value
-    return fields
-
-
-class NotifySocket:
-    """The service manager's side of sd_notify: receives and records every datagram."""
-
-    def __init__(self, sock: trio.socket.SocketType, address: str) -> None:
-        self.sock = sock
-        self.address = address
-        """The value for ``$NOTIFY_SOCKET``."""
-        self.messages: list[Message] = []
-
-    async def until(
-        self,
-        predicate: Callable[[Message], bool],
-        daemon: DaemonProcess | None = None,
-        deadline_s: float = NOTIFY_DEADLINE_S,
-    ) -> Message:
-        """Receive until a message matches; every message is recorded on the way. Fails
-        at once, with its log, when ``daemon`` exits meanwhile."""
-        found: list[Message] = []
-        async with trio.open_nursery() as nursery:
-            if daemon is not None:
-                nursery.start_soon(_fail_on_exit, daemon)
-            with trio.fail_after(deadline_s):
-                while not found:
-                    message = parse_notification(await self.sock.recv(65536))
-                    self.messages.append(message)
-                    if predicate(message):
-                        found.append(message)
-            nursery.cancel_scope.cancel()
-        return found[0]
-
-    def index(self, predicate: Callable[[Message], bool], start: int = 0) -> int:
-        for i in range(start, len(self.messages)):
-            if predicate(self.messages[i]):
-                return i
-        raise AssertionError(f"no such notification after #{start} in {self.messages}")
-
-
-@asynccontextmanager
-async def notify_socket(where: Path | None = None) -> AsyncIterator[NotifySocket]:
-    """Bind a datagram socket at ``where`` or, without it, in the abstract namespace."""
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with sock:
-        if where is None:
-            name = f"yoi-registryd-test-{uuid.uuid4().hex}"
-            await sock.bind("\0" + name)
-            address = "@" + name
-        else:
-            await sock.bind(str(where))
-            address = str(where)
-        yield NotifySocket(sock, address)
-
-
-async def _fail_on_exit(daemon: DaemonProcess) -> None:
-    code = await daemon.process.wait()
-    raise AssertionError(f"the daemon exited with {code}:\n{daemon.stderr}")
-
-
-def is_set(key: str, value: str = "1") -> Callable[[Message], bool]:
-    return lambda message: message.get(key) == value
 
 
 def local_config(path: Path, data: Path, runtime_dir: Path, listen: str, extra: str = "") -> Path:
@@ -160,41 +91,15 @@ async def run_activated(
     workdir: Path,
 ) -> AsyncIterator[DaemonProcess]:
     """Start the daemon with ``sockets`` passed as systemd passes them (named)."""
-    stderr_path = workdir / f"stderr-{uuid.uuid4().hex[:8]}.log"
     fd_args = [str(part) for sock, name in sockets for part in (sock.fileno(), name)]
-    command = [sys.executable, "-c", _ACTIVATE, *fd_args, "--"]
-    command += [sys.executable, "-m", "yoi_registryd", *args]
-    with stderr_path.open("wb") as err:
-        process = await trio.lowlevel.open_process(
-            command,
-            env=dict(env),
-            cwd=str(workdir),
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            pass_fds=[sock.fileno() for sock, _ in sockets],
-        )
-    try:
-        yield DaemonProcess(process, stderr_path)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with trio.move_on_after(5):
-                await process.wait()
-
-
-async def raw_get(stream: trio.abc.Stream, path: str) -> tuple[int, bytes]:
-    """Send one ``Connection: close`` GET and read the whole response."""
-    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    with trio.fail_after(10):
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = re.search(rb"(?im)^content-length: *(\d+)", head)
-    assert length is not None and len(body) == int(length.group(1)), data
-    return status, body
+    async with spawn(
+        [sys.executable, "-c", _ACTIVATE, *fd_args, "--", *DAEMON_COMMAND, *args],
+        env,
+        workdir,
+        stderr_name=f"stderr-{uuid.uuid4().hex[:8]}.log",
+        pass_fds=[sock.fileno() for sock, _ in sockets],
+    ) as daemon:
+        yield daemon
 
 
 # -- sd_notify -----------------------------------------------------------------------------
@@ -419,17 +324,8 @@ async def test_systemd_socket_activate_starts_the_daemon(tmp_path: Path) -> None
     port = free_port()
     config = tmp_path / "config.toml"
     config.write_text('sources = []\n[server]\nlisten = ["127.0.0.1:1"]\n')  # never bound
-    stderr_path = tmp_path / "stderr.log"
-    with stderr_path.open("wb") as err:
-        daemon = [sys.executable, "-m", "yoi_registryd", "--config", str(config)]
-        process = await trio.lowlevel.open_process(
-            [tool, "-l", f"127.0.0.1:{port}", "--fdname=api", *daemon],
-            env=clean_env(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-        )
-    try:
+    command = [tool, "-l", f"127.0.0.1:{port}", "--fdname=api", *DAEMON_COMMAND]
+    async with spawn([*command, "--config", str(config)], clean_env(tmp_path), tmp_path) as daemon:
 
         async def listening() -> bool:
             return not port_is_free(port)
@@ -440,14 +336,9 @@ async def test_systemd_socket_activate_starts_the_daemon(tmp_path: Path) -> None
         status, body = await raw_get(stream, "/api/runtimes")
         assert status == 200
         assert json.loads(body)["items"] == []
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(EXIT_DEADLINE_S):
-            assert await process.wait() == 0, stderr_path.read_text()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert f"socket activation: serving on http://127.0.0.1:{port} (api)" in stderr_path.read_text()
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
+    assert f"socket activation: serving on http://127.0.0.1:{port} (api)" in daemon.stderr
 
 
 # MemoryDenyWriteExecute= in the unit: the daemon must run without writable+executable
@@ -465,37 +356,29 @@ async def test_daemon_runs_with_write_execute_memory_denied(tmp_path: Path) -> N
     data = copy_fixtures(tmp_path / "yoi-data")
     port = free_port()
     config = local_config(tmp_path / "config.toml", data, tmp_path / "run", f"127.0.0.1:{port}")
-    stderr_path = tmp_path / "stderr.log"
-    async with notify_socket() as manager:
-        with stderr_path.open("wb") as err:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-c", _MDWE, "-m", "yoi_registryd", "--config", str(config)],
-                env=clean_env(tmp_path, NOTIFY_SOCKET=manager.address),
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-            )
-        try:
-            async with trio.open_nursery() as nursery:
+    async with (
+        notify_socket() as manager,
+        spawn(
+            [sys.executable, "-c", _MDWE, "-m", "yoi_registryd", "--config", str(config)],
+            clean_env(tmp_path, NOTIFY_SOCKET=manager.address),
+            tmp_path,
+        ) as daemon,
+    ):
+        async with trio.open_nursery() as nursery:
 
-                async def exited_early() -> None:
-                    code = await process.wait()
-                    if code == 77:
-                        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
-                    raise AssertionError(f"exited with {code}: {stderr_path.read_text()}")
+            async def exited_early() -> None:
+                code = await daemon.process.wait()
+                if code == 77:
+                    pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+                raise AssertionError(f"exited with {code}: {daemon.stderr}")
 
-                nursery.start_soon(exited_early)
-                await manager.until(is_set("READY"))
-                nursery.cancel_scope.cancel()
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                assert (await client.get("/api/runtimes")).status_code == 200
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(EXIT_DEADLINE_S):
-                assert await process.wait() == 0, stderr_path.read_text()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            nursery.start_soon(exited_early)
+            await manager.until(is_set("READY"))
+            nursery.cancel_scope.cancel()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/api/runtimes")).status_code == 200
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
 
 
 # -- the unit files ------------------------------------------------------------------------
