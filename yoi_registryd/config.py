@@ -397,6 +397,13 @@ def parse_listen(
     return ("tcp", host, int(port_text))
 
 
+def _earlier_use(first_use: dict[str, int], value: str, index: int, section: str) -> str:
+    """Record where ``value`` is first used; the key of that earlier entry (``section[i]``)
+    if entry ``index`` uses it again, else "" (so duplicates are named, not just counted)."""
+    first = first_use.setdefault(value, index)
+    return f"{section}[{first}]" if first != index else ""
+
+
 def validate_config(config: Config) -> list[str]:
     """Checks that span keys or need more than a type: ids, uniqueness, addresses."""
     problems: list[str] = []
@@ -425,12 +432,8 @@ def validate_config(config: Config) -> list[str]:
                 f"{key}.runtime_id: {src.runtime_id!r} is not a valid id "
                 "(1 to 120 bytes of [A-Za-z0-9_:-])"
             )
-        if src.runtime_id in seen:
-            first = seen[src.runtime_id]
-            problems.append(
-                f"{key}.runtime_id: {src.runtime_id!r} is already used by sources[{first}]"
-            )
-        seen.setdefault(src.runtime_id, i)
+        if first := _earlier_use(seen, src.runtime_id, i, "sources"):
+            problems.append(f"{key}.runtime_id: {src.runtime_id!r} is already used by {first}")
         if isinstance(src, LocalSourceConfig):
             problems.extend(_validate_local(key, src))
         elif isinstance(src, RemoteSourceConfig):
@@ -568,24 +571,16 @@ def _validate_access(config: Config) -> list[str]:
         key = f"clients[{i}]"
         if not is_valid_identifier(client.name):
             problems.append(f"{key}.name: {client.name!r} is not a valid name ([A-Za-z0-9_:-])")
-        elif client.name in names:
-            problems.append(
-                f"{key}.name: {client.name!r} is already used by clients[{names[client.name]}]"
-            )
-        names.setdefault(client.name, i)
+        elif first := _earlier_use(names, client.name, i, "clients"):
+            problems.append(f"{key}.name: {client.name!r} is already used by {first}")
         given = [k for k in _TOKEN_KEYS if getattr(client, k) is not None]
         if len(given) != 1:
             problems.append(f"{key}: give exactly one of {', '.join(_TOKEN_KEYS)}")
         if client.token_sha256 is not None:
             if not _SHA256_RE.fullmatch(client.token_sha256):
                 problems.append(f"{key}.token_sha256: expected 64 hexadecimal characters")
-            else:
-                digest = client.token_sha256.lower()
-                if digest in digests:
-                    problems.append(
-                        f"{key}.token_sha256: the same token as clients[{digests[digest]}]"
-                    )
-                digests.setdefault(digest, i)
+            elif first := _earlier_use(digests, client.token_sha256.lower(), i, "clients"):
+                problems.append(f"{key}.token_sha256: the same token as {first}")
         if client.token_file is not None and not client.token_file.startswith("/"):
             problems.append(f"{key}.token_file: must be an absolute path")
         if client.token_env is not None and not _ENV_NAME_RE.fullmatch(client.token_env):
@@ -607,11 +602,8 @@ def _validate_access(config: Config) -> list[str]:
         key = f"workspaces[{i}]"
         if not is_valid_identifier(workspace.id):
             problems.append(f"{key}.id: {workspace.id!r} is not a valid workspace id")
-        elif workspace.id in ids:
-            problems.append(
-                f"{key}.id: {workspace.id!r} is already used by workspaces[{ids[workspace.id]}]"
-            )
-        ids.setdefault(workspace.id, i)
+        elif first := _earlier_use(ids, workspace.id, i, "workspaces"):
+            problems.append(f"{key}.id: {workspace.id!r} is already used by {first}")
         if workspace.root is not None and not workspace.root.startswith("/"):
             problems.append(f"{key}.root: must be an absolute path")
     if config.policy.custom is not None and not _FACTORY_RE.fullmatch(config.policy.custom):
