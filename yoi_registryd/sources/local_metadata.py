@@ -271,14 +271,7 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
         if stat.S_ISLNK(os.lstat(entry_dir).st_mode):
             raise OSError(errno.ELOOP, "symbolic link")
     except OSError as exc:
-        reason = _io_reason(exc)
-        return _problem(
-            name,
-            worker_id,
-            ("unreadable", reason),
-            METADATA_UNREADABLE,
-            f"local Worker metadata could not be read: {reason}",
-        )
+        return _unreadable(name, worker_id, _io_reason(exc))
     path = entry_dir / METADATA_FILE
     try:
         data, st = _read_regular_file(path, options.max_bytes)
@@ -291,22 +284,9 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
             "local Worker metadata could not be parsed: larger than the size limit",
         )
     except OSError as exc:
-        reason = _io_reason(exc)
-        return _problem(
-            name,
-            worker_id,
-            ("unreadable", reason),
-            METADATA_UNREADABLE,
-            f"local Worker metadata could not be read: {reason}",
-        )
+        return _unreadable(name, worker_id, _io_reason(exc))
     except ValueError:
-        return _problem(
-            name,
-            worker_id,
-            ("unreadable", "name"),
-            METADATA_UNREADABLE,
-            "local Worker metadata could not be read: invalid name",
-        )
+        return _unreadable(name, worker_id, "name", "invalid name")
     stat_key: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     try:
         meta = _DECODER.decode(data)
@@ -422,6 +402,18 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
     )
     volatile = active is not None and (options.liveness_check or aged is not None)
     return EntryResult(name, worker_id, (*stat_key, live, aged), worker, (), stat_key, volatile)
+
+
+def _unreadable(name: str, worker_id: str, reason: str, detail: str | None = None) -> EntryResult:
+    """The entry's metadata could not be read: ``reason`` goes into the fingerprint and,
+    unless ``detail`` says it better, into the message."""
+    return _problem(
+        name,
+        worker_id,
+        ("unreadable", reason),
+        METADATA_UNREADABLE,
+        f"local Worker metadata could not be read: {detail or reason}",
+    )
 
 
 def _problem(
