@@ -38,6 +38,19 @@ _MAX_CONNECTIONS: Final = 16
 _MAX_KEEPALIVE: Final = 2
 
 
+_SAFE_MESSAGES: Final = {
+    TIMEOUT: "remote runtime {rid} did not answer within the timeout",
+    NETWORK_ERROR: "remote runtime {rid} could not be reached",
+    AUTH_FAILED: "remote runtime {rid} refused the registry's credentials{status}",
+    MALFORMED: "remote runtime {rid} sent a reply that is not a valid worker-runtime v1 answer",
+    UNSUPPORTED: "remote runtime {rid} does not support the request{status}",
+    WORKER_NOT_FOUND: "remote runtime {rid} does not know the worker{status}",
+    TOKEN_UNAVAILABLE: "the bearer token for remote runtime {rid} is unavailable",
+}
+"""Per code, the message :meth:`RemoteFailure.safe_message` builds from the runtime id."""
+_UNEXPECTED_STATUS: Final = "remote runtime {rid} answered with an unexpected status{status}"
+
+
 class RemoteFailure(Exception):
     """A typed failure talking to a remote runtime.
 
@@ -64,24 +77,9 @@ class RemoteFailure(Exception):
 
     def safe_message(self, runtime_id: str) -> str:
         """A message naming the runtime id only: safe to serve and to log at any level."""
-        rid = repr(runtime_id)
         status = f" (HTTP {self.status})" if self.status is not None else ""
-        if self.code == TIMEOUT:
-            text = f"remote runtime {rid} did not answer within the timeout"
-        elif self.code == NETWORK_ERROR:
-            text = f"remote runtime {rid} could not be reached"
-        elif self.code == AUTH_FAILED:
-            text = f"remote runtime {rid} refused the registry's credentials{status}"
-        elif self.code == MALFORMED:
-            text = f"remote runtime {rid} sent a reply that is not a valid worker-runtime v1 answer"
-        elif self.code == UNSUPPORTED:
-            text = f"remote runtime {rid} does not support the request{status}"
-        elif self.code == WORKER_NOT_FOUND:
-            text = f"remote runtime {rid} does not know the worker{status}"
-        elif self.code == TOKEN_UNAVAILABLE:
-            text = f"the bearer token for remote runtime {rid} is unavailable"
-        else:
-            text = f"remote runtime {rid} answered with an unexpected status{status}"
+        template = _SAFE_MESSAGES.get(self.code, _UNEXPECTED_STATUS)
+        text = template.format(rid=repr(runtime_id), status=status)
         return f"{text}: {self.reason}" if self.reason else text
 
 
