@@ -344,13 +344,22 @@ class RemoteRuntimeSource:
         if detail:
             log.debug("remote source %s: %s", self.runtime_id, detail)
 
+    def _after_operation(self, worker_id: str) -> RemoteView | None:
+        """Under the lock, after an operation on ``worker_id``: make an overlapping poll
+        redo its work and drop the cached bodies; return the reported view to update, or
+        None if it does not hold the worker (or a full snapshot is due anyway)."""
+        self._op_epoch += 1
+        self._bodies = None
+        view = self._reported
+        if view is None or self._needs_full or worker_id not in view.workers:
+            return None
+        return view
+
     async def _acknowledged(self, reporter: Reporter, worker_id: str, status: str) -> None:
         """Show the acknowledged status at once (the next poll confirms the rest)."""
         async with self._lock:
-            self._op_epoch += 1
-            self._bodies = None
-            view = self._reported
-            if view is None or self._needs_full or worker_id not in view.workers:
+            view = self._after_operation(worker_id)
+            if view is None:
                 return
             old = view.workers[worker_id]
             new = self._projector.with_status(old, status, view.running, utcnow())
@@ -362,10 +371,8 @@ class RemoteRuntimeSource:
     async def _forget_worker(self, reporter: Reporter, worker_id: str) -> None:
         """The runtime says the worker does not exist: drop it now, not at the next poll."""
         async with self._lock:
-            self._op_epoch += 1
-            self._bodies = None
-            view = self._reported
-            if view is None or self._needs_full or worker_id not in view.workers:
+            view = self._after_operation(worker_id)
+            if view is None:
                 return
             workers = {k: v for k, v in view.workers.items() if k != worker_id}
             self._reported = replace(view, workers=workers)
