@@ -226,3 +226,15 @@ async def _fail_on_exit(daemon: DaemonProcess) -> None:
 
 def is_set(key: str, value: str = "1") -> Callable[[Message], bool]:
     return lambda message: message.get(key) == value
+
+
+@asynccontextmanager
+async def ready_daemon(
+    config: Path, workdir: Path
+) -> AsyncIterator[tuple[DaemonProcess, NotifySocket]]:
+    """Run the daemon with ``config`` under a notification socket, until it says READY."""
+    async with notify_socket() as manager:
+        env = clean_env(workdir, NOTIFY_SOCKET=manager.address)
+        async with run_daemon(["--config", str(config)], env, workdir) as daemon:
+            await manager.until(is_set("READY"), daemon)
+            yield daemon, manager

@@ -17,12 +17,10 @@ import trio
 
 from tests.conftest import copy_fixtures, wait_for
 from tests.daemon_process import (
-    clean_env,
     free_port,
     is_set,
-    notify_socket,
     raw_get,
-    run_daemon,
+    ready_daemon,
     short_tmpdir,
 )
 
@@ -89,28 +87,25 @@ async def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path, tran
             f'[[sources]]\nkind = "local"\ndata_dir = "{data}"\n'
             f'runtime_dir = "{tmp_path / "run"}"\n'
         )
-        async with notify_socket() as manager:
-            env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-            async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-                await manager.until(is_set("READY"), daemon)
-                tally = Tally()
+        async with ready_daemon(config, tmp_path) as (daemon, _):
+            tally = Tally()
 
-                async def client() -> None:
-                    while await one_request(connect, tally):
-                        pass
+            async def client() -> None:
+                while await one_request(connect, tally):
+                    pass
 
-                async with trio.open_nursery() as nursery:
-                    for _ in range(CLIENTS):
-                        nursery.start_soon(client)
-                    await wait_for(
-                        lambda: tally.complete >= REQUESTS_BEFORE_SIGTERM,
-                        deadline_s=20,
-                        message="requests under load",
-                    )
-                    daemon.process.send_signal(signal.SIGTERM)
-                    completed_at_sigterm = tally.complete
-                # Every client ran until it was refused: the daemon stopped accepting.
-                assert await daemon.wait_exit() == 0, daemon.stderr
+            async with trio.open_nursery() as nursery:
+                for _ in range(CLIENTS):
+                    nursery.start_soon(client)
+                await wait_for(
+                    lambda: tally.complete >= REQUESTS_BEFORE_SIGTERM,
+                    deadline_s=20,
+                    message="requests under load",
+                )
+                daemon.process.send_signal(signal.SIGTERM)
+                completed_at_sigterm = tally.complete
+            # Every client ran until it was refused: the daemon stopped accepting.
+            assert await daemon.wait_exit() == 0, daemon.stderr
         assert tally.lost == []
         assert tally.refused == CLIENTS
         assert tally.complete > completed_at_sigterm, "requests in flight at SIGTERM finished"
@@ -127,6 +122,17 @@ async def start_slow_request(port: int) -> trio.SocketStream:
     return stream
 
 
+async def answered_keep_alive(port: int) -> trio.SocketStream:
+    """A keep-alive connection that has had its answer (to GET /api/runtimes): idle now."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /api/runtimes HTTP/1.1\r\nHost: registry\r\n\r\n")
+    response = b""
+    with trio.fail_after(10):
+        while not response.endswith(b"}"):
+            response += await stream.receive_some(65536)
+    return stream
+
+
 def serving_config(tmp_path: Path, port: int, grace: str) -> Path:
     config = tmp_path / "config.toml"
     config.write_text(
@@ -140,72 +146,58 @@ async def test_request_in_flight_at_sigterm_completes_then_the_daemon_exits_0(
 ) -> None:
     port = free_port()
     config = serving_config(tmp_path, port, "30s")
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-            await manager.until(is_set("READY"), daemon)
-            slow = await start_slow_request(port)
-            daemon.process.send_signal(signal.SIGTERM)
-            await manager.until(is_set("STOPPING"))
+    async with ready_daemon(config, tmp_path) as (daemon, manager):
+        slow = await start_slow_request(port)
+        daemon.process.send_signal(signal.SIGTERM)
+        await manager.until(is_set("STOPPING"))
 
-            async def refused() -> bool:
-                try:
-                    with trio.fail_after(0.5):
-                        stream = await trio.open_tcp_stream("127.0.0.1", port)
-                except (OSError, trio.TooSlowError):
-                    return True
-                await stream.aclose()
-                return False
+        async def refused() -> bool:
+            try:
+                with trio.fail_after(0.5):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except (OSError, trio.TooSlowError):
+                return True
+            await stream.aclose()
+            return False
 
-            await wait_for(refused, message="new connections to be refused")
-            assert daemon.process.returncode is None, "the daemon waits for the slow request"
+        await wait_for(refused, message="new connections to be refused")
+        assert daemon.process.returncode is None, "the daemon waits for the slow request"
 
-            await slow.send_all(b"}")  # the rest of the body: the request can finish
-            response = b""
-            with trio.fail_after(10):
-                while chunk := await slow.receive_some(65536):
-                    response += chunk
-            assert response.startswith(b"HTTP/1.1 "), response
-            assert b"connection: close" in response.lower()
-            with trio.fail_after(10):  # well within the 30s grace: it ended with the request
-                assert await daemon.process.wait() == 0, daemon.stderr
+        await slow.send_all(b"}")  # the rest of the body: the request can finish
+        response = b""
+        with trio.fail_after(10):
+            while chunk := await slow.receive_some(65536):
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 "), response
+        assert b"connection: close" in response.lower()
+        with trio.fail_after(10):  # well within the 30s grace: it ended with the request
+            assert await daemon.process.wait() == 0, daemon.stderr
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     port = free_port()
     config = serving_config(tmp_path, port, "60s")
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-            await manager.until(is_set("READY"), daemon)
-            slow = await start_slow_request(port)  # would hold a graceful shutdown for 60s
-            daemon.process.send_signal(signal.SIGTERM)
-            await manager.until(is_set("STOPPING"))
-            daemon.process.send_signal(signal.SIGINT)
-            with trio.fail_after(10):
-                await daemon.process.wait()
-            await slow.aclose()
+    async with ready_daemon(config, tmp_path) as (daemon, manager):
+        slow = await start_slow_request(port)  # would hold a graceful shutdown for 60s
+        daemon.process.send_signal(signal.SIGTERM)
+        await manager.until(is_set("STOPPING"))
+        daemon.process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            await daemon.process.wait()
+        await slow.aclose()
     assert "second signal SIGINT: exiting now" in daemon.stderr
 
 
 async def test_idle_keep_alive_connection_does_not_hold_the_shutdown(tmp_path: Path) -> None:
     port = free_port()
     config = serving_config(tmp_path, port, "60s")
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-            await manager.until(is_set("READY"), daemon)
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await stream.send_all(b"GET /api/runtimes HTTP/1.1\r\nHost: registry\r\n\r\n")
-            response = b""
-            with trio.fail_after(10):
-                while not response.endswith(b"}"):
-                    response += await stream.receive_some(65536)
-            daemon.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):  # not the 60s grace: an idle connection is closed
-                assert await daemon.process.wait() == 0, daemon.stderr
-                assert await stream.receive_some(65536) == b""
-            await stream.aclose()
+    async with ready_daemon(config, tmp_path) as (daemon, _):
+        stream = await answered_keep_alive(port)
+        daemon.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):  # not the 60s grace: an idle connection is closed
+            assert await daemon.process.wait() == 0, daemon.stderr
+            assert await stream.receive_some(65536) == b""
+        await stream.aclose()
 
 
 async def test_connection_accepted_before_sigterm_may_still_send_its_request(
@@ -215,26 +207,18 @@ async def test_connection_accepted_before_sigterm_may_still_send_its_request(
     keep-alive connection, which has had its answer, is closed at once)."""
     port = free_port()
     config = serving_config(tmp_path, port, "30s")
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-            await manager.until(is_set("READY"), daemon)
-            idle = await trio.open_tcp_stream("127.0.0.1", port)
-            await idle.send_all(b"GET /api/runtimes HTTP/1.1\r\nHost: registry\r\n\r\n")
-            answer = b""
-            with trio.fail_after(10):
-                while not answer.endswith(b"}"):
-                    answer += await idle.receive_some(65536)
-            fresh = await trio.open_tcp_stream("127.0.0.1", port)  # says nothing yet
+    async with ready_daemon(config, tmp_path) as (daemon, _):
+        idle = await answered_keep_alive(port)
+        fresh = await trio.open_tcp_stream("127.0.0.1", port)  # says nothing yet
 
-            daemon.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):  # the daemon is closing idle connections now
-                assert await idle.receive_some(65536) == b""
-            status, _ = await raw_get(fresh, "/api/runtimes")
-            assert status == 200
-            with trio.fail_after(10):
-                assert await daemon.process.wait() == 0, daemon.stderr
-            await idle.aclose()
+        daemon.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):  # the daemon is closing idle connections now
+            assert await idle.receive_some(65536) == b""
+        status, _ = await raw_get(fresh, "/api/runtimes")
+        assert status == 200
+        with trio.fail_after(10):
+            assert await daemon.process.wait() == 0, daemon.stderr
+        await idle.aclose()
 
 
 async def test_connection_close_is_honoured_while_serving(tmp_path: Path) -> None:
@@ -242,15 +226,12 @@ async def test_connection_close_is_honoured_while_serving(tmp_path: Path) -> Non
     quart-trio cancels: the server shields it, or connections would stay open."""
     port = free_port()
     config = serving_config(tmp_path, port, "30s")
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with run_daemon(["--config", str(config)], env, tmp_path) as daemon:
-            await manager.until(is_set("READY"), daemon)
-            for path in ("/healthz", "/api/runtimes", "/api/workers"):
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                status, _ = await raw_get(stream, path)  # reads until EOF
-                assert status == 200
-                await stream.aclose()
-            assert daemon.process.returncode is None
-            daemon.process.send_signal(signal.SIGTERM)
-            assert await daemon.wait_exit() == 0, daemon.stderr
+    async with ready_daemon(config, tmp_path) as (daemon, _):
+        for path in ("/healthz", "/api/runtimes", "/api/workers"):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            status, _ = await raw_get(stream, path)  # reads until EOF
+            assert status == 200
+            await stream.aclose()
+        assert daemon.process.returncode is None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
