@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,34 @@ def config(data_dir: Path, runtime_dir: Path, **keys: object) -> str:
     )
 
 
+async def start_tracked(
+    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path, factory: str, **options: object
+) -> tuple[RunningDaemon, str]:
+    """The daemon with the embedded runtime ``tests.embedded_plugins:<factory>``, which
+    registers itself in ``INSTANCES`` under the fresh key returned."""
+    key = uuid.uuid4().hex
+    d = await start_daemon(
+        config(
+            data_dir,
+            runtime_dir,
+            factory=f"tests.embedded_plugins:{factory}",
+            options={"key": key, **options},
+        )
+    )
+    return d, key
+
+
+async def wait_workers(
+    d: RunningDaemon, expected: Callable[[list[str]], bool], deadline_s: float = 5.0
+) -> None:
+    """Wait until the embedded runtime's listed worker ids satisfy ``expected``."""
+
+    async def listed() -> bool:
+        return expected(await worker_ids(d))
+
+    await wait_for(listed, deadline_s=deadline_s, message="the expected workers")
+
+
 async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
     start_daemon: StartDaemon,
     data_dir: Path,
@@ -56,15 +85,9 @@ async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    key = uuid.uuid4().hex
     canary = "canary-" + uuid.uuid4().hex
-    d = await start_daemon(
-        config(
-            data_dir,
-            runtime_dir,
-            factory="tests.embedded_plugins:flaky_memory",
-            options={"key": key, "failures": 3, "secret": canary},
-        )
+    d, key = await start_tracked(
+        start_daemon, data_dir, runtime_dir, "flaky_memory", failures=3, secret=canary
     )
 
     async def local_up() -> bool:
@@ -94,34 +117,18 @@ async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
     assert "the runtime factory failed (RuntimeError)" in caplog.text
     assert canary not in caplog.text
     INSTANCES[key].spawn("late")
-
-    async def late_listed() -> bool:
-        return await worker_ids(d) == ["late"]
-
-    await wait_for(late_listed)
+    await wait_workers(d, lambda ids: ids == ["late"])
     await assert_local_source_unharmed(d)
 
 
 async def test_a_subscription_that_raises_mid_stream_is_restarted_and_resynchronised(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
 ) -> None:
-    key = uuid.uuid4().hex
-    d = await start_daemon(
-        config(
-            data_dir,
-            runtime_dir,
-            factory="tests.embedded_plugins:BreakableRuntime",
-            options={"key": key},
-        )
-    )
+    d, key = await start_tracked(start_daemon, data_dir, runtime_dir, "BreakableRuntime")
     await wait_for(lambda: key in INSTANCES)
     runtime: BreakableRuntime = INSTANCES[key]
     runtime.spawn("before")
-
-    async def before_listed() -> bool:
-        return await worker_ids(d) == ["before"]
-
-    await wait_for(before_listed)
+    await wait_workers(d, lambda ids: ids == ["before"])
     runtime.break_next = True
     runtime.spawn("during")  # this event meets the broken stream and is not delivered by it
     await runtime.stop("before")
@@ -147,25 +154,15 @@ async def test_a_subscription_that_raises_mid_stream_is_restarted_and_resynchron
     # The same runtime object was resubscribed (its workers survived the restart).
     assert INSTANCES[key] is runtime and runtime.subscriptions == 2
     runtime.spawn("after")
-
-    async def after_listed() -> bool:
-        return "after" in await worker_ids(d)
-
-    await wait_for(after_listed, deadline_s=2)
+    await wait_workers(d, lambda ids: "after" in ids, deadline_s=2)
     await assert_local_source_unharmed(d)
 
 
 async def test_a_subscription_that_falls_behind_is_resynchronised_without_a_restart(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
 ) -> None:
-    key = uuid.uuid4().hex
-    d = await start_daemon(
-        config(
-            data_dir,
-            runtime_dir,
-            factory="tests.embedded_plugins:tracked_memory",
-            options={"key": key, "subscription_capacity": 4},
-        )
+    d, key = await start_tracked(
+        start_daemon, data_dir, runtime_dir, "tracked_memory", subscription_capacity=4
     )
     await wait_for(lambda: key in INSTANCES)
     runtime = INSTANCES[key]
@@ -198,15 +195,7 @@ async def test_a_subscription_that_falls_behind_is_resynchronised_without_a_rest
 async def test_a_failing_runtime_task_is_supervised(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
 ) -> None:
-    key = uuid.uuid4().hex
-    d = await start_daemon(
-        config(
-            data_dir,
-            runtime_dir,
-            factory="tests.embedded_plugins:FailingTaskRuntime",
-            options={"key": key},
-        )
-    )
+    d, key = await start_tracked(start_daemon, data_dir, runtime_dir, "FailingTaskRuntime")
 
     async def recovered() -> bool:
         body = await record(d)
