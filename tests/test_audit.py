@@ -15,9 +15,9 @@ import msgspec
 import pytest
 import trio
 
-from tests.conftest import StartDaemon, wait_for
+from tests.conftest import RunningDaemon, StartDaemon, wait_for
 from tests.daemon_process import clean_env, run_daemon
-from tests.policy_plugins import SINKS
+from tests.policy_plugins import SINKS, MemorySink
 from yoi_registryd.audit import AuditRecord, AuditTrail, FileSink, StderrSink, build_sink
 from yoi_registryd.config import ConfigError, parse_config
 
@@ -57,6 +57,26 @@ kind = "local"
 data_dir = "{data_dir}"
 runtime_dir = "{runtime_dir}"
 """
+
+
+async def start_with_memory_sink(
+    start_daemon: StartDaemon, audit: str = "", **options: str
+) -> tuple[RunningDaemon, MemorySink]:
+    """A daemon whose audit records go to a fresh in-memory sink (``flush_interval`` 0s);
+    ``audit`` adds lines to ``[audit]``, ``options`` to the sink's options."""
+    key = secrets.token_hex(4)
+    given = "".join(f', {name} = "{value}"' for name, value in options.items())
+    d = await start_daemon(
+        f"""
+sources = []
+[audit]
+sink = "tests.policy_plugins:memory_sink"
+{audit}
+flush_interval = "0s"
+options = {{ key = "{key}"{given} }}
+"""
+    )
+    return d, SINKS[key]
 
 
 async def test_n_concurrent_requests_leave_exactly_n_records(
@@ -271,18 +291,7 @@ flush_interval = "0s"
 async def test_a_full_queue_makes_requests_wait_and_loses_nothing(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
-    key = secrets.token_hex(4)
-    d = await start_daemon(
-        f"""
-sources = []
-[audit]
-sink = "tests.policy_plugins:memory_sink"
-queue_size = 2
-flush_interval = "0s"
-options = {{ key = "{key}" }}
-"""
-    )
-    sink = SINKS[key]
+    d, sink = await start_with_memory_sink(start_daemon, "queue_size = 2")
     gate = sink.gate = trio.Event()
     trail = d.daemon.audit
     done: list[str] = []
@@ -316,17 +325,7 @@ options = {{ key = "{key}" }}
 async def test_a_failing_sink_is_retried_without_loss_or_duplicates(
     start_daemon: StartDaemon,
 ) -> None:
-    key = secrets.token_hex(4)
-    d = await start_daemon(
-        f"""
-sources = []
-[audit]
-sink = "tests.policy_plugins:memory_sink"
-flush_interval = "0s"
-options = {{ key = "{key}", failures = "2" }}
-"""
-    )
-    sink = SINKS[key]
+    d, sink = await start_with_memory_sink(start_daemon, failures="2")
     for i in range(5):
         await d.client.get("/api/runtimes", headers={"X-Request-Id": f"f{i}"})
     await wait_for(lambda: len(sink.records) == 5, message="five records")
@@ -570,18 +569,7 @@ flush_interval = "5ms"
 
 
 async def test_the_queue_depth_is_a_metric(start_daemon: StartDaemon) -> None:
-    key = secrets.token_hex(4)
-    d = await start_daemon(
-        f"""
-sources = []
-[audit]
-sink = "tests.policy_plugins:memory_sink"
-queue_size = 4
-flush_interval = "0s"
-options = {{ key = "{key}" }}
-"""
-    )
-    sink = SINKS[key]
+    d, sink = await start_with_memory_sink(start_daemon, "queue_size = 4")
     gate = sink.gate = trio.Event()
 
     async def depth() -> float:
