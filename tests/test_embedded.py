@@ -53,6 +53,22 @@ async def worker_state(d: RunningDaemon, worker_id: str) -> str | None:
     return str(response.json()["state"])
 
 
+async def wait_state(
+    d: RunningDaemon, worker_id: str, state: str | None, message: str = "the worker's state"
+) -> None:
+    """Wait (2 s at most) until the registry shows ``worker_id`` in ``state`` (None: gone)."""
+
+    async def shown() -> bool:
+        return await worker_state(d, worker_id) == state
+
+    await wait_for(shown, deadline_s=2, message=message)
+
+
+async def wait_listed(d: RunningDaemon, worker_id: str) -> None:
+    """Wait until the registry lists ``worker_id`` in any state."""
+    await wait_for(lambda: worker_state(d, worker_id), message=f"worker {worker_id!r}")
+
+
 async def post(d: RunningDaemon, worker_id: str, op: str, body: object = None) -> Any:
     content = b"" if body is None else msgspec.json.encode(body)
     response = await d.client.post(f"{WORKER}/{worker_id}/{op}", content=content)
@@ -110,17 +126,9 @@ async def test_runtime_events_reach_the_api_without_polling(
 
     await wait_for(renamed, deadline_s=2, message="rename")
     await runtime.cancel("w1")
-
-    async def cancelled() -> bool:
-        return await worker_state(d, "w1") == "cancelled"
-
-    await wait_for(cancelled, deadline_s=2, message="cancel")
+    await wait_state(d, "w1", "cancelled", message="cancel")
     runtime.remove("w1")
-
-    async def removed() -> bool:
-        return await worker_state(d, "w1") is None
-
-    await wait_for(removed, deadline_s=2, message="removal")
+    await wait_state(d, "w1", None, message="removal")
     runtime_record = await d.get_json(f"/api/runtimes/{RID}")
     assert runtime_record["worker_count"] == 0
     assert runtime_record["supervisor"]["restarts"] == 0
@@ -131,7 +139,7 @@ async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
 ) -> None:
     d, runtime = await start_memory(start_daemon, key)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
 
     status, body = await post(d, "w", "stop", {"reason": "done"})
     assert status == 200, body
@@ -139,11 +147,7 @@ async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
     assert (ack["runtime_id"], ack["worker_id"], ack["operation"]) == (RID, "w", "stop")
     assert ack["status"] == "stopped"
     assert ack["event_id"] == str(runtime.worker("w").last_event_id)
-
-    async def stopped() -> bool:
-        return await worker_state(d, "w") == "stopped"
-
-    await wait_for(stopped, deadline_s=2, message="the stop to reach the registry")
+    await wait_state(d, "w", "stopped", message="the stop to reach the registry")
     worker = await d.get_json(f"{WORKER}/w")
     assert not worker["capabilities"]["can_accept_input"]
     assert worker["capabilities"]["can_stop"] and worker["capabilities"]["can_cancel"]
@@ -163,14 +167,10 @@ async def test_cancel_over_http_then_stop_keeps_cancelled(
 ) -> None:
     d, runtime = await start_memory(start_daemon, key)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     status, body = await post(d, "w", "cancel")
     assert status == 200 and body["ack"]["status"] == "cancelled"
-
-    async def cancelled() -> bool:
-        return await worker_state(d, "w") == "cancelled"
-
-    await wait_for(cancelled, deadline_s=2)
+    await wait_state(d, "w", "cancelled")
     status, again = await post(d, "w", "cancel")
     assert status == 200 and again["ack"] == body["ack"]
     status, stop = await post(d, "w", "stop")
@@ -184,7 +184,7 @@ async def test_input_over_http_appends_to_the_transcript(
 ) -> None:
     d, runtime = await start_memory(start_daemon, key)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     acks = []
     for kind, content in (("user", "please rebase"), ("system", "budget: 10 minutes")):
         status, body = await post(d, "w", "input", {"kind": kind, "content": content})
@@ -213,14 +213,10 @@ async def test_input_to_a_terminal_worker_is_unsupported(
 ) -> None:
     d, runtime = await start_memory(start_daemon, key)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     status, _ = await post(d, "w", "stop")
     assert status == 200
-
-    async def stopped() -> bool:
-        return await worker_state(d, "w") == "stopped"
-
-    await wait_for(stopped, deadline_s=2)
+    await wait_state(d, "w", "stopped")
     status, body = await post(d, "w", "input", {"kind": "user", "content": "hello?"})
     assert status == 501
     assert body["error"]["code"] == "operation_unsupported"
@@ -241,7 +237,7 @@ async def test_unknown_worker_is_404_for_every_operation(
 async def test_a_stopped_runtime_is_shown_stopped(start_daemon: StartDaemon, key: str) -> None:
     d, runtime = await start_memory(start_daemon, key)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     runtime.stop_runtime()
 
     async def runtime_stopped() -> bool:
@@ -286,19 +282,11 @@ async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
     assert status == 409, body
     assert body["error"]["code"] == "operation_rejected"
     runtime.release()
-
-    async def stopped() -> bool:
-        return await worker_state(d, "alpha") == "stopped"
-
-    await wait_for(stopped, deadline_s=2)
+    await wait_state(d, "alpha", "stopped")
     status, body = await post(d, "beta", "input", {"kind": "user", "content": "hi"})
     assert status == 200 and body["ack"]["transcript_sequence"] == 0
     runtime.delete("beta")
-
-    async def deleted() -> bool:
-        return await worker_state(d, "beta") is None
-
-    await wait_for(deleted, deadline_s=2)
+    await wait_state(d, "beta", None)
 
 
 async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnostic(
@@ -312,7 +300,7 @@ async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnos
             options={"key": key, "workers": ["good", bad]},
         )
     )
-    await wait_for(lambda: worker_state(d, "good"))
+    await wait_listed(d, "good")
     runtime: ThirdPartyRuntime = INSTANCES[key]
     record = await d.get_json(f"/api/runtimes/{RID}")
     assert record["status"] == "degraded"
@@ -348,7 +336,7 @@ async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: 
     )
     await wait_for(lambda: key in INSTANCES)
     INSTANCES[key].spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     worker = await d.get_json(f"{WORKER}/w")
     assert worker["workspace"] == {"visibility": "workspace", "identity": "ws-demo"}
     record = await d.get_json(f"/api/runtimes/{RID}")
@@ -359,7 +347,7 @@ async def test_options_never_reach_a_response(start_daemon: StartDaemon, key: st
     canary = "canary-" + uuid.uuid4().hex
     d, runtime = await start_memory(start_daemon, key, secret=canary)
     runtime.spawn("w")
-    await wait_for(lambda: worker_state(d, "w"))
+    await wait_listed(d, "w")
     await post(d, "w", "input", {"kind": "user", "content": "x"})
     await post(d, "nobody", "stop")
     for path in (
@@ -390,7 +378,7 @@ async def test_a_quiet_runtime_is_kept_fresh_by_heartbeats(
             stale_after="300ms",
         )
     )
-    await wait_for(lambda: worker_state(d, "alpha"))
+    await wait_listed(d, "alpha")
     first = await d.get_json(f"/api/runtimes/{RID}")
     statuses: set[str] = set()
 
