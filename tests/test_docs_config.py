@@ -102,9 +102,15 @@ def test_every_example_is_a_valid_configuration(text: str, tmp_path: Path) -> No
             assert token is not None
 
 
+def struct_info(cls: type[msgspec.Struct]) -> msgspec.inspect.StructType:
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info
+
+
 def source_classes() -> dict[str, type[msgspec.Struct]]:
     """Each source ``kind`` and its configuration class, from ``Config.sources``' union."""
-    (sources,) = [f for f in msgspec.inspect.type_info(Config).fields if f.name == "sources"]
+    (sources,) = [f for f in struct_info(Config).fields if f.name == "sources"]
     assert isinstance(sources.type, msgspec.inspect.ListType)
     union = sources.type.item_type
     assert isinstance(union, msgspec.inspect.UnionType)
@@ -140,7 +146,7 @@ def test_check_config_accepts_the_full_example(tmp_path: Path) -> None:
 def expected_sections() -> list[tuple[str, str, type[msgspec.Struct]]]:
     """(heading in the reference, dotted prefix of its keys, class) for every section."""
     sections = []
-    for field in msgspec.inspect.type_info(Config).fields:
+    for field in struct_info(Config).fields:
         t = field.type
         if field.name == "sources":
             for kind, cls in source_classes().items():
@@ -182,8 +188,7 @@ def test_the_reference_lists_every_key_with_its_default(
         match = KEY_CELL.match(row["key"])
         assert match is not None, f"{heading}: {row['key']!r} is not a key"
         rows[match.group(1)] = row
-    info = msgspec.inspect.type_info(cls)
-    assert isinstance(info, msgspec.inspect.StructType)
+    info = struct_info(cls)
     fields = {f.name: f for f in info.fields if (cls.__name__, f.name) not in UNDOCUMENTED}
     tag = info.tag
     documented = set(rows) - ({"kind"} if tag else set())
