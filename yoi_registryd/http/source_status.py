@@ -127,7 +127,7 @@ def sources_page(
     workspace_id: str | None = None,
 ) -> views.Rendered:
     """The sources of the runtimes ``view`` may see, with only visible workers counted."""
-    after = views.decode_cursor(query.cursor, 1)[0] if query.cursor else None
+    after = views._after(query)
     filtered = False
 
     def items() -> Iterator[SourceStatus]:

@@ -257,13 +257,51 @@ def _cap(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return head
 
 
+def _after(query: ListQuery) -> str | None:
+    """The id a one-part cursor resumes after (lists within one runtime, runtimes)."""
+    return decode_cursor(query.cursor, 1)[0] if query.cursor else None
+
+
+def _after_pair(query: ListQuery) -> tuple[str, str] | None:
+    """The ``(runtime_id, id)`` a two-part cursor resumes after (registry-wide lists)."""
+    if not query.cursor:
+        return None
+    runtime_id, item_id = decode_cursor(query.cursor, 2)
+    return runtime_id, item_id
+
+
+def _registry_wide_key(worker: WorkerRecord) -> tuple[str, ...]:
+    return (worker.runtime_id, worker.worker_id)
+
+
+def _in_runtime_key(worker: WorkerRecord) -> tuple[str, ...]:
+    return (worker.worker_id,)
+
+
+def _workers_page(
+    workers: Iterator[WorkerRecord],
+    key: Callable[[WorkerRecord], tuple[str, ...]],
+    query: ListQuery,
+    view: Visibility,
+    diagnostics: list[Diagnostic],
+    workspace_id: str | None,
+) -> Rendered:
+    """One page of the ``workers`` the view may see; ``key`` gives the cursor of the last."""
+    seen = _Filter(view)
+    items, cursor = _take(seen.workers(workers), query.limit, key)
+    body = encode(
+        WorkerList(items, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
+    )
+    return Rendered(body, seen.hid)
+
+
 def runtimes_page(
     snapshot: Snapshot,
     query: ListQuery,
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
+    after = _after(query)
     ids = snapshot.sorted_runtime_ids
     seen = _Filter(view)
 
@@ -289,7 +327,7 @@ def hosts_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = decode_cursor(query.cursor, 2) if query.cursor else None
+    after = _after_pair(query)
     seen = _Filter(view)
 
     def hosts() -> Iterator[HostRecord]:
@@ -316,23 +354,14 @@ def workers_page(
     workspace_id: str | None = None,
 ) -> Rendered:
     """All workers the view may see, ordered by ``(runtime_id, worker_id)``."""
-    after = decode_cursor(query.cursor, 2) if query.cursor else None
-    position = (after[0], after[1]) if after else None
-    seen = _Filter(view)
-    items, cursor = _take(
-        seen.workers(snapshot.iter_workers_after(position)),
-        query.limit,
-        lambda w: (w.runtime_id, w.worker_id),
-    )
+    after = _after_pair(query)
     diagnostics: list[Diagnostic] = []
     for rid in snapshot.sorted_runtime_ids:
         entry = snapshot.runtimes[rid]
         if view.runtime_visible(entry.record):
             diagnostics.extend(_visible_diagnostics(entry, view))
-    body = encode(
-        WorkerList(items, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
-    )
-    return Rendered(body, seen.hid)
+    workers = snapshot.iter_workers_after(after)
+    return _workers_page(workers, _registry_wide_key, query, view, diagnostics, workspace_id)
 
 
 def runtime_workers_page(
@@ -341,14 +370,10 @@ def runtime_workers_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
-    seen = _Filter(view)
-    items, cursor = _take(
-        seen.workers(entry.iter_workers_after(after)), query.limit, lambda w: (w.worker_id,)
-    )
-    diagnostics = _cap(list(_visible_diagnostics(entry, view)))
-    body = encode(WorkerList(items, diagnostics, query.limit, cursor, workspace_id=workspace_id))
-    return Rendered(body, seen.hid)
+    after = _after(query)
+    diagnostics = list(_visible_diagnostics(entry, view))
+    workers = entry.iter_workers_after(after)
+    return _workers_page(workers, _in_runtime_key, query, view, diagnostics, workspace_id)
 
 
 def host_workers_page(
@@ -358,13 +383,10 @@ def host_workers_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = decode_cursor(query.cursor, 1)[0] if query.cursor else None
-    seen = _Filter(view)
+    after = _after(query)
+    diagnostics = [*host.diagnostics, *_visible_diagnostics(entry, view)]
     on_host = (w for w in entry.iter_workers_after(after) if w.host_id == host.host_id)
-    items, cursor = _take(seen.workers(on_host), query.limit, lambda w: (w.worker_id,))
-    diagnostics = _cap([*host.diagnostics, *_visible_diagnostics(entry, view)])
-    body = encode(WorkerList(items, diagnostics, query.limit, cursor, workspace_id=workspace_id))
-    return Rendered(body, seen.hid)
+    return _workers_page(on_host, _in_runtime_key, query, view, diagnostics, workspace_id)
 
 
 # -- the per-revision body cache ----------------------------------------------------------
