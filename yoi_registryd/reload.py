@@ -102,6 +102,11 @@ RESTART_ONLY: Final = (
     "server.listen",
     "server.unix_socket_mode",
     "server.shutdown_grace",
+    "server.max_connections",
+    "server.max_header_bytes",
+    "server.max_body_bytes",
+    "server.body_timeout",
+    "server.keep_alive_timeout",
     "registry.channel_capacity",
     "audit",
 )
