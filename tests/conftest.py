@@ -89,6 +89,18 @@ class RunningDaemon:
         assert response.headers["content-type"].startswith("application/json")
         return msgspec.json.decode(response.content)
 
+    async def listed_workers(self, **kwargs: Any) -> list[dict[str, Any]]:
+        """Wait until ``/api/workers`` (requested with ``kwargs``) lists a worker; its items."""
+        items: list[dict[str, Any]] = []
+
+        async def some() -> bool:
+            nonlocal items
+            items = (await self.get_json("/api/workers", **kwargs))["items"]
+            return bool(items)
+
+        await wait_for(some, message="workers to be listed")
+        return items
+
 
 def listen_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -190,12 +190,7 @@ flush_interval = "0s"
     )
     everyone = {"Authorization": f"Bearer {token}"}
     demo = {**everyone, "X-Yoi-Workspace": "demo"}
-
-    async def observed() -> bool:
-        return len((await d.get_json("/api/workers", headers=everyone))["items"]) > 0
-
-    await wait_for(observed, message="workers")
-    workers = (await d.get_json("/api/workers", headers=everyone))["items"]
+    workers = await d.listed_workers(headers=everyone)
     other = next(w for w in workers if w["label"] == "other-ws")
     filtered = await d.client.get("/api/workers", headers={**demo, "X-Request-Id": "filtered"})
     assert filtered.headers["x-results-filtered-by-policy"] == "true"
@@ -236,12 +231,7 @@ flush_interval = "0s"
     )
     good = {"Authorization": f"Bearer {canary}"}
     rid = "local-worker-runtime"
-
-    async def observed() -> bool:
-        return len((await d.get_json("/api/workers", headers=good))["items"]) > 0
-
-    await wait_for(observed, message="workers")
-    worker = (await d.get_json("/api/workers", headers=good))["items"][0]["worker_id"]
+    worker = (await d.listed_workers(headers=good))[0]["worker_id"]
     requests: list[tuple[str, str, dict[str, str], bytes | None]] = [
         ("GET", "/api/workers?cursor=canary-query-1", good, None),
         ("GET", "/api/workers", {"Authorization": f"Bearer {wrong}"}, None),

@@ -6,7 +6,6 @@ import shutil
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -47,20 +46,11 @@ def with_prefix(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]],
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
-async def workers_ready(d: RunningDaemon) -> list[dict[str, Any]]:
-    async def has_workers() -> bool:
-        return bool((await d.get_json("/api/workers"))["items"])
-
-    await wait_for(has_workers)
-    items: list[dict[str, Any]] = (await d.get_json("/api/workers"))["items"]
-    return items
-
-
 async def test_runtime_and_registry_metrics_describe_the_snapshot(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
 ) -> None:
     d = await start_daemon(local_source_toml(data_dir, runtime_dir))
-    workers = await workers_ready(d)
+    workers = await d.listed_workers()
     text, samples, revision = await scrape(d)
 
     assert value(samples, "yoi_registryd_runtime_up", **LOCAL) == 1
@@ -138,7 +128,7 @@ async def test_http_requests_are_labelled_by_route_template(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
 ) -> None:
     d = await start_daemon(local_source_toml(data_dir, runtime_dir))
-    workers = await workers_ready(d)
+    workers = await d.listed_workers()
     wid = workers[0]["worker_id"]
     for _ in range(3):
         await d.get_json(f"/api/runtimes/local-worker-runtime/workers/{wid}")
@@ -198,7 +188,7 @@ async def test_promtool_finds_no_problem_in_a_scrape_under_load(
     if promtool is None:
         pytest.skip("promtool is not installed (Debian/Ubuntu package: prometheus)")
     d = await start_daemon(local_source_toml(data_dir, runtime_dir))
-    await workers_ready(d)
+    await d.listed_workers()
     await d.daemon.supervisor.start(nursery, failing_spec("unreachable", stale_after=30))
     index = (await d.client.get("/api/runtimes")).headers["x-registry-index"]
     scrapes: list[str] = []

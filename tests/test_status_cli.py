@@ -35,21 +35,12 @@ def port_of(d: RunningDaemon) -> int:
     return int(d.base_url.rsplit(":", 1)[1])
 
 
-async def listed(d: RunningDaemon) -> list[dict[str, str]]:
-    async def has_workers() -> bool:
-        return bool((await d.get_json("/api/workers"))["items"])
-
-    await wait_for(has_workers)
-    items: list[dict[str, str]] = (await d.get_json("/api/workers"))["items"]
-    return items
-
-
 async def test_status_of_a_ready_daemon(
     start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path, tmp_path: Path
 ) -> None:
     source = local_source_toml(data_dir, runtime_dir)
     d = await start_daemon(source)
-    workers = await listed(d)
+    workers = await d.listed_workers()
     # Found through the config's first listen address; a wildcard is asked on loopback.
     config = config_file(tmp_path, f"0.0.0.0:{port_of(d)}", source)
     code, out, err = await run_status("--config", str(config), "status", "--workers")
