@@ -54,11 +54,7 @@ async def test_a_held_request_answers_within_a_second_of_a_change(
 ) -> None:
     """The local source and a real file change: the watcher sees it right after publication."""
     d = await start_daemon(local_source_toml(data_dir, runtime_dir))
-
-    async def listed() -> bool:
-        return bool((await d.get_json("/api/workers"))["items"])
-
-    await wait_for(listed)
+    await d.listed_workers()
     arrivals: list[tuple[float, int, set[str]]] = []
 
     async def watcher() -> None:
