@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from yoi_registryd.http import views
 from yoi_registryd.http.watch import ViewIndex, WatchQuery, etag_for, split_watch_query
 from yoi_registryd.ids import validate_identifier
-from yoi_registryd.policy import RequestAccess
+from yoi_registryd.policy import RequestAccess, Visibility
 from yoi_registryd.registry import Snapshot
 
 if TYPE_CHECKING:
@@ -56,30 +56,26 @@ def _runtime_index(runtime_id: str) -> ViewIndex:
     return lambda s: s.runtime(runtime_id).revision
 
 
+ListPage = Callable[[Snapshot, views.ListQuery, Visibility, str | None], views.Rendered]
+_REGISTRY_LISTS: Final[dict[str, tuple[str, ListPage]]] = {
+    RUNTIMES: ("runtimes", views.runtimes_page),
+    HOSTS: ("hosts", views.hosts_page),
+    WORKERS: ("workers", views.workers_page),
+}
+"""The registry-wide lists: cache-key name and page builder, by route template."""
+
+
 def resolve(
     template: str, params: dict[str, str], args: Iterable[tuple[str, str]]
 ) -> tuple[Read, WatchQuery | None]:
     """The read behind a matched route template; raises the route's typed errors
     (``invalid_identifier``, ``invalid_query``) in the order the API has always checked."""
-    if template in (RUNTIMES, HOSTS, WORKERS):
+    if template in _REGISTRY_LISTS:
+        name, page = _REGISTRY_LISTS[template]
         watch, rest = split_watch_query(args)
         q = views.parse_list_query(rest)
-        if template == WORKERS:
-            return Read(
-                ("workers", q),
-                lambda s, a: views.workers_page(s, q, a.view, a.principal.workspace),
-                whole_registry,
-            ), watch
-        if template == RUNTIMES:
-            return Read(
-                ("runtimes", q),
-                lambda s, a: views.runtimes_page(s, q, a.view, a.principal.workspace),
-                whole_registry,
-            ), watch
         return Read(
-            ("hosts", q),
-            lambda s, a: views.hosts_page(s, q, a.view, a.principal.workspace),
-            whole_registry,
+            (name, q), lambda s, a: page(s, q, a.view, a.principal.workspace), whole_registry
         ), watch
     if template == HOST_WORKERS:
         host_id = validate_identifier(params["host_id"], "host_id")
