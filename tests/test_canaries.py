@@ -70,6 +70,18 @@ def manifest(canary: Canaries, role: str) -> dict[str, Any]:
     }
 
 
+def planted_tree(canary: Canaries, tmp_path: Path) -> tuple[Path, Path, Path, str]:
+    """Canary-named temp, data and runtime directories and workspace root (in that order),
+    with :func:`plant`'s workers written in."""
+    tmp = tmp_path / canary("tmpdir")
+    data = tmp / canary("datadir")
+    run = tmp / canary("rundir")
+    run.mkdir(parents=True)
+    root = f"/srv/{canary('rootdir')}/{canary('rootleaf')}"
+    plant(canary, tmp, data, run, root)
+    return tmp, data, run, root
+
+
 def plant(canary: Canaries, tmp: Path, data: Path, run: Path, root: str) -> None:
     """Workers of every kind, each carrying canaries in every sensitive field."""
     write_worker(
@@ -227,12 +239,7 @@ async def test_no_canary_in_any_response(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="yoi_registryd")
     canary = Canaries()
-    tmp = tmp_path / canary("tmpdir")
-    data = tmp / canary("datadir")
-    run = tmp / canary("rundir")
-    run.mkdir(parents=True)
-    root = f"/srv/{canary('rootdir')}/{canary('rootleaf')}"
-    plant(canary, tmp, data, run, root)
+    tmp, data, run, root = planted_tree(canary, tmp_path)
     live_sock = run / "live" / "sock"
     live_sock.parent.mkdir()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

@@ -32,7 +32,7 @@ from tests.conftest import StartDaemon, wait_for
 from tests.embedded_plugins import INSTANCES, embedded_source_toml
 from tests.fake_runtime import FakeRuntime, remote_source_toml, start_fake
 from tests.test_api import sources_toml, wait_observed
-from tests.test_canaries import Canaries, forbidden, plant
+from tests.test_canaries import Canaries, forbidden, planted_tree
 from yoi_registryd.errors import InvalidIdentifier
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.openapi import build_document, documented_rules
@@ -74,12 +74,7 @@ async def test_schemathesis_finds_nothing_against_the_live_daemon(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     canary = Canaries()
-    tmp = tmp_path / canary("tmpdir")
-    data = tmp / canary("datadir")
-    run = tmp / canary("rundir")
-    run.mkdir(parents=True)
-    root = f"/srv/{canary('rootdir')}/{canary('rootleaf')}"
-    plant(canary, tmp, data, run, root)
+    tmp, data, run, _ = planted_tree(canary, tmp_path)
 
     remote_token = canary("remotetoken")
     (tmp / "remote-token").write_text(remote_token)
