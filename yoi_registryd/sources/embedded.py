@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from importlib import metadata
+from types import TracebackType
 from typing import Final, TypeVar
 
 import trio
@@ -153,6 +154,26 @@ def _failure(subject: str, code: str, what: str, exc: BaseException) -> SourceEr
     return SourceError(code, f"{what} ({kind})")
 
 
+class _Failing:
+    """``with _Failing(subject, code, what):`` around a call into the runtime's code turns
+    any exception it raises into the typed failure of :func:`_failure`."""
+
+    def __init__(self, subject: str, code: str, what: str) -> None:
+        self.subject, self.code, self.what = subject, code, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, Exception):
+            raise _failure(self.subject, self.code, self.what, exc) from exc
+
+
 def _import_failed(named: str, exc: Exception) -> SourceError:
     return _failure(
         "embedded source", FACTORY_FAILED, f"importing the runtime factory {named} failed", exc
@@ -213,11 +234,9 @@ class RuntimeHolder:
         if self.runtime is not None:
             return self.runtime
         factory = load_factory(self.config)
-        try:
+        subject = f"embedded source {self.config.runtime_id}"
+        with _Failing(subject, FACTORY_FAILED, "the runtime factory failed"):
             runtime = await _maybe_await(factory(**self.config.options))
-        except Exception as exc:
-            subject = f"embedded source {self.config.runtime_id}"
-            raise _failure(subject, FACTORY_FAILED, "the runtime factory failed", exc) from exc
         if not isinstance(runtime, EmbeddedRuntime):
             raise SourceError(
                 RUNTIME_INVALID,
@@ -443,12 +462,8 @@ class EmbeddedRuntimeSource:
             raise _first_failure(group) from None
 
     async def _run_runtime_task(self, runtime: SupportsRun) -> None:
-        try:
+        with _Failing(self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed"):
             await runtime.run()
-        except Exception as exc:
-            raise _failure(
-                self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed", exc
-            ) from exc
 
     async def _follow(
         self, reporter: Reporter, runtime: EmbeddedRuntime, projection: _Projection
@@ -477,12 +492,8 @@ class EmbeddedRuntimeSource:
             raise SourceError(SUBSCRIPTION_CLOSED, "the runtime ended its subscription")
 
     def _summary(self, runtime: EmbeddedRuntime) -> RuntimeSummary:
-        try:
+        with _Failing(self._subject, SNAPSHOT_FAILED, "the runtime could not be read"):
             return runtime.summary()
-        except Exception as exc:
-            raise _failure(
-                self._subject, SNAPSHOT_FAILED, "the runtime could not be read", exc
-            ) from exc
 
     def _invalid_diagnostics(self) -> tuple[Diagnostic, ...]:
         count = len(self._invalid_ids)
@@ -503,12 +514,9 @@ class EmbeddedRuntimeSource:
         """Report the whole runtime: the first observation, and after any lost events."""
         async with self._send_lock:
             summary = self._summary(runtime)
-            try:
+            what = "the runtime's workers could not be read"
+            with _Failing(self._subject, SNAPSHOT_FAILED, what):
                 workers = tuple(runtime.workers())
-            except Exception as exc:
-                raise _failure(
-                    self._subject, SNAPSHOT_FAILED, "the runtime's workers could not be read", exc
-                ) from exc
             records: list[WorkerRecord] = []
             self._invalid_ids = set()
             for worker in workers:
