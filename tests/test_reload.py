@@ -23,6 +23,7 @@ from tests.daemon_process import (
     free_port,
     is_set,
     notify_socket,
+    ready_daemon,
     run_daemon,
 )
 from yoi_registryd.config import parse_config
@@ -133,61 +134,58 @@ async def test_sighup_applies_only_what_changed(tmp_path: Path) -> None:
             | {"change": (data["change"], "Before")},
         )
     )
-    async with notify_socket() as manager:
-        env = clean_env(tmp_path, NOTIFY_SOCKET=manager.address)
-        async with (
-            run_daemon(["--config", str(config)], env, tmp_path) as daemon,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
-        ):
-            await manager.until(is_set("READY"), daemon)
+    async with (
+        ready_daemon(config, tmp_path) as (daemon, manager),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
 
-            async def all_observed() -> bool:
-                items = (await client.get("/api/runtimes")).json()["items"]
-                return len(items) == 3 and all(r["worker_count"] > 0 for r in items)
+        async def all_observed() -> bool:
+            items = (await client.get("/api/runtimes")).json()["items"]
+            return len(items) == 3 and all(r["worker_count"] > 0 for r in items)
 
-            await wait_for(all_observed, deadline_s=10, message="three observed runtimes")
-            keep_before = (await client.get("/api/runtimes/keep")).content
-            keep_workers_before = (await client.get("/api/runtimes/keep/workers")).content
-            change_workers = (await client.get("/api/runtimes/change/workers")).json()["items"]
+        await wait_for(all_observed, deadline_s=10, message="three observed runtimes")
+        keep_before = (await client.get("/api/runtimes/keep")).content
+        keep_workers_before = (await client.get("/api/runtimes/keep/workers")).content
+        change_workers = (await client.get("/api/runtimes/change/workers")).json()["items"]
 
-            config.write_text(
-                sources_toml(
-                    port,
-                    run,
-                    {"change": (data["change"], "After"), "keep": (data["keep"], "Keep")}
-                    | {"new": (data["new"], "New")},
-                )
+        config.write_text(
+            sources_toml(
+                port,
+                run,
+                {"change": (data["change"], "After"), "keep": (data["keep"], "Keep")}
+                | {"new": (data["new"], "New")},
             )
-            await sighup(daemon, manager)
+        )
+        await sighup(daemon, manager)
 
-            ids = [r["runtime_id"] for r in (await client.get("/api/runtimes")).json()["items"]]
-            assert sorted(ids) == ["change", "keep", "new"]
-            gone = await client.get("/api/runtimes/old")
-            assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_runtime"
+        ids = [r["runtime_id"] for r in (await client.get("/api/runtimes")).json()["items"]]
+        assert sorted(ids) == ["change", "keep", "new"]
+        gone = await client.get("/api/runtimes/old")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_runtime"
 
-            # Untouched: byte for byte the same records (a restart would rescan and stamp
-            # a new last_seen_at).
-            assert (await client.get("/api/runtimes/keep")).content == keep_before
-            keep_workers = (await client.get("/api/runtimes/keep/workers")).content
-            assert keep_workers == keep_workers_before
+        # Untouched: byte for byte the same records (a restart would rescan and stamp
+        # a new last_seen_at).
+        assert (await client.get("/api/runtimes/keep")).content == keep_before
+        keep_workers = (await client.get("/api/runtimes/keep/workers")).content
+        assert keep_workers == keep_workers_before
 
-            # Restarted with its new configuration, its workers kept meanwhile.
-            after = (await client.get("/api/runtimes/change/workers")).json()["items"]
-            assert {w["worker_id"] for w in after} == {w["worker_id"] for w in change_workers}
+        # Restarted with its new configuration, its workers kept meanwhile.
+        after = (await client.get("/api/runtimes/change/workers")).json()["items"]
+        assert {w["worker_id"] for w in after} == {w["worker_id"] for w in change_workers}
 
-            async def relabelled() -> bool:
-                runtime = (await client.get("/api/runtimes/change")).json()
-                return bool(runtime["label"] == "After")
+        async def relabelled() -> bool:
+            runtime = (await client.get("/api/runtimes/change")).json()
+            return bool(runtime["label"] == "After")
 
-            async def new_observed() -> bool:
-                response = await client.get("/api/runtimes/new")
-                return response.status_code == 200 and response.json()["worker_count"] > 0
+        async def new_observed() -> bool:
+            response = await client.get("/api/runtimes/new")
+            return response.status_code == 200 and response.json()["worker_count"] > 0
 
-            await wait_for(relabelled, message="the changed source's new label")
-            await wait_for(new_observed, message="the new source's workers")
+        await wait_for(relabelled, message="the changed source's new label")
+        await wait_for(new_observed, message="the new source's workers")
 
-            daemon.process.send_signal(signal.SIGTERM)
-            assert await daemon.wait_exit() == 0, daemon.stderr
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
     log = daemon.stderr
     assert "reload: stopped source old" in log
     assert "reload: restarted source change" in log
