@@ -288,11 +288,22 @@ def _workers_page(
 ) -> Rendered:
     """One page of the ``workers`` the view may see; ``key`` gives the cursor of the last."""
     seen = _Filter(view)
-    items, cursor = _take(seen.workers(workers), query.limit, key)
-    body = encode(
-        WorkerList(items, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
-    )
-    return Rendered(body, seen.hid)
+    return _page(seen.workers(workers), key, query, seen, diagnostics, workspace_id)
+
+
+def _page(
+    items: Iterator[T],
+    key: Callable[[T], tuple[str, ...]],
+    query: ListQuery,
+    seen: _Filter,
+    diagnostics: list[Diagnostic],
+    workspace_id: str | None,
+) -> Rendered:
+    """Encode one page of ``items`` (filtered through ``seen``, which is read only once the
+    page is taken); ``key`` gives the cursor of the last item."""
+    page, cursor = _take(items, query.limit, key)
+    envelope = ListEnvelope(page, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
+    return Rendered(encode(envelope), seen.hid)
 
 
 def runtimes_page(
@@ -316,9 +327,7 @@ def runtimes_page(
             seen.hid |= trimmed
             yield record
 
-    items, cursor = _take(records(), query.limit, lambda r: (r.runtime_id,))
-    body = encode(RuntimeList(items, [], query.limit, cursor, workspace_id=workspace_id))
-    return Rendered(body, seen.hid)
+    return _page(records(), lambda r: (r.runtime_id,), query, seen, [], workspace_id)
 
 
 def hosts_page(
@@ -342,9 +351,7 @@ def hosts_page(
                 if seen.keep(runtime_visible and view.host_visible(host)):
                     yield host
 
-    items, cursor = _take(hosts(), query.limit, lambda h: (h.runtime_id, h.host_id))
-    body = encode(HostList(items, [], query.limit, cursor, workspace_id=workspace_id))
-    return Rendered(body, seen.hid)
+    return _page(hosts(), lambda h: (h.runtime_id, h.host_id), query, seen, [], workspace_id)
 
 
 def workers_page(
