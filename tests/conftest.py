@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import trio
 
+from tests.toml_text import toml_value
 from yoi_registryd.config import Config, parse_config
 from yoi_registryd.daemon import Daemon
 
@@ -148,11 +149,5 @@ def local_source_toml(data_dir: Path, runtime_dir: Path, **extra: object) -> str
         f'data_dir = "{data_dir}"',
         f'runtime_dir = "{runtime_dir}"',
     ]
-    for key, value in extra.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, int | float):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f'{key} = "{value}"')
+    lines += [f"{key} = {toml_value(value)}" for key, value in extra.items()]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import trio
 
+from tests.toml_text import toml_value
 from yoi_registryd.runtimes import (
     InputAck,
     LifecycleAck,
@@ -213,24 +214,10 @@ def not_a_runtime(**_: Any) -> object:
 NOT_CALLABLE = 42
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return msgspec.json.encode(value).decode()  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
 def embedded_source_toml(**keys: object) -> str:
     """One ``[[sources]] kind = "embedded"`` table with the given keys (None: omitted)."""
     lines = ["[[sources]]", 'kind = "embedded"']
-    lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items() if v is not None]
+    lines += [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tests.toml_text import toml_value
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -422,18 +424,8 @@ def remote_source_toml(runtime_id: str, base_url: str, **extra: object) -> str:
         f'base_url = "{base_url}"',
     ]
     for key, value in extra.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return msgspec.json.encode(str(value)).decode()
 
 
 # -- standalone mode (benchmarks) ---------------------------------------------------------
