@@ -46,6 +46,16 @@ async def start_memory(
     return d, runtime
 
 
+async def start_with_worker(
+    start_daemon: StartDaemon, key: str, **options: Any
+) -> tuple[RunningDaemon, MemoryRuntime]:
+    """:func:`start_memory` with one running worker ``w``, already listed by the registry."""
+    d, runtime = await start_memory(start_daemon, key, **options)
+    runtime.spawn("w")
+    await wait_listed(d, "w")
+    return d, runtime
+
+
 async def worker_state(d: RunningDaemon, worker_id: str) -> str | None:
     response = await d.client.get(f"{WORKER}/{worker_id}")
     if response.status_code == 404:
@@ -137,9 +147,7 @@ async def test_runtime_events_reach_the_api_without_polling(
 async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
     start_daemon: StartDaemon, key: str
 ) -> None:
-    d, runtime = await start_memory(start_daemon, key)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, runtime = await start_with_worker(start_daemon, key)
 
     status, body = await post(d, "w", "stop", {"reason": "done"})
     assert status == 200, body
@@ -165,9 +173,7 @@ async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
 async def test_cancel_over_http_then_stop_keeps_cancelled(
     start_daemon: StartDaemon, key: str
 ) -> None:
-    d, runtime = await start_memory(start_daemon, key)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, runtime = await start_with_worker(start_daemon, key)
     status, body = await post(d, "w", "cancel")
     assert status == 200 and body["ack"]["status"] == "cancelled"
     await wait_state(d, "w", "cancelled")
@@ -182,9 +188,7 @@ async def test_cancel_over_http_then_stop_keeps_cancelled(
 async def test_input_over_http_appends_to_the_transcript(
     start_daemon: StartDaemon, key: str
 ) -> None:
-    d, runtime = await start_memory(start_daemon, key)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, runtime = await start_with_worker(start_daemon, key)
     acks = []
     for kind, content in (("user", "please rebase"), ("system", "budget: 10 minutes")):
         status, body = await post(d, "w", "input", {"kind": kind, "content": content})
@@ -211,9 +215,7 @@ async def test_input_over_http_appends_to_the_transcript(
 async def test_input_to_a_terminal_worker_is_unsupported(
     start_daemon: StartDaemon, key: str
 ) -> None:
-    d, runtime = await start_memory(start_daemon, key)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, runtime = await start_with_worker(start_daemon, key)
     status, _ = await post(d, "w", "stop")
     assert status == 200
     await wait_state(d, "w", "stopped")
@@ -235,9 +237,7 @@ async def test_unknown_worker_is_404_for_every_operation(
 
 
 async def test_a_stopped_runtime_is_shown_stopped(start_daemon: StartDaemon, key: str) -> None:
-    d, runtime = await start_memory(start_daemon, key)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, runtime = await start_with_worker(start_daemon, key)
     runtime.stop_runtime()
 
     async def runtime_stopped() -> bool:
@@ -345,9 +345,7 @@ async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: 
 
 async def test_options_never_reach_a_response(start_daemon: StartDaemon, key: str) -> None:
     canary = "canary-" + uuid.uuid4().hex
-    d, runtime = await start_memory(start_daemon, key, secret=canary)
-    runtime.spawn("w")
-    await wait_listed(d, "w")
+    d, _ = await start_with_worker(start_daemon, key, secret=canary)
     await post(d, "w", "input", {"kind": "user", "content": "x"})
     await post(d, "nobody", "stop")
     for path in (
