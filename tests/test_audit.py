@@ -312,6 +312,52 @@ async def test_a_full_queue_makes_requests_wait_and_loses_nothing(
     assert len(sink.records) == 6
 
 
+@pytest.mark.parametrize("on_failure", ["refuse", "serve"])
+async def test_requests_waiting_for_room_when_the_sink_fails_are_not_held(
+    start_daemon: StartDaemon, on_failure: str
+) -> None:
+    """Requests that began waiting for room while the sink was only slow: once it fails,
+    there is no room to wait for. They are refused (or answered unrecorded, "serve"), like
+    the requests after them, instead of being held until the disk comes back."""
+    d, sink = await start_with_memory_sink(
+        start_daemon, f'queue_size = 2\non_failure = "{on_failure}"', failures="1000"
+    )
+    gate = sink.gate = trio.Event()
+    trail = d.daemon.audit
+    statuses: dict[str, int] = {}
+
+    async def one(request_id: str) -> None:
+        response = await d.client.get("/api/workers", headers={"X-Request-Id": request_id})
+        statuses[request_id] = response.status_code
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "audit_unavailable"
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "r0")  # its record is held at the gate, then fails
+        await wait_for(lambda: sink.writes_started == 1, message="the first write")
+        for request_id in ("r1", "r2", "r3", "r4"):  # two queued, two waiting for room
+            nursery.start_soon(one, request_id)
+        await wait_for(lambda: trail.waiting_requests == 2, message="two waiting requests")
+        assert not trail.failing
+        gate.set()  # the write fails: the waiting two are no longer held
+    # Which two of r1..r4 were queued is up to the scheduler; r0 was answered first.
+    queued = sorted(r for r, status in statuses.items() if status == 200 and r != "r0")
+    if on_failure == "refuse":
+        assert sorted(statuses.values()) == [200, 200, 200, 503, 503], statuses
+        assert (trail.requests_refused, trail.records_dropped) == (2, 0)
+    else:
+        assert set(statuses.values()) == {200}, statuses
+        assert (trail.requests_refused, trail.records_dropped) == (0, 2)
+    sink.failures = 0  # the disk comes back: the records of the queued ones are written
+    await wait_for(lambda: len(sink.records) == 3, message="r0 and the queued two")
+    recorded = sorted(r.request_id for r in sink.records)
+    if on_failure == "refuse":
+        assert recorded == ["r0", *queued]
+    else:
+        assert recorded[0] == "r0" and set(recorded) < set(statuses)
+    assert trail.records_lost == 0
+
+
 async def test_a_failing_sink_is_retried_without_loss_or_duplicates(
     start_daemon: StartDaemon,
 ) -> None:

@@ -244,6 +244,7 @@ class AuditTrail:
         self._closing = False
         self._started = False
         self._batch: list[AuditRecord] = []
+        self._waiting_for_room: set[trio.CancelScope] = set()
         self.records_written = 0
         self.write_failures = 0
         self.records_lost = 0
@@ -270,8 +271,12 @@ class AuditTrail:
         of waiting for a sink that may not come back.
         """
         if self.on_failure == "refuse" and self.saturated:
-            self.requests_refused += 1
-            raise AuditUnavailable()
+            raise self.refusal()
+
+    def refusal(self) -> AuditUnavailable:
+        """Count a request refused because its record cannot be kept; the error to answer."""
+        self.requests_refused += 1
+        return AuditUnavailable()
 
     @property
     def queue_depth(self) -> int:
@@ -284,24 +289,55 @@ class AuditTrail:
         return self._send.statistics().tasks_waiting_send
 
     async def emit(self, record: AuditRecord) -> None:
-        """Queue a record; waits while the queue is full.
+        """Queue a record; while the queue is full and the sink works, wait for room.
 
         With room in the queue it returns without yielding to the scheduler, so a request
-        is not held up (nor its response reordered with others) by its audit record.
+        is not held up (nor its response reordered with others) by its audit record. With
+        the queue full and the sink failing there is no room to wait for: the record is
+        dropped (``on_failure = "serve"``) or :class:`AuditUnavailable` raised ("refuse";
+        the caller refuses the request with :meth:`refusal`), also for a request that began
+        waiting before the sink failed.
         """
-        try:
-            self._send.send_nowait(record)
-        except trio.WouldBlock:
-            if self.on_failure == "serve" and self.failing:
-                self.records_dropped += 1
-                if self.records_dropped == 1 or self.records_dropped % 1000 == 0:
-                    log.error(
-                        "audit: the sink fails and the queue is full: %d records dropped "
-                        '(on_failure = "serve")',
-                        self.records_dropped,
-                    )
+        while True:
+            try:
+                self._send.send_nowait(record)
                 return
-            await self._send.send(record)
+            except trio.WouldBlock:
+                pass
+            if self.failing:
+                self._give_up(record)
+                return
+            with trio.CancelScope() as waiting:
+                self._waiting_for_room.add(waiting)
+                try:
+                    await self._send.send(record)
+                    return
+                finally:
+                    self._waiting_for_room.discard(waiting)
+            # Cancelled by :meth:`_start_failing`: decide again.
+
+    def _give_up(self, record: AuditRecord) -> None:
+        if self.on_failure == "refuse":
+            raise AuditUnavailable()
+        self.records_dropped += 1
+        if self.records_dropped == 1 or self.records_dropped % 1000 == 0:
+            log.error(
+                "audit: the sink fails and the queue is full: %d records dropped "
+                '(on_failure = "serve")',
+                self.records_dropped,
+            )
+
+    def _start_failing(self) -> None:
+        self.failing = True
+        log.error(
+            "audit sink failing: records wait in memory (at most %d queued); then requests are %s",
+            self.queue_size,
+            "refused (503 audit_unavailable)"
+            if self.on_failure == "refuse"
+            else "answered and their records dropped",
+        )
+        for waiting in self._waiting_for_room:
+            waiting.cancel()
 
     async def reopen(self) -> None:
         """Reopen the sink's output (wire to SIGHUP for logrotate). Waits for a batch being
@@ -384,15 +420,7 @@ class AuditTrail:
             except Exception:
                 self.write_failures += 1
                 if not self.failing:
-                    self.failing = True
-                    log.error(
-                        "audit sink failing: records wait in memory (at most %d queued); "
-                        "then requests are %s",
-                        self.queue_size,
-                        "refused (503 audit_unavailable)"
-                        if self.on_failure == "refuse"
-                        else "answered and their records dropped",
-                    )
+                    self._start_failing()
                 log.exception("audit sink failed to write %d records; retrying", len(batch))
                 if self._closing and attempts >= CLOSE_ATTEMPTS:
                     self.records_lost += len(batch)

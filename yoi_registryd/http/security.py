@@ -24,6 +24,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,6 +136,8 @@ class _Exchange:
     access: RequestAccess | None = None
     status: int | None = None
     recorded: bool = field(default=False)
+    refused: bool = field(default=False)
+    """Answered 503 ``audit_unavailable`` in place of the app's response."""
 
     def record(self) -> AuditRecord:
         decision = self.access.decision if self.access is not None else self.decision
@@ -209,9 +212,18 @@ class SecurityMiddleware:
         async def send_audited(message: Message) -> None:
             # The record is queued before the response starts: with a Content-Length, a
             # client holds the whole response before the final (empty) body message.
+            if exchange.refused:
+                return  # a 503 went out in place of the app's response
             if message["type"] == "http.response.start":
                 exchange.status = int(message["status"])
-                await self._record(exchange)
+                try:
+                    await self._record(exchange)
+                except AuditUnavailable:
+                    # The sink began failing while this record waited for room: refused
+                    # like the requests after it, unrecorded.
+                    exchange.refused = True
+                    await send_error(echo, self.audit.refusal())
+                    return
             await echo(message)
 
         try:
@@ -230,10 +242,11 @@ class SecurityMiddleware:
                 exchange.status = 500
             raise
         finally:
-            if not exchange.recorded:
+            if not (exchange.recorded or exchange.refused):
                 with trio.CancelScope(shield=True) as late:
                     late.deadline = trio.current_time() + LATE_AUDIT_DEADLINE_S
-                    await self._record(exchange)
+                    with suppress(AuditUnavailable):
+                        await self._record(exchange)
                 if not exchange.recorded:
                     self.audit.records_lost += 1
                     log.error("request %s: its audit record could not be queued", request_id)
