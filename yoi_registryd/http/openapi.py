@@ -15,6 +15,7 @@ Regenerate the committed copy with::
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -486,6 +487,11 @@ class _Schemas:
         schemas, components = msgspec.json.schema_components(self._types, ref_template=REF)
         for placeholder, schema in zip(self._refs, schemas, strict=True):
             placeholder.update(schema)
+        for component in components.values():
+            # A Struct's docstring becomes its description; msgspec 0.23 began to dedent it.
+            # Dedented here too, so the document is the same whichever msgspec is installed.
+            if "description" in component:
+                component["description"] = inspect.cleandoc(component["description"])
         return dict(sorted(components.items()))
 
 
