@@ -245,6 +245,9 @@ class AuditTrail:
         self._started = False
         self._batch: list[AuditRecord] = []
         self._waiting_for_room: set[trio.CancelScope] = set()
+        self._wake: trio.Event | None = None
+        """Set while the writer waits for a batch to fill: ends the wait early."""
+        self._queued_while_waiting = 0
         self.records_written = 0
         self.write_failures = 0
         self.records_lost = 0
@@ -301,9 +304,14 @@ class AuditTrail:
         while True:
             try:
                 self._send.send_nowait(record)
-                return
             except trio.WouldBlock:
                 pass
+            else:
+                if self._wake is not None:
+                    self._queued_while_waiting += 1
+                    if self._queued_while_waiting * 2 >= self.queue_size:
+                        self._wake.set()
+                return
             if self.failing:
                 self._give_up(record)
                 return
@@ -374,23 +382,22 @@ class AuditTrail:
                 self._done.set()
 
     async def _gather(self) -> None:
-        """Add what else arrives within ``flush_interval``: one fsync for the lot."""
+        """Wait ``flush_interval``, then take what the queue holds: one fsync for the lot,
+        and one wake-up of this task per batch rather than one per record (a request's
+        record is then a plain append to the queue). The wait ends early once half the
+        queue is used, so that requests do not wait for room while this task sleeps."""
+        if self.flush_interval > 0:
+            self._wake = trio.Event()
+            self._queued_while_waiting = self.queue_depth
+            with trio.move_on_after(self.flush_interval):
+                await self._wake.wait()
+            self._wake = None
         batch = self._batch
-        with trio.move_on_after(self.flush_interval):
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                    continue
-                except trio.WouldBlock:
-                    pass
-                except trio.EndOfChannel:
-                    return
-                if self.flush_interval <= 0:
-                    return
-                try:
-                    batch.append(await self._receive.receive())
-                except trio.EndOfChannel:
-                    return
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
 
     async def _drain(self) -> None:
         """Write the batch in hand and everything still queued."""
@@ -440,6 +447,8 @@ class AuditTrail:
     async def aclose(self) -> None:
         """No more records: write what is queued, close the sink, wait until done."""
         self._send.close()
+        if self._wake is not None:
+            self._wake.set()
         if self._started:
             await self._done.wait()
         else:
