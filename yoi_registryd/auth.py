@@ -14,6 +14,7 @@ be one the client may act for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -97,8 +98,17 @@ def is_local_transport(scope: Mapping[str, Any]) -> bool:
     if client is None:
         return scope.get("server") is None
     try:
-        address = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
-    except (ValueError, IndexError, TypeError):
+        return _is_loopback(str(client[0]))
+    except (IndexError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback(host: str) -> bool:
+    """Memoized: parsing the peer's address is a visible share of a request's CPU."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback

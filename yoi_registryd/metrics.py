@@ -121,15 +121,25 @@ class Metrics:
             "Blocking queries refused with 429 because too many were held.",
             registry=r,
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         r.register(_SnapshotCollector(self))
         if process:
             ProcessCollector(registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float | None) -> None:
         method = method if method in _METHODS else "other"
-        self.http_requests.labels(route, method, str(status)).inc()
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            # ``labels()`` builds and checks its key under a lock on every call: the
+            # children are kept instead (routes, methods and statuses are bounded sets).
+            children = self._http_children[key] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_duration.labels(route, method),
+            )
+        children[0].inc()
         if seconds is not None:
-            self.http_duration.labels(route, method).observe(seconds)
+            children[1].observe(seconds)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """A scrape in the format the client asked for (OpenMetrics or Prometheus text)."""
