@@ -1,8 +1,10 @@
 """The baseline: a bare ASGI app on the same hypercorn/trio server, answering the same bytes.
 
 Run: ``python benchmarks/baseline_app.py --port P --routes routes.json`` where
-``routes.json`` maps a request target (path and query, as the client sends it) to a file
-holding the body to answer. It prints ``READY <port>`` once serving.
+``routes.json`` maps a request target (path and query, as the client sends it) to the
+answer to give: ``{"body": <file holding the body>, "headers": [[name, value], ...]}``, the
+headers the daemon sent with it (all but ``date``, which the server adds), so that both
+put the same bytes on the wire. It prints ``READY <port>`` once serving.
 
 Everything the daemon's server does is done here too (hypercorn's trio worker, HTTP/1.1
 keep-alive, the same server settings as ``yoi_registryd.daemon``); everything the daemon's
@@ -31,19 +33,13 @@ from hypercorn.config import Config as HypercornConfig
 
 from yoi_registryd.http.server import serve
 
-JSON_TYPE = b"application/json"
+Headers = list[tuple[bytes, bytes]]
 
 
 class BaselineApp:
-    def __init__(self, routes: dict[str, bytes]) -> None:
-        self.routes = {
-            target: [
-                (b"content-type", JSON_TYPE),
-                (b"content-length", str(len(body)).encode("ascii")),
-            ]
-            for target, body in routes.items()
-        }
-        self.bodies = routes
+    def __init__(self, routes: dict[str, tuple[bytes, Headers]]) -> None:
+        self.routes = {target: headers for target, (_, headers) in routes.items()}
+        self.bodies = {target: body for target, (body, _) in routes.items()}
         self._fired = trio.Event()
         self._fired_at = 0
 
@@ -92,7 +88,7 @@ def server_config() -> HypercornConfig:
     return config
 
 
-async def main_async(port: int, routes: dict[str, bytes]) -> None:
+async def main_async(port: int, routes: dict[str, tuple[bytes, Headers]]) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -109,12 +105,13 @@ async def main_async(port: int, routes: dict[str, bytes]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--routes", type=Path, help="JSON: request target -> body file")
+    parser.add_argument("--routes", type=Path, help="JSON: request target -> body, headers")
     args = parser.parse_args()
-    routes: dict[str, bytes] = {}
+    routes: dict[str, tuple[bytes, Headers]] = {}
     if args.routes:
-        for target, path in json.loads(args.routes.read_text()).items():
-            routes[target] = Path(path).read_bytes()
+        for target, answer in json.loads(args.routes.read_text()).items():
+            headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer["headers"]]
+            routes[target] = (Path(answer["body"]).read_bytes(), headers)
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(main_async, args.port, routes)
 

@@ -53,13 +53,20 @@ def daemon_for(workers: int) -> DaemonProcess:
     )
 
 
-def start_baseline(routes: dict[str, bytes]) -> tuple[subprocess.Popen[str], str, Path]:
+def start_baseline(answers: dict[str, httpx.Response]) -> tuple[subprocess.Popen[str], str, Path]:
+    """The bare app, answering each target with the daemon's very answer: its body and its
+    headers (all but ``date``, which the server adds to both)."""
     tmp = Path(tempfile.mkdtemp(prefix="yoi-bench-baseline-"))
     mapping = {}
-    for i, (target, body) in enumerate(routes.items()):
+    for i, (target, response) in enumerate(answers.items()):
         path = tmp / f"body-{i}"
-        path.write_bytes(body)
-        mapping[target] = str(path)
+        path.write_bytes(response.content)
+        headers = [
+            [name.decode("latin-1"), value.decode("latin-1")]
+            for name, value in response.headers.raw
+            if name.lower() != b"date"
+        ]
+        mapping[target] = {"body": str(path), "headers": headers}
     (tmp / "routes.json").write_text(json.dumps(mapping))
     proc = subprocess.Popen(
         [sys.executable, str(BENCH_DIR / "baseline_app.py"), "--routes", str(tmp / "routes.json")],
@@ -96,12 +103,12 @@ def measure(
         daemon.wait_ready()
         wait_for_workers(daemon.url, workers)
         with httpx.Client(base_url=daemon.url, timeout=10) as client:
-            bodies = {}
+            answers = {}
             for target in routes.values():
                 response = client.get(target)
                 response.raise_for_status()
-                bodies[target] = response.content
-        baseline, baseline_url, _ = start_baseline(bodies)
+                answers[target] = response
+        baseline, baseline_url, _ = start_baseline(answers)
         try:
             results: dict[str, Any] = {}
             for name, target in routes.items():
@@ -115,7 +122,7 @@ def measure(
                 for _ in range(rounds):
                     for side, url, pid in servers:
                         sides[side].append(run_wrk(wrk, url + target, seconds, server_pid=pid))
-                row: dict[str, Any] = {"target": target, "body_bytes": len(bodies[target])}
+                row: dict[str, Any] = {"target": target, "body_bytes": len(answers[target].content)}
                 for side, runs in sides.items():
                     if any(r.errors for r in runs):
                         raise RuntimeError(f"{side} {target}: wrk saw errors or non-2xx answers")
