@@ -35,7 +35,7 @@ def run_throughput(quick: bool, install: bool) -> dict[str, Any]:
         return {"skipped": "wrk is not installed" + ("" if install else " (--no-install)")}
     if quick:
         return throughput.measure(seconds=1, rounds=1, workers=100, warmup=0)
-    return throughput.measure(seconds=4, rounds=3, workers=1000, warmup=1)
+    return throughput.measure(seconds=4, rounds=5, workers=1000, warmup=1)
 
 
 def run_freshness(quick: bool) -> dict[str, Any]:

@@ -393,6 +393,11 @@ async def drive(
             "loaded_end": loaded[-1],
             "idle_after": samples[-1],
         },
+        # The shape of memory under load: growth that levels off (allocator and caches
+        # warming up) reads differently from growth that goes on (a leak).
+        "rss_mib_by_tenth": [
+            loaded[min(len(loaded) - 1, i * (len(loaded) - 1) // 10)]["rss_mib"] for i in range(11)
+        ],
         "elapsed": elapsed,
         **results,
     }
@@ -480,6 +485,7 @@ def main() -> None:
         "audit_records": records,
         "remote_freezes": figures.get("freezes", 0),
         "reloads": figures.get("reloads", 0),
+        "rss_mib_by_tenth_of_the_load": figures["rss_mib_by_tenth"],
         **{
             name: {k: v for k, v in sample.items() if k not in ("t", "task_names")}
             for name, sample in figures["samples"].items()
