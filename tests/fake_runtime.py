@@ -387,7 +387,9 @@ class FakeServer:
         await nursery.start(self._serve, socks)
         return self
 
-    async def _serve(self, socks: list[socket.socket], task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(
+        self, socks: list[socket.socket], task_status: trio.TaskStatus[list[str]]
+    ) -> None:
         config = HypercornConfig()
         config.bind = [f"fd://{sock.detach()}" for sock in socks]
         config.errorlog = logging.getLogger("fake_runtime.server")
