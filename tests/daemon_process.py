@@ -138,6 +138,18 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def port_is_listening(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port`` (read from /proc/net/tcp: probing by binding
+    the port would race with the process about to bind it)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table)
+        return any(
+            fields[1] == wanted and fields[3] == "0A"  # local address; state LISTEN
+            for fields in (line.split() for line in table)
+        )
+
+
 async def raw_get(stream: trio.abc.Stream, path: str) -> tuple[int, bytes]:
     """Send one ``Connection: close`` GET and read the whole response."""
     await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())

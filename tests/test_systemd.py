@@ -37,6 +37,7 @@ from tests.daemon_process import (
     notify_socket,
     parse_notification,
     port_is_free,
+    port_is_listening,
     raw_get,
     run_daemon,
     short_tmpdir,
@@ -326,11 +327,7 @@ async def test_systemd_socket_activate_starts_the_daemon(tmp_path: Path) -> None
     config.write_text('sources = []\n[server]\nlisten = ["127.0.0.1:1"]\n')  # never bound
     command = [tool, "-l", f"127.0.0.1:{port}", "--fdname=api", *DAEMON_COMMAND]
     async with spawn([*command, "--config", str(config)], clean_env(tmp_path), tmp_path) as daemon:
-
-        async def listening() -> bool:
-            return not port_is_free(port)
-
-        await wait_for(listening, message="systemd-socket-activate to listen")
+        await wait_for(lambda: port_is_listening(port), message="systemd-socket-activate to listen")
         # The first connection makes the tool exec the daemon, with the socket as fd 3.
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         status, body = await raw_get(stream, "/api/runtimes")
