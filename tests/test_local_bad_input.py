@@ -383,6 +383,27 @@ async def test_non_utf8_directory_name(
             assert ID_RE.fullmatch(x["worker_id"]), x
 
 
+async def test_a_non_utf8_directory_name_does_not_stop_the_live_watch(
+    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
+) -> None:
+    """The watcher cannot decode such a name, so a recursive watch cannot start; each Worker
+    directory is then watched on its own, and changes still show within a second (the
+    interval rescan is an hour away)."""
+    pods = data_dir / "pods"
+    _write_raw_name(os.fsencode(pods) + b"/bad-\xff\xfe-name", _meta_bytes("bad"))
+    d = await start_watching(start_daemon, data_dir, runtime_dir)
+    for role in ("first", "second", "third"):  # an existing Worker changed, again and again
+        write_worker(pods, "coder", resolved_manifest_snapshot={"role": role})
+        await wait_worker(d, "coder", role=role)
+    write_worker(pods, "fresh", resolved_manifest_snapshot={"role": "planner"})
+    await wait_worker(d, "fresh", role="planner")
+    write_worker(pods, "fresh", resolved_manifest_snapshot={"role": "builder"})  # its own watch
+    await wait_worker(d, "fresh", role="builder")
+    shutil.rmtree(pods / "fresh")
+    await wait_worker(d, "fresh", present=False)
+    await assert_source_healthy(d)
+
+
 async def test_far_future_mtime_on_tmpfs(
     start_daemon: StartDaemon, runtime_dir: Path, tmp_path: Path
 ) -> None:

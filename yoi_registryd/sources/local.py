@@ -30,6 +30,7 @@ from yoi_registryd.sources.local_metadata import (
     EntryResult,
     LocalOptions,
     evaluate_entry,
+    is_utf8_name,
     local_host_id,
     normalize_root,
     workspace_id_for_root,
@@ -48,7 +49,9 @@ REGISTRY_SUBJECT: Final = ""
 
 _WATCH_DEBOUNCE_MS: Final = 400
 _WATCH_STEP_MS: Final = 15
-_WATCH_TIMEOUT_MS: Final = 1000
+_WATCH_TIMEOUT_MS: Final = 250
+"""A quiet watch still yields this often; its first yield starts the catch-up rescan of what
+changed while the watch was being set up, so this bounds how late such a change shows."""
 _MISSING_DIR_POLL: Final = 1.0
 _WATCH_RETRY_MAX: Final = 60.0
 
@@ -90,6 +93,8 @@ class LocalCompatibilitySource:
         self._registry_problem: Diagnostic | None = None
         self._hosts: tuple[HostSpec, ...] = ()
         self._lock = trio.Lock()
+        self._watching_each_dir = False
+        """A name in the pods dir is not UTF-8: each Worker directory has its own watch."""
 
     # -- descriptors -------------------------------------------------------------------
 
@@ -329,16 +334,25 @@ class LocalCompatibilitySource:
             nursery.start_soon(stopper)
             caught_up = False
             failed = False
+            paths, recursive = await trio.to_thread.run_sync(self._watch_plan)
+            if not recursive and not self._watching_each_dir:
+                log.warning(
+                    "local source %s: a name under %s is not UTF-8, which a recursive watch "
+                    "cannot report; watching each Worker directory on its own",
+                    self.runtime_id,
+                    self.pods_dir,
+                )
+            self._watching_each_dir = not recursive
             try:
                 async for changes in watchfiles.awatch(
-                    self.pods_dir,
+                    *paths,
                     watch_filter=None,
                     debounce=_WATCH_DEBOUNCE_MS,
                     step=_WATCH_STEP_MS,
                     stop_event=stop,
                     rust_timeout=_WATCH_TIMEOUT_MS,
                     yield_on_timeout=True,
-                    recursive=True,
+                    recursive=recursive,
                     ignore_permission_denied=True,
                 ):
                     names, lost = self._affected(changes)
@@ -352,6 +366,8 @@ class LocalCompatibilitySource:
                         await self._rescan(reporter)
                     elif names:
                         await self._refresh(reporter, names)
+                    if not recursive and names - {p.name for p in paths}:
+                        break  # a new Worker directory: watch again, with it
             except* (OSError, RuntimeError) as group:
                 # awatch runs in a task group, so its errors come grouped. The rescan remains
                 # the safety net; the caller waits before watching again.
@@ -363,6 +379,20 @@ class LocalCompatibilitySource:
                 )
             nursery.cancel_scope.cancel()
         return failed
+
+    def _watch_plan(self) -> tuple[list[Path], bool]:
+        """The paths to watch, and whether recursively: the pods dir, recursively; or, when a
+        name in it is not UTF-8 (the watcher cannot decode it, so a recursive watch fails
+        to start), the pods dir and each other Worker directory on its own."""
+        try:
+            names = os.listdir(self.pods_dir)
+        except OSError:
+            return [self.pods_dir], True
+        decodable = [name for name in names if is_utf8_name(name)]
+        if len(decodable) == len(names):
+            return [self.pods_dir], True
+        entries = (self.pods_dir / name for name in decodable)
+        return [self.pods_dir, *(entry for entry in entries if entry.is_dir())], False
 
     def _affected(self, changes: set[tuple[watchfiles.Change, str]]) -> tuple[set[str], bool]:
         """Worker directory names touched by ``changes``; True if the pods dir itself was."""

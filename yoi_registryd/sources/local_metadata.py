@@ -218,7 +218,8 @@ def _liveness_present(runtime_dir: Path, worker_name: str) -> bool:
     return True
 
 
-def _is_utf8(name: str) -> bool:
+def is_utf8_name(name: str) -> bool:
+    """A file name as ``os`` gives it is valid UTF-8 (not carrying surrogate escapes)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -232,7 +233,7 @@ def entry_worker_id(name: str) -> str:
     A name that is not UTF-8 (``os`` hands it over with surrogate escapes; yoi never writes
     one) is derived from its backslash-escaped text, so that it still gets a stable, valid id.
     """
-    if _is_utf8(name):
+    if is_utf8_name(name):
         return local_worker_id(name)
     return local_worker_id(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
@@ -258,7 +259,7 @@ def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -
 
 def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> EntryResult:
     worker_id = entry_worker_id(name)
-    if not _is_utf8(name):
+    if not is_utf8_name(name):
         return _problem(
             name,
             worker_id,
