@@ -338,6 +338,7 @@ class LocalCompatibilitySource:
             caught_up = False
             failed = False
             paths, recursive = await trio.to_thread.run_sync(self._watch_plan)
+            watched_dirs = {path.name for path in paths[1:]}  # paths[0] is the pods dir
             if not recursive and not self._watching_each_dir:
                 log.warning(
                     "local source %s: a name under %s is not UTF-8, which a recursive watch "
@@ -369,7 +370,7 @@ class LocalCompatibilitySource:
                         await self._rescan(reporter)
                     elif names:
                         await self._refresh(reporter, names)
-                    if not recursive and names - {p.name for p in paths}:
+                    if not recursive and names - watched_dirs:
                         break  # a new Worker directory: watch again, with it
             except* (OSError, RuntimeError) as group:
                 # awatch runs in a task group, so its errors come grouped. The rescan remains
