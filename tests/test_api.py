@@ -7,6 +7,7 @@ The helpers at the top are shared with the projection and canary tests.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +107,19 @@ def revision_of(response: httpx.Response) -> int:
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """A typed error: status, JSON body ``{"error": {"code", "message", ...}}``, revision."""
+    """A typed error: status, a JSON body in yoi's error shape (``error`` the reason phrase,
+    ``message``, ``diagnostics``) with our ``code`` beside it, and the revision."""
     assert response.status_code == status, (str(response.url), response.text)
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"]
+    body: dict[str, Any] = response.json()
+    assert body["error"] == HTTPStatus(status).phrase, body
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["diagnostics"] == [
+        {"code": code, "severity": "error", "message": body["message"]}
+    ], body
     revision_of(response)
-    return dict(error)
+    return body
 
 
 async def walk(d: RunningDaemon, path: str, limit: int) -> list[list[dict[str, Any]]]:
@@ -436,18 +440,25 @@ async def test_operations_on_a_local_worker(
 ) -> None:
     d = await fixture_daemon(start_daemon, data_dir, runtime_dir)
     base = f"/api/runtimes/local-worker-runtime/workers/{local_worker_id('coder')}"
-    # The local source offers no operations: well-formed requests are 501.
+    # The local source offers no operations: well-formed requests are answered as yoi
+    # answers a runtime without them, 200 ``unsupported`` with the typed reason.
     for operation, body in (
         ("stop", b""),
         ("stop", b'{"reason": "done"}'),
         ("cancel", b"{}"),
         ("input", b'{"kind": "user", "content": "hello"}'),
+        ("input", b'{"content": "hello"}'),
     ):
-        error = assert_error(
-            await d.client.post(f"{base}/{operation}", content=body), 501, "operation_unsupported"
+        response = await d.client.post(f"{base}/{operation}", content=body)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["state"] == "unsupported"
+        assert result["operation"] == operation
+        assert (result["runtime_id"], result["worker_id"]) == (
+            "local-worker-runtime",
+            local_worker_id("coder"),
         )
-        assert error["operation"] == operation
-        assert error["runtime_id"] == "local-worker-runtime"
+        assert [d["code"] for d in result["diagnostics"]] == ["operation_unsupported"]
     # Bad bodies are 400 invalid_request, whatever the runtime supports.
     for operation, body in (
         ("input", b""),
@@ -483,7 +494,7 @@ async def test_operations_on_a_local_worker(
     response = await d.client.post(f"{base}/input", content=b"x" * (2 * 1024 * 1024))
     assert 400 <= response.status_code < 500, response.status_code
     assert response.headers["content-type"].startswith("application/json")
-    assert "code" in response.json()["error"]
+    assert "code" in response.json()
 
 
 async def test_nothing_answers_500(
@@ -511,7 +522,7 @@ async def test_nothing_answers_500(
         assert response.headers["content-type"].startswith("application/json"), path
         revision_of(response)
         if response.status_code != 200:
-            assert "code" in response.json()["error"], path
+            assert "code" in response.json(), path
 
 
 # -- lookup scoped by runtime -----------------------------------------------------------------

@@ -89,7 +89,7 @@ async def test_missing_and_wrong_tokens_are_401(
     d = await start_daemon(clients_toml(tmp_path, **tokens))
     missing = await d.client.get("/api/workers")
     assert missing.status_code == 401
-    assert missing.json()["error"]["code"] == "unauthenticated"
+    assert missing.json()["code"] == "unauthenticated"
     assert missing.headers["www-authenticate"].startswith("Bearer")
     for headers in (
         bearer(tokens["hashed"] + "x"),
@@ -103,7 +103,7 @@ async def test_missing_and_wrong_tokens_are_401(
     ):
         wrong = await d.client.get("/api/runtimes", headers=headers)
         assert wrong.status_code == 401, headers
-        assert wrong.json()["error"]["code"] == "unauthenticated"
+        assert wrong.json()["code"] == "unauthenticated"
         assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
     # Authentication comes first: an unknown route or a bad id is still 401 without a token.
     for path in ("/api/nope", "/api/runtimes/bad.id", "/"):
@@ -125,7 +125,7 @@ async def test_workspace_must_be_one_the_client_may_act_for(
     for headers, status, code in cases:
         response = await d.client.get("/api/workers", headers=headers)
         assert response.status_code == status, headers
-        assert response.json()["error"]["code"] == code
+        assert response.json()["code"] == code
     # A header repeated is two values, never the first one silently.
     twice = [
         ("Authorization", f"Bearer {tokens['filed']}"),
@@ -343,7 +343,7 @@ async def test_open_mode_refuses_callers_off_loopback(
         async with httpx.AsyncClient(base_url=f"http://{address}:{port}") as client:
             response = await client.get("/api/workers")
             assert response.status_code == 403
-            assert response.json()["error"]["code"] == "forbidden"
+            assert response.json()["code"] == "forbidden"
             assert (await client.get("/healthz")).status_code == 200
     finally:
         daemon.shutdown.set()

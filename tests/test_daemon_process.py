@@ -83,7 +83,7 @@ async def test_serves_on_tcp_and_exits_0_on_sigint(tmp_path: Path) -> None:
             assert body["items"] == []
             missing = await c.get("/api/nothing-here")
             assert missing.status_code == 404
-            assert missing.json()["error"]["code"]
+            assert missing.json()["code"]
         daemon.process.send_signal(signal.SIGINT)
         assert await daemon.wait_exit() == 0, daemon.stderr
     assert f"listening on http://127.0.0.1:{port}" in daemon.stderr

@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import trio
 
 from tests.conftest import RunningDaemon, StartDaemon, wait_for
 from tests.embedded_plugins import INSTANCES, ThirdPartyRuntime, embedded_source_toml
+from tests.yoi_operation_types import input_result, lifecycle_result, refusal_code
 from yoi_registryd.ids import derive_id
 from yoi_registryd.runtimes import Intent, MemoryRuntime, Profile
 
@@ -79,9 +81,15 @@ async def wait_listed(d: RunningDaemon, worker_id: str) -> None:
     await wait_for(lambda: worker_state(d, worker_id), message=f"worker {worker_id!r}")
 
 
-async def post(d: RunningDaemon, worker_id: str, op: str, body: object = None) -> Any:
+async def post_response(
+    d: RunningDaemon, worker_id: str, op: str, body: object = None
+) -> httpx.Response:
     content = b"" if body is None else msgspec.json.encode(body)
-    response = await d.client.post(f"{WORKER}/{worker_id}/{op}", content=content)
+    return await d.client.post(f"{WORKER}/{worker_id}/{op}", content=content)
+
+
+async def post(d: RunningDaemon, worker_id: str, op: str, body: object = None) -> Any:
+    response = await post_response(d, worker_id, op, body)
     return response.status_code, response.json()
 
 
@@ -149,23 +157,28 @@ async def test_stop_over_http_is_idempotent_and_the_first_terminal_state_wins(
 ) -> None:
     d, runtime = await start_with_worker(start_daemon, key)
 
-    status, body = await post(d, "w", "stop", {"reason": "done"})
-    assert status == 200, body
-    ack = body["ack"]
-    assert (ack["runtime_id"], ack["worker_id"], ack["operation"]) == (RID, "w", "stop")
-    assert ack["status"] == "stopped"
-    assert ack["event_id"] == str(runtime.worker("w").last_event_id)
+    status, ack = await post(d, "w", "stop", {"reason": "done"})
+    assert status == 200, ack
+    assert ack == {
+        "state": "accepted",
+        "runtime_id": RID,
+        "worker_id": "w",
+        "event_id": runtime.worker("w").last_event_id,
+        "diagnostics": [],
+        "operation": "stop",
+        "worker_status": "stopped",
+    }
     await wait_state(d, "w", "stopped", message="the stop to reach the registry")
     worker = await d.get_json(f"{WORKER}/w")
     assert not worker["capabilities"]["can_accept_input"]
     assert worker["capabilities"]["can_stop"] and worker["capabilities"]["can_cancel"]
 
     status, again = await post(d, "w", "stop")
-    assert status == 200 and again["ack"] == ack  # same status, same event: a safe retry
+    assert status == 200 and again == ack  # same status, same event: a safe retry
     status, cancel = await post(d, "w", "cancel", {"reason": "too late"})
-    assert status == 200
-    assert cancel["ack"]["status"] == "stopped"  # the first terminal state won
-    assert cancel["ack"]["event_id"] == ack["event_id"]
+    assert status == 200 and cancel["state"] == "accepted"
+    assert cancel["worker_status"] == "stopped"  # the first terminal state won
+    assert cancel["event_id"] == ack["event_id"]
     assert runtime.worker("w").status == "stopped"
     assert await worker_state(d, "w") == "stopped"
 
@@ -175,12 +188,12 @@ async def test_cancel_over_http_then_stop_keeps_cancelled(
 ) -> None:
     d, runtime = await start_with_worker(start_daemon, key)
     status, body = await post(d, "w", "cancel")
-    assert status == 200 and body["ack"]["status"] == "cancelled"
+    assert status == 200 and body["worker_status"] == "cancelled"
     await wait_state(d, "w", "cancelled")
     status, again = await post(d, "w", "cancel")
-    assert status == 200 and again["ack"] == body["ack"]
+    assert status == 200 and again == body
     status, stop = await post(d, "w", "stop")
-    assert status == 200 and stop["ack"]["status"] == "cancelled"
+    assert status == 200 and stop["worker_status"] == "cancelled"
     summary = runtime.summary()
     assert (summary.cancelled_worker_count, summary.stopped_worker_count) == (1, 0)
 
@@ -190,39 +203,47 @@ async def test_input_over_http_appends_to_the_transcript(
 ) -> None:
     d, runtime = await start_with_worker(start_daemon, key)
     acks = []
-    for kind, content in (("user", "please rebase"), ("system", "budget: 10 minutes")):
-        status, body = await post(d, "w", "input", {"kind": kind, "content": content})
-        assert status == 200, body
-        acks.append(body["ack"])
-    assert [a["transcript_sequence"] for a in acks] == [0, 1]
-    assert [a["status"] for a in acks] == ["running", "running"]
-    assert int(acks[1]["event_id"]) > int(acks[0]["event_id"])
+    # Without ``kind`` an input is the user's, as in yoi.
+    for body in ({"content": "please rebase"}, {"kind": "system", "content": "budget: 10 min"}):
+        result, raw = input_result(await post_response(d, "w", "input", body))
+        assert (result.state, result.runtime_id, result.worker_id) == ("accepted", RID, "w")
+        assert result.diagnostics == [] and raw["worker_status"] == "running"
+        acks.append(result)
+    assert [a.transcript_sequence for a in acks] == [0, 1]
+    assert acks[0].event_id is not None and acks[1].event_id is not None
+    assert acks[1].event_id > acks[0].event_id
     assert [(e.kind, e.content) for e in runtime.transcript("w")] == [
         ("user", "please rebase"),
-        ("system", "budget: 10 minutes"),
+        ("system", "budget: 10 min"),
     ]
     # The transcript stays in the runtime: the registry serves the worker, not its content.
     body = (await d.client.get(f"{WORKER}/w")).text
     assert "rebase" not in body and "budget" not in body
 
-    status, empty = await post(d, "w", "input", {"kind": "user", "content": "  "})
-    assert status == 400 and empty["error"]["code"] == "invalid_request"
+    # Blank input passes the registry's schema; the runtime refuses it, as in yoi: a 200
+    # ``rejected`` with the runtime's reason.
+    result, _ = input_result(await post_response(d, "w", "input", {"content": "  "}))
+    assert (result.state, refusal_code(result)) == ("rejected", "invalid_request")
     status, bad = await post(d, "w", "input", {"kind": "user"})
-    assert status == 400 and bad["error"]["code"] == "invalid_request"
+    assert status == 400 and bad["code"] == "invalid_request"
     assert runtime.worker("w").transcript_len == 2
 
 
-async def test_input_to_a_terminal_worker_is_unsupported(
+async def test_input_to_a_stopped_worker_is_rejected_worker_not_running(
     start_daemon: StartDaemon, key: str
 ) -> None:
+    """The web console's flow: accepted while running, then rejected with a typed reason."""
     d, runtime = await start_with_worker(start_daemon, key)
+    result, _ = input_result(await post_response(d, "w", "input", {"content": "hello"}))
+    assert result.state == "accepted"
     status, _ = await post(d, "w", "stop")
     assert status == 200
     await wait_state(d, "w", "stopped")
-    status, body = await post(d, "w", "input", {"kind": "user", "content": "hello?"})
-    assert status == 501
-    assert body["error"]["code"] == "operation_unsupported"
-    assert runtime.worker("w").transcript_len == 0
+    result, _ = input_result(await post_response(d, "w", "input", {"content": "hello?"}))
+    assert (result.state, result.runtime_id, result.worker_id) == ("rejected", RID, "w")
+    assert refusal_code(result) == "worker_not_running"
+    assert result.event_id is None and result.transcript_sequence is None
+    assert runtime.worker("w").transcript_len == 1
 
 
 async def test_unknown_worker_is_404_for_every_operation(
@@ -233,7 +254,7 @@ async def test_unknown_worker_is_404_for_every_operation(
     for op, body in (("stop", None), ("cancel", None), ("input", {"kind": "user", "content": "x"})):
         status, error = await post(d, "nobody", op, body)
         assert status == 404, (op, error)
-        assert error["error"]["code"] == "unknown_worker"
+        assert error["code"] == "unknown_worker"
 
 
 async def test_a_stopped_runtime_is_shown_stopped(start_daemon: StartDaemon, key: str) -> None:
@@ -269,8 +290,9 @@ async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
     assert worker["label"] == "Alpha"
     assert worker["capabilities"]["can_cancel"] is False
 
-    status, body = await post(d, "alpha", "cancel")
-    assert status == 501 and body["error"]["code"] == "operation_unsupported"
+    result, raw = lifecycle_result(await post_response(d, "alpha", "cancel"))
+    assert (result.state, refusal_code(result)) == ("unsupported", "operation_unsupported")
+    assert raw["operation"] == "cancel"
     assert runtime.workers()[0].status == "running"
 
     # The registry's view lags (events held back): the worker ended in the runtime, the
@@ -278,13 +300,12 @@ async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
     runtime.hold = True
     await runtime.stop("alpha")
     assert await worker_state(d, "alpha") == "running"
-    status, body = await post(d, "alpha", "input", {"kind": "user", "content": "hi"})
-    assert status == 409, body
-    assert body["error"]["code"] == "operation_rejected"
+    result, _ = input_result(await post_response(d, "alpha", "input", {"content": "hi"}))
+    assert (result.state, refusal_code(result)) == ("rejected", "worker_not_running")
     runtime.release()
     await wait_state(d, "alpha", "stopped")
-    status, body = await post(d, "beta", "input", {"kind": "user", "content": "hi"})
-    assert status == 200 and body["ack"]["transcript_sequence"] == 0
+    result, _ = input_result(await post_response(d, "beta", "input", {"content": "hi"}))
+    assert (result.state, result.transcript_sequence) == ("accepted", 0)
     runtime.delete("beta")
     await wait_state(d, "beta", None)
 

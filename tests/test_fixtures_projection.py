@@ -218,7 +218,7 @@ async def test_bound_source_excludes_other_workspaces(
     assert_safe_messages(runtime["diagnostics"])
     response = await d.client.get(f"/api/runtimes/{RID}/workers/{local_worker_id('other-ws')}")
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "unknown_worker"
+    assert response.json()["code"] == "unknown_worker"
 
 
 async def test_bound_root_is_compared_lexically(

@@ -52,7 +52,7 @@ class Reply:
     body: bytes
 
     def error_code(self) -> str:
-        return str(msgspec.json.decode(self.body)["error"]["code"])
+        return str(msgspec.json.decode(self.body)["code"])
 
 
 class RawClient:

@@ -290,9 +290,9 @@ async def test_each_client_and_workspace_sees_exactly_its_workers_everywhere(
             path = f"/api/runtimes/{rid}/workers"
             if rid not in visible_runtimes:
                 body = await d.get_json(path, status=404, headers=headers)
-                assert body["error"]["code"] == "unknown_runtime", label
+                assert body["code"] == "unknown_runtime", label
                 body = await d.get_json(f"/api/runtimes/{rid}", status=404, headers=headers)
-                assert body["error"]["code"] == "unknown_runtime", label
+                assert body["code"] == "unknown_runtime", label
                 continue
             assert set(keys(await collect(d, path, headers, 3))) == in_runtime, (label, rid)
             detail = await d.get_json(f"/api/runtimes/{rid}", headers=headers)
@@ -308,8 +308,8 @@ async def test_each_client_and_workspace_sees_exactly_its_workers_everywhere(
             else:
                 body = await d.get_json(path, status=404, headers=headers)
                 concealed = "unknown_worker" if rid in visible_runtimes else "unknown_runtime"
-                assert body["error"]["code"] == concealed, (label, rid, wid)
-                assert "visible" not in body["error"]["message"]
+                assert body["code"] == concealed, (label, rid, wid)
+                assert "visible" not in body["message"]
 
         # Hosts: listed only when visible; each host's worker list holds exactly its share.
         hosts = await d.get_json("/api/hosts", headers=headers)
@@ -329,7 +329,7 @@ async def test_each_client_and_workspace_sees_exactly_its_workers_everywhere(
                 assert set(keys(await collect(d, path, headers, 2))) == on_host, (label, hid)
             else:
                 body = await d.get_json(path, status=404, headers=headers)
-                assert body["error"]["code"] == "unknown_host", (label, hid)
+                assert body["code"] == "unknown_host", (label, hid)
 
 
 async def test_pagination_after_filtering_never_skips_or_repeats(world: World) -> None:
@@ -368,20 +368,21 @@ async def test_operations_respect_visibility(world: World) -> None:
     # A runtime bound to alpha: alpha may stop its worker; beta cannot even see it.
     ok = await d.client.post("/api/runtimes/emb-alpha/workers/e1/stop", headers=alpha)
     assert ok.status_code == 200, ok.text
-    assert ok.json()["ack"]["worker_id"] == "e1"
+    assert (ok.json()["state"], ok.json()["worker_id"]) == ("accepted", "e1")
     hidden = await d.client.post("/api/runtimes/emb-alpha/workers/e2/stop", headers=beta)
     assert hidden.status_code == 404
-    assert hidden.json()["error"]["code"] == "unknown_runtime"
+    assert hidden.json()["code"] == "unknown_runtime"
     # A local worker of another workspace: concealed before its capabilities are looked at.
     beta_worker = world.local_ids["w01"]
     refused = await d.client.post(
         f"/api/runtimes/local-all/workers/{beta_worker}/stop", headers=alpha
     )
     assert refused.status_code == 404
-    assert refused.json()["error"]["code"] == "unknown_worker"
+    assert refused.json()["code"] == "unknown_worker"
     own = await d.client.post(f"/api/runtimes/local-all/workers/{beta_worker}/stop", headers=beta)
-    assert own.status_code == 501
-    assert own.json()["error"]["code"] == "operation_unsupported"
+    assert own.status_code == 200
+    assert own.json()["state"] == "unsupported"
+    assert [d["code"] for d in own.json()["diagnostics"]] == ["operation_unsupported"]
 
 
 async def test_concealment_off_answers_403_not_visible(
@@ -402,20 +403,20 @@ async def test_concealment_off_answers_403_not_visible(
     body = await d.get_json(
         f"/api/runtimes/local-all/workers/{beta_worker}", status=403, headers=alpha
     )
-    assert body["error"]["code"] == "worker_not_visible"
-    assert body["error"]["worker_id"] == beta_worker
+    assert body["code"] == "worker_not_visible"
+    assert body["worker_id"] == beta_worker
     beta = w.headers(tokens.multi, "beta")
     body = await d.get_json("/api/runtimes/emb-alpha/workers/e1", status=403, headers=beta)
-    assert body["error"]["code"] == "runtime_not_visible"
+    assert body["code"] == "runtime_not_visible"
     emb_host = w.all_workers[("emb-alpha", "e1")]["host_id"]
     body = await d.get_json(f"/api/hosts/{emb_host}/workers", status=403, headers=beta)
-    assert body["error"]["code"] == "host_not_visible"
+    assert body["code"] == "host_not_visible"
     stop = await d.client.post(f"/api/runtimes/local-all/workers/{beta_worker}/stop", headers=alpha)
     assert stop.status_code == 403
-    assert stop.json()["error"]["code"] == "worker_not_visible"
+    assert stop.json()["code"] == "worker_not_visible"
     # A worker that does not exist at all is still 404.
     body = await d.get_json("/api/runtimes/local-all/workers/nope", status=404, headers=alpha)
-    assert body["error"]["code"] == "unknown_worker"
+    assert body["code"] == "unknown_worker"
 
 
 def test_the_older_server_spelling_of_concealment_still_works() -> None:
@@ -528,11 +529,12 @@ path = "{tmp_path / "audit.jsonl"}"
         f"/api/runtimes/local-worker-runtime/workers/{wid}/stop", headers=as_viewer
     )
     assert refused.status_code == 403
-    assert refused.json()["error"]["code"] == "forbidden"
+    assert refused.json()["code"] == "forbidden"
     allowed = await d.client.post(
         f"/api/runtimes/local-worker-runtime/workers/{wid}/stop", headers=as_editor
     )
-    assert allowed.status_code == 501  # the policy let it through; local workers cannot stop
+    # The policy let it through; local workers cannot stop.
+    assert (allowed.status_code, allowed.json()["state"]) == (200, "unsupported")
     # The policy saw route templates and ids, never a raw path.
     stops = [f for f in policy.asked if f.method == "POST"]
     assert {f.route for f in stops} == {"/api/runtimes/<runtime_id>/workers/<worker_id>/stop"}
@@ -554,7 +556,7 @@ path = "{tmp_path / "audit.jsonl"}"
     )
     response = await d.client.get("/api/workers")
     assert response.status_code == 500
-    assert response.json()["error"]["code"] == "internal_error"
+    assert response.json()["code"] == "internal_error"
     assert "policy bug" not in response.text
 
 

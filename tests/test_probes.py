@@ -47,7 +47,7 @@ async def test_liveness_and_its_healthz_alias(
     assert "[+]ping excluded: ok" in body.splitlines()
     response = await d.client.get("/livez?token=x")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_query"
+    assert response.json()["code"] == "invalid_query"
 
 
 async def test_readiness_waits_for_a_first_observation(

@@ -161,7 +161,7 @@ async def test_sighup_applies_only_what_changed(tmp_path: Path) -> None:
         ids = [r["runtime_id"] for r in (await client.get("/api/runtimes")).json()["items"]]
         assert sorted(ids) == ["change", "keep", "new"]
         gone = await client.get("/api/runtimes/old")
-        assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_runtime"
+        assert gone.status_code == 404 and gone.json()["code"] == "unknown_runtime"
 
         # Untouched: byte for byte the same records (a restart would rescan and stamp
         # a new last_seen_at).

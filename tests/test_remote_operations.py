@@ -18,6 +18,7 @@ import trio
 from tests.conftest import RunningDaemon, StartDaemon, wait_for
 from tests.fake_runtime import FakeRuntime, FakeServer, remote_source_toml, start_fake
 from tests.test_remote_source import TOKEN, token_file, wait_status, workers
+from tests.yoi_operation_types import error_code, input_result, lifecycle_result, refusal_code
 
 SLOW_POLL = {"poll_interval": "30s", "stale_after": "60s", "expire_after": "120s"}
 
@@ -51,9 +52,9 @@ async def start_pair(
 
 
 def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()["error"]
-    assert body["code"] == code, body
+    """A typed error in yoi's error shape, with our code beside it."""
+    assert error_code(response, status) == code, response.text
+    body: dict[str, Any] = response.json()
     return body
 
 
@@ -72,14 +73,16 @@ async def test_stop_cancel_input_reach_only_the_named_runtime(
 
     r = await p.post("remote-a", "w-1", "stop", json={"reason": "done"})
     assert r.status_code == 200, r.text
-    assert r.json()["ack"] == {
+    assert r.json() == {
+        "state": "accepted",
         "runtime_id": "remote-a",
         "worker_id": "w-1",
+        "event_id": 1,
+        "diagnostics": [],
         "operation": "stop",
-        "status": "stopped",
-        "event_id": "1",
-        "transcript_sequence": None,
+        "worker_status": "stopped",
     }
+    lifecycle_result(r)
     assert p.a.operations == [("stop", "w-1", {"reason": "done"})]
     assert p.b.operations == []
     assert p.a.auth_headers[-1] == f"Bearer {TOKEN}"
@@ -88,20 +91,20 @@ async def test_stop_cancel_input_reach_only_the_named_runtime(
     assert (await workers(p.d, "remote-a"))["w-1"]["capabilities"]["can_accept_input"] is False
 
     r = await p.post("remote-b", "w-2", "cancel", content=b"")
-    assert r.status_code == 200 and r.json()["ack"]["status"] == "cancelled", r.text
+    assert r.status_code == 200 and r.json()["worker_status"] == "cancelled", r.text
     assert p.b.operations == [("cancel", "w-2", {})]
     await wait_state(p.d, "remote-b", "w-2", "cancelled")
 
-    r = await p.post("remote-b", "w-1", "input", json={"kind": "user", "content": "hello"})
-    assert r.status_code == 200, r.text
-    ack = r.json()["ack"]
-    assert (ack["operation"], ack["status"], ack["transcript_sequence"]) == ("input", "running", 1)
+    r = await p.post("remote-b", "w-1", "input", json={"content": "hello"})  # kind: user
+    result, raw = input_result(r)
+    assert (result.state, result.transcript_sequence) == ("accepted", 1)
+    assert (raw["operation"], raw["worker_status"]) == ("input", "running")
     assert p.b.workers["w-1"].transcript == [{"kind": "user", "content": "hello"}]
     assert p.a.workers["w-1"].transcript == []
 
     # A retried stop is idempotent: the first terminal state wins.
     r = await p.post("remote-a", "w-1", "stop")
-    assert r.status_code == 200 and r.json()["ack"]["status"] == "stopped", r.text
+    assert r.status_code == 200 and r.json()["worker_status"] == "stopped", r.text
     assert p.a.count("workers") >= polls  # (the source may re-poll after operations)
 
 
@@ -220,25 +223,36 @@ async def test_runtime_failures_are_typed_and_never_echo_remote_text(
     assert "7f3a" not in r.text
 
 
-async def test_stopped_runtime_answers_409_then_operations_are_unsupported(
+async def test_a_stopped_runtime_rejects_operations_runtime_stopped(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     p = await start_pair(start_daemon, nursery, tmp_path)
     p.a.status = "stopped"  # the registry has not polled since
-    error_of(await p.post("remote-a", "w-1", "stop"), 409, "runtime_stopped")
+    result, _ = lifecycle_result(await p.post("remote-a", "w-1", "stop"))
+    assert (result.state, refusal_code(result)) == ("rejected", "runtime_stopped")
     await wait_status(p.d, "remote-a", "stopped")  # learnt at once, not after 30 s
-    error_of(await p.post("remote-a", "w-1", "stop"), 501, "operation_unsupported")
+    # Now the registry refuses before asking the runtime, with the same answer.
+    asked = len(p.a.operations)
+    result, _ = lifecycle_result(await p.post("remote-a", "w-1", "stop"))
+    assert (result.state, refusal_code(result)) == ("rejected", "runtime_stopped")
+    assert len(p.a.operations) == asked
     r = await p.post("remote-b", "w-1", "stop")
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.json()["state"] == "accepted", r.text
 
 
-async def test_input_to_a_worker_that_ended_meanwhile_is_409_operation_rejected(
+async def test_input_to_a_worker_that_ended_is_rejected(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     p = await start_pair(start_daemon, nursery, tmp_path)
+    result, _ = input_result(await p.post("remote-a", "w-1", "input", json={"content": "hi"}))
+    assert result.state == "accepted"
     p.a.workers["w-1"].status = "stopped"  # ended on the runtime; the registry still says running
     r = await p.post("remote-a", "w-1", "input", json={"kind": "user", "content": "hi"})
-    error_of(r, 409, "operation_rejected")
+    result, _ = input_result(r)
+    assert (result.state, refusal_code(result)) == ("rejected", "worker_not_running")
     await wait_state(p.d, "remote-a", "w-1", "stopped")
-    r = await p.post("remote-a", "w-1", "input", json={"kind": "user", "content": "hi"})
-    error_of(r, 501, "operation_unsupported")  # an ended worker takes no input
+    # Now the registry knows: an ended worker takes no input, and the runtime is not asked.
+    asked = len(p.a.operations)
+    result, _ = input_result(await p.post("remote-a", "w-1", "input", json={"content": "hi"}))
+    assert (result.state, refusal_code(result)) == ("rejected", "worker_not_running")
+    assert len(p.a.operations) == asked

@@ -105,7 +105,7 @@ async def test_the_page_takes_no_parameters(start_daemon: StartDaemon) -> None:
     d = await start_daemon("sources = []\n")
     response = await d.client.get("/?x=1")
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_query"
+    assert response.json()["code"] == "invalid_query"
     page = (await d.client.get("/")).text
     assert embedded(page)["sources"] == (await d.get_json("/api/sources?limit=1000"))
 

@@ -1,14 +1,42 @@
 """The typed error family: one code, one HTTP status, one place that renders them.
 
 Errors are raised from the registry layer (lookups, validation, routing) and rendered by
-the HTTP layer as ``{"error": {"code", "message", ...}}``. Messages are written here, from
-ids the caller already knows, so no error body can carry an endpoint, path or token.
+the HTTP layer in yoi's error shape (contract-v2 section 1.8.1), with our typed code beside
+it: ``{"error": <reason phrase>, "message", "diagnostics": [{code, severity, message}],
+"code", ...details}``. Messages are written here, from ids the caller already knows, so no
+error body can carry an endpoint, path or token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from typing import Any, ClassVar
+
+
+def reason_phrase(status: int) -> str:
+    """The canonical reason phrase of ``status`` (yoi's ``error`` member)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error_document(
+    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """An error body: yoi's ``{error, message, diagnostics}`` plus ``code`` and details.
+
+    yoi's ``error`` is the status's reason phrase, not a code, so the typed code has a field
+    of its own, and is also the one ``error`` diagnostic (which yoi's web client shows).
+    """
+    return {
+        "error": reason_phrase(status),
+        "message": message,
+        "diagnostics": [{"code": code, "severity": "error", "message": message}],
+        "code": code,
+        **(details or {}),
+    }
 
 
 class RegistryError(Exception):
@@ -25,8 +53,7 @@ class RegistryError(Exception):
 
     def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
         """The status and body as the client sees them."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message, **self.details}
-        return self.status, {"error": body}
+        return self.status, error_document(self.status, self.code, self.message, self.details)
 
 
 class InvalidIdentifier(RegistryError):
@@ -179,18 +206,6 @@ class RuntimeUnavailable(RuntimeScoped):
         self.headers["Retry-After"] = str(retry_after)
 
 
-class OperationUnsupported(RegistryError):
-    code = "operation_unsupported"
-    status = 501
-
-    def __init__(self, runtime_id: str, operation: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} does not support {operation!r}",
-            runtime_id=runtime_id,
-            operation=operation,
-        )
-
-
 class RuntimeTimeout(RuntimeScoped):
     """The runtime did not answer an operation within its configured timeout.
 
@@ -216,30 +231,6 @@ class RuntimeBadResponse(RuntimeScoped):
     code = "runtime_bad_response"
     status = 502
     template = "runtime {runtime_id!r} failed or sent an invalid reply"
-
-
-class RuntimeStopped(RuntimeScoped):
-    """The runtime says it is stopped and accepts no worker operations."""
-
-    code = "runtime_stopped"
-    status = 409
-    template = "runtime {runtime_id!r} is stopped"
-
-
-class OperationRejected(RegistryError):
-    """The runtime refused the operation in the worker's current state (e.g. input to a
-    worker that has ended)."""
-
-    code = "operation_rejected"
-    status = 409
-
-    def __init__(self, runtime_id: str, worker_id: str, operation: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} refused {operation!r} for worker {worker_id!r}",
-            runtime_id=runtime_id,
-            worker_id=worker_id,
-            operation=operation,
-        )
 
 
 class RouteNotFound(RegistryError):

@@ -22,6 +22,7 @@ from yoi_registryd.errors import (
     NotVisible,
     RegistryError,
     RouteNotFound,
+    error_document,
 )
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
 from yoi_registryd.http import probes, reads, views
@@ -207,10 +208,10 @@ def create_app(state: ApiState) -> QuartTrio:
         views.visible_entry(snapshot, runtime_id, view)
         worker = snapshot.runtime(runtime_id).workers.get(worker_id)
         visible = worker is None or view.worker_visible(worker)
-        ack = await state.router.dispatch(
+        result = await state.router.dispatch(
             snapshot, runtime_id, worker_id, operation, op_request, visible=visible
         )
-        return _json(views.encode({"ack": ack}), state.actor.snapshot)
+        return _json(views.encode(result), state.actor.snapshot)
 
     @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/stop")
     async def stop_worker(runtime_id: str, worker_id: str) -> Response:
@@ -311,12 +312,10 @@ def create_app(state: ApiState) -> QuartTrio:
             if error.valid_methods:  # RFC 9110: a 405 names the methods the route takes
                 response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
             return response
-        generic = RegistryError(error.description or "bad request")
-        return _render(
-            error.code or 400,
-            {"error": {"code": _http_code(error), "message": (generic.message)}},
-            revision_headers(state),
-        )
+        status = error.code or 400
+        message = error.description or "bad request"
+        body = error_document(status, _http_code(error), message)
+        return _render(status, body, revision_headers(state))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

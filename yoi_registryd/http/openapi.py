@@ -37,7 +37,13 @@ from yoi_registryd.http.source_status import SourceList
 from yoi_registryd.http.watch import MAX_WAIT, TooManyWatches
 from yoi_registryd.ids import _ID_RE, MAX_ID_BYTES
 from yoi_registryd.model import RuntimeRecord, WorkerRecord
-from yoi_registryd.operations import CancelRequest, InputRequest, OperationAck, StopRequest
+from yoi_registryd.operations import (
+    CancelRequest,
+    InputRequest,
+    StopRequest,
+    WorkerInputResult,
+    WorkerLifecycleResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +58,33 @@ MAX_INDEX: Final = 2**63 - 1
 # -- the wire types that only exist on the wire --------------------------------------------
 
 
-class ErrorDetail(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The ``error`` member of every typed error (``RegistryError.wire``).
+class ErrorDiagnostic(msgspec.Struct, forbid_unknown_fields=True):
+    """The one diagnostic of an error: its typed code, for yoi's web client to show."""
+
+    code: str
+    severity: Literal["error"]
+    message: str
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every typed error (``RegistryError.wire``): yoi's error shape, then our typed code.
 
     Details name only ids the caller sent, never a path, URL or token.
     """
 
-    code: str
+    error: str
+    """The HTTP reason phrase of the status (``Not Found``), as yoi answers."""
     message: str
+    diagnostics: list[ErrorDiagnostic]
+    code: str
+    """The typed error code (see ErrorCode)."""
     runtime_id: str | msgspec.UnsetType = msgspec.UNSET
     worker_id: str | msgspec.UnsetType = msgspec.UNSET
     host_id: str | msgspec.UnsetType = msgspec.UNSET
     parameter: str | msgspec.UnsetType = msgspec.UNSET
     """The query parameter, path parameter or header that was refused."""
-    operation: str | msgspec.UnsetType = msgspec.UNSET
     request_id: str | msgspec.UnsetType = msgspec.UNSET
     """For ``internal_error``: the id the operator log names the failure by."""
-
-
-class ErrorResponse(msgspec.Struct, forbid_unknown_fields=True):
-    error: ErrorDetail
-
-
-class OperationAnswer(msgspec.Struct, forbid_unknown_fields=True):
-    """What a worker operation answers once the runtime accepted it."""
-
-    ack: OperationAck
 
 
 class HealthAnswer(msgspec.Struct, omit_defaults=True):
@@ -282,13 +289,10 @@ OPERATION: Final = (
     *WORKER,
     *typed(
         errors.InvalidRequest,
-        errors.OperationUnsupported,
         errors.RuntimeUnavailable,
         errors.RuntimeTimeout,
         errors.RuntimeAuthFailed,
         errors.RuntimeBadResponse,
-        errors.RuntimeStopped,
-        errors.OperationRejected,
     ),
     BODY_TOO_LARGE,
     BODY_TOO_SLOW,
@@ -299,16 +303,22 @@ OPENMETRICS_TEXT: Final = "application/openmetrics-text; version=1.0.0; charset=
 PLAIN_TEXT: Final = "text/plain; charset=utf-8"
 
 
-def _operation(verb: str, body: Any, required: bool) -> Route:
+def _operation(verb: str, body: Any, result: Any, required: bool) -> Route:
     return Route(
         f"{verb.capitalize()} a worker",
-        Json(OperationAnswer, "The runtime accepted the operation."),
+        Json(
+            result,
+            "The outcome: `state` is `accepted`, or `unsupported` / `rejected` with the "
+            "typed reason as a diagnostic (`operation_unsupported`, `worker_not_running`, "
+            "`runtime_stopped`, `operation_rejected`, `invalid_request`).",
+        ),
         errors=OPERATION,
         body=body,
         body_required=required,
         description=(
-            "Routed to the runtime that owns the worker (runtime_id + worker_id). Needs the "
-            "worker's capability; the runtime's own refusal is a typed 409, 502, 503 or 504."
+            "Routed to the runtime that owns the worker (runtime_id + worker_id). A refusal "
+            "of the operation itself, by the registry or the runtime, answers 200 as yoi "
+            "does; a runtime that cannot be reached or fails is a typed 502, 503 or 504."
         ),
     )
 
@@ -365,13 +375,13 @@ ROUTES: Final[dict[tuple[str, str], Route]] = {
         },
     ),
     ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/stop"): _operation(
-        "stop", StopRequest, False
+        "stop", StopRequest, WorkerLifecycleResult, False
     ),
     ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/cancel"): _operation(
-        "cancel", CancelRequest, False
+        "cancel", CancelRequest, WorkerLifecycleResult, False
     ),
     ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/input"): _operation(
-        "send input to", InputRequest, True
+        "send input to", InputRequest, WorkerInputResult, True
     ),
     ("GET", "/api/hosts"): Route(
         "List hosts",
@@ -575,7 +585,7 @@ def _error_schema(codes: Iterable[str]) -> dict[str, Any]:
     """The error envelope, with ``code`` narrowed to ``codes``."""
     return {
         "allOf": [{"$ref": REF.format(name="ErrorResponse")}],
-        "properties": {"error": {"properties": {"code": {"enum": sorted(codes)}}}},
+        "properties": {"code": {"enum": sorted(codes)}},
     }
 
 
@@ -720,8 +730,9 @@ def build_document(url_map: Map) -> dict[str, Any]:
             "description": (
                 "The Runtime Registry daemon's HTTP API: a safe projection of the runtimes, "
                 "hosts and workers of a yoi workspace, and worker operations routed to the "
-                "runtime that owns each worker. Every error is a typed JSON body "
-                '`{"error": {"code", "message", ...}}`; see ErrorCode.'
+                "runtime that owns each worker. Every error is a JSON body in yoi's error shape "
+                'with the typed code beside it: `{"error": <reason phrase>, "message", '
+                '"diagnostics", "code", ...}`; see ErrorCode.'
             ),
         },
         "paths": paths,

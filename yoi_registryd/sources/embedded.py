@@ -18,9 +18,9 @@ Worker operations the runtime implements are routed to it. Capabilities, per wor
 * ``can_stop`` / ``can_cancel``: true whenever the runtime implements the operation, also on
   a terminal worker. Both are idempotent: on a terminal worker they answer 200 with the
   status that won (the first terminal state), so a client that lost a response can retry.
-* ``can_accept_input``: true only while the worker is ``running``. On a terminal worker the
-  registry answers ``operation_unsupported`` (501); if the worker ended after the registry's
-  last snapshot, the runtime's refusal is answered ``operation_rejected`` (409).
+* ``can_accept_input``: true only while the worker is ``running``. Input to a terminal
+  worker is answered ``rejected`` with the reason ``worker_not_running``, whether the
+  registry knew it had ended or the runtime refused it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Final, TypeVar
 
 import trio
 
-from yoi_registryd import errors
+from yoi_registryd import errors, operations
 from yoi_registryd.config import EmbeddedSourceConfig
 from yoi_registryd.ids import EMBEDDED_HOST_PREFIX, derive_id, is_valid_identifier
 from yoi_registryd.messages import RuntimeDescriptor
@@ -334,7 +334,7 @@ class _Projection:
 
 
 class EmbeddedOperations:
-    """Routes registry operations to the runtime and maps its refusals to typed errors.
+    """Routes registry operations to the runtime and maps its refusals to typed reasons.
 
     The registry is not told of the result here: the runtime publishes the change, and the
     subscription carries it to the registry at once.
@@ -347,40 +347,32 @@ class EmbeddedOperations:
     async def _call(
         self, operation: Operation, worker_id: str, call: Callable[[], object]
     ) -> object:
+        rid = self.runtime_id
         try:
             return await _maybe_await(call())
         except WorkerNotFound:
-            raise errors.UnknownWorker(self.runtime_id, worker_id) from None
+            raise errors.UnknownWorker(rid, worker_id) from None
         except WorkerNotRunning:
-            raise errors.OperationRejected(self.runtime_id, worker_id, operation) from None
+            raise operations.worker_not_running(rid, worker_id, operation) from None
         except RuntimeStopped:
-            raise errors.RuntimeStopped(self.runtime_id) from None
+            raise operations.runtime_stopped(rid) from None
         except InputRejected as exc:
-            log.info("embedded runtime %s rejected input (%s)", self.runtime_id, type(exc).__name__)
-            raise errors.InvalidRequest(
-                "the runtime rejected the input (empty, too long or malformed)"
-            ) from None
+            log.info("embedded runtime %s rejected input (%s)", rid, type(exc).__name__)
+            raise operations.request_rejected(rid, operation) from None
         except EmbeddedRuntimeError as exc:
-            log.info(
-                "embedded runtime %s refused %s (%s)",
-                self.runtime_id,
-                operation,
-                type(exc).__name__,
-            )
-            raise errors.OperationRejected(self.runtime_id, worker_id, operation) from None
+            log.info("embedded runtime %s refused %s (%s)", rid, operation, type(exc).__name__)
+            raise operations.rejected(rid, worker_id, operation) from None
 
     async def _lifecycle(
         self, operation: Operation, worker_id: str, reason: str | None
     ) -> OperationAck:
         method = getattr(self.runtime, operation, None)
         if method is None:
-            raise errors.OperationUnsupported(self.runtime_id, operation)
+            raise operations.unsupported(self.runtime_id, operation)
         ack = await self._call(operation, worker_id, lambda: method(worker_id, reason))
         if not isinstance(ack, LifecycleAck):
             raise TypeError(f"{operation} returned {type(ack).__name__}, not LifecycleAck")
-        return OperationAck(
-            self.runtime_id, worker_id, operation, ack.status, event_id=str(ack.event_id)
-        )
+        return OperationAck(self.runtime_id, worker_id, operation, ack.status, ack.event_id)
 
     async def stop(self, worker_id: str, request: StopRequest) -> OperationAck:
         return await self._lifecycle("stop", worker_id, request.reason)
@@ -390,7 +382,7 @@ class EmbeddedOperations:
 
     async def input(self, worker_id: str, request: InputRequest) -> OperationAck:
         if not isinstance(self.runtime, SupportsInput):
-            raise errors.OperationUnsupported(self.runtime_id, "input")
+            raise operations.unsupported(self.runtime_id, "input")
         runtime = self.runtime
         ack = await self._call(
             "input", worker_id, lambda: runtime.input(worker_id, request.kind, request.content)
@@ -402,7 +394,7 @@ class EmbeddedOperations:
             worker_id,
             "input",
             ack.status,
-            event_id=str(ack.event_id),
+            event_id=ack.event_id,
             transcript_sequence=ack.transcript_sequence,
         )
 

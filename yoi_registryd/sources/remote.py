@@ -24,15 +24,12 @@ from typing import Final
 import msgspec
 import trio
 
+from yoi_registryd import operations
 from yoi_registryd.config import RemoteSourceConfig
 from yoi_registryd.errors import (
-    InvalidRequest,
-    OperationRejected,
-    OperationUnsupported,
     RegistryError,
     RuntimeAuthFailed,
     RuntimeBadResponse,
-    RuntimeStopped,
     RuntimeTimeout,
     RuntimeUnavailable,
     UnknownWorker,
@@ -308,7 +305,9 @@ class RemoteRuntimeSource:
 
     def _operation_error(
         self, failure: RemoteFailure, worker_id: str, operation: Operation
-    ) -> RegistryError:
+    ) -> RegistryError | operations.OperationRefused:
+        """A failed operation as a typed error, or (the runtime declined the operation
+        itself: unsupported, stopped, refused, invalid) as a refusal."""
         self._log_operation_failure(worker_id, operation, failure.code, failure.detail)
         rid = self.runtime_id
         code = failure.code
@@ -322,13 +321,15 @@ class RemoteRuntimeSource:
         if code == WORKER_NOT_FOUND:
             return UnknownWorker(rid, worker_id)
         if code == UNSUPPORTED:
-            return OperationUnsupported(rid, operation)
+            return operations.unsupported(rid, operation)
         if failure.status == 409:
             if failure.remote_code == "runtime_stopped":
-                return RuntimeStopped(rid)
-            return OperationRejected(rid, worker_id, operation)
+                return operations.runtime_stopped(rid)
+            if failure.remote_code == operations.WORKER_NOT_RUNNING:
+                return operations.worker_not_running(rid, worker_id, operation)
+            return operations.rejected(rid, worker_id, operation)
         if failure.status == 400:
-            return InvalidRequest(f"runtime {rid!r} rejected the {operation} request as invalid")
+            return operations.request_rejected(rid, operation)
         return RuntimeBadResponse(rid)
 
     def _log_operation_failure(

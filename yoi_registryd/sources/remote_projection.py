@@ -47,7 +47,6 @@ WORKER_DUPLICATE: Final = "remote_worker_id_duplicate"
 STATUS_UNRECOGNISED: Final = "remote_runtime_status_unrecognised"
 
 _STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_EVENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_:.-]{1,120}")
 
 
 class MalformedAnswer(Exception):
@@ -128,12 +127,13 @@ def decode_ack(body: bytes) -> RemoteAck:
     return ack
 
 
-def safe_event_id(value: str | int | None) -> str | None:
-    """The ack's event id as a string, when it is a plain token (else dropped)."""
-    if value is None or isinstance(value, bool):
-        return None
-    text = str(value)
-    return text if _EVENT_ID_RE.fullmatch(text) else None
+def safe_event_id(value: str | int | None) -> int | None:
+    """The ack's event id as yoi serves it, a non-negative integer (u64); else dropped."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
+        return value
+    return None
 
 
 # -- projection -------------------------------------------------------------------------
