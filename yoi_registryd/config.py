@@ -131,6 +131,16 @@ class ServerConfig(_Section):
     keep_alive_timeout: Duration = Duration(seconds=30)
     """An idle connection is closed after this long; it is also the longest a client may
     take to send a request's line and headers (a slow client cannot hold a connection)."""
+    http2: bool = False
+    """Speak HTTP/2 over cleartext (h2c: prior knowledge or ``Upgrade: h2c``). Off: a prior
+    knowledge preface gets GOAWAY ``HTTP_1_1_REQUIRED`` and an upgrade is ignored."""
+    http2_max_streams: int = 16
+    """HTTP/2: concurrent streams per connection; the peer is told, and more is an error."""
+    http2_stall_timeout: Duration = Duration(seconds=10)
+    """HTTP/2: a response the peer's flow control holds up this long is reset."""
+    http2_max_buffered_bytes: int = 1024 * 1024
+    """HTTP/2: response bytes one connection may hold waiting for the peer's window; a
+    response that would pass it is reset (unless it is the only one buffered)."""
 
 
 class SupervisorConfig(_Section):
@@ -446,10 +456,16 @@ def validate_config(config: Config) -> list[str]:
 
 def _validate_server_limits(server: ServerConfig) -> list[str]:
     problems = []
-    for name, least in (("max_connections", 1), ("max_header_bytes", 1024), ("max_body_bytes", 1)):
+    for name, least in (
+        ("max_connections", 1),
+        ("max_header_bytes", 1024),
+        ("max_body_bytes", 1),
+        ("http2_max_streams", 1),
+        ("http2_max_buffered_bytes", 65536),
+    ):
         if getattr(server, name) < least:
             problems.append(f"server.{name}: must be at least {least}")
-    for name in ("body_timeout", "keep_alive_timeout"):
+    for name in ("body_timeout", "keep_alive_timeout", "http2_stall_timeout"):
         if getattr(server, name) <= timedelta(0):
             problems.append(f"server.{name}: must be greater than zero")
     return problems

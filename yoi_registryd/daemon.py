@@ -38,6 +38,7 @@ from yoi_registryd.config import (
 )
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
+from yoi_registryd.http.http2 import Http2Limits
 from yoi_registryd.http.middleware import PathGuard
 from yoi_registryd.http.probes import Lifecycle
 from yoi_registryd.http.security import AccessControl, SecurityMiddleware
@@ -137,6 +138,18 @@ FD_RESERVE: Final = 256
 """Descriptors kept for everything but client connections: sources, audit, listeners."""
 
 
+def http2_limits(server: ServerConfig) -> Http2Limits | None:
+    """HTTP/2's bounds when ``server.http2`` allows it; None: HTTP/1.1 only."""
+    if not server.http2:
+        return None
+    return Http2Limits(
+        max_streams=server.http2_max_streams,
+        stall_timeout=server.http2_stall_timeout.total_seconds(),
+        max_buffered_bytes=server.http2_max_buffered_bytes,
+        header_timeout=server.keep_alive_timeout.total_seconds(),
+    )
+
+
 def apply_server_limits(hconfig: HypercornConfig, server: ServerConfig) -> None:
     """The ``[server]`` limits hypercorn enforces, and room for ``max_connections``.
 
@@ -146,6 +159,7 @@ def apply_server_limits(hconfig: HypercornConfig, server: ServerConfig) -> None:
     hconfig.keep_alive_timeout = server.keep_alive_timeout.total_seconds()
     hconfig.h11_max_incomplete_size = server.max_header_bytes
     hconfig.h2_max_header_list_size = server.max_header_bytes
+    hconfig.h2_max_concurrent_streams = server.http2_max_streams
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = server.max_connections + FD_RESERVE
     if soft == resource.RLIM_INFINITY or soft >= wanted:
@@ -298,6 +312,7 @@ class Daemon:
             shutdown_trigger,
             inherited=self.socket_activated,
             max_connections=self.config.server.max_connections,
+            http2=http2_limits(self.config.server),
             task_status=task_status,
         )
         # Every request has finished and queued its audit record: write them all out

@@ -107,6 +107,10 @@ RESTART_ONLY: Final = (
     "server.max_body_bytes",
     "server.body_timeout",
     "server.keep_alive_timeout",
+    "server.http2",
+    "server.http2_max_streams",
+    "server.http2_stall_timeout",
+    "server.http2_max_buffered_bytes",
     "registry.channel_capacity",
     "audit",
 )

@@ -16,7 +16,12 @@ module runs hypercorn's per-connection server itself and shuts down the way Go's
    as soon as it is idle: no request in flight, nothing received since its last response
    and nothing waiting to be read. A connection that has not sent its first request yet
    gets ``fresh_grace`` seconds to do so;
-3. requests still running when ``config.graceful_timeout`` passes are cancelled.
+3. requests still running when ``config.graceful_timeout`` passes are cancelled, and every
+   connection still open is closed, also one whose client does not read: nothing a peer
+   does keeps the process beyond the grace period (nor beyond a second signal).
+
+HTTP/2 connections (only with ``server.http2``; see ``http/http2.py``) get GOAWAY at step 2
+and are closed once their open streams are answered.
 """
 
 from __future__ import annotations
@@ -35,13 +40,18 @@ from typing import Any, Final, cast
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import RawData
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
-from hypercorn.utils import wrap_app
+from hypercorn.utils import parse_socket_addr, wrap_app
 
 from yoi_registryd.errors import RegistryError
+from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refused, Http11Only
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +81,16 @@ _DROP_NEW_SYN: Final = b"".join(
 class _Connection:
     """What the shutdown needs to know about one accepted connection."""
 
-    __slots__ = ("active", "peer_closed", "received", "receives", "requests", "stream")
+    __slots__ = (
+        "active",
+        "h2",
+        "peer_closed",
+        "received",
+        "receives",
+        "requests",
+        "sending",
+        "stream",
+    )
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -85,14 +104,28 @@ class _Connection:
         """Reads that returned bytes, to tell whether any arrived during a response."""
         self.peer_closed = False
         """The client closed its side: no request is coming."""
+        self.h2: BoundedH2Protocol | None = None
+        """Set once the connection speaks HTTP/2."""
+        self.sending: set[trio.CancelScope] = set()
+        """The shielded sends in progress, cancelled when the connection is forced closed."""
 
     def response_sent(self, receives_before: int) -> None:
         self.active -= 1
         if self.receives == receives_before:
             self.received = False
 
+    def force_close(self) -> None:
+        """Close now, whatever is in flight: wakes every task blocked on this connection."""
+        for scope in self.sending:
+            scope.cancel()
+        self.stream.socket.close()
+
     def idle(self) -> bool:
-        """Closing now loses nothing: nothing in flight, nothing received or waiting."""
+        """Closing now loses nothing: nothing in flight, nothing received or waiting.
+        For HTTP/2, once GOAWAY went out: a stream the peer opens after it is not served,
+        and the peer knows it (GOAWAY names the last stream served)."""
+        if self.h2 is not None:
+            return not self.active
         if self.active or self.received:
             return False
         fd = self.stream.socket.fileno()
@@ -121,6 +154,9 @@ class _Connections:
     async def close_when_idle(self, fresh_grace: float) -> None:
         """Close each connection once it is idle; return when none is left open."""
         self.closing = True
+        for conn in list(self.open):
+            if conn.h2 is not None:
+                await conn.h2.goaway()
         fresh_until = trio.current_time() + fresh_grace
         while self.open:
             now = trio.current_time()
@@ -136,6 +172,11 @@ class _Connections:
                 return
             with trio.move_on_at(fresh_until if now < fresh_until else float("inf")):
                 await self._changed.wait()
+
+    def force_close(self) -> None:
+        """Close every connection still open (the grace period ran out, or a second signal)."""
+        for conn in self.open:
+            conn.force_close()
 
 
 class _AppAdapter:
@@ -177,8 +218,12 @@ class _AppAdapter:
                 message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
             final = message["type"] == "http.response.body" and not message.get("more_body")
             receives_before = conn.receives
-            with trio.CancelScope(shield=True):
-                await send(message)
+            with trio.CancelScope(shield=True) as sending:
+                conn.sending.add(sending)
+                try:
+                    await send(message)
+                finally:
+                    conn.sending.discard(sending)
             if final:
                 # After the send: until the response is written the connection is busy.
                 # Bytes read meanwhile belong to the next request, which keeps it busy.
@@ -190,14 +235,86 @@ class _AppAdapter:
             sent(conn.receives)
 
 
+class _Protocols(ProtocolWrapper):
+    """hypercorn's choice of HTTP/1.1 or HTTP/2 for a connection, with HTTP/2 refused
+    (``http2`` None) or bounded (``http/http2.py``)."""
+
+    def __init__(self, *args: Any, http2: Http2Limits | None) -> None:
+        super().__init__(*args)
+        self.args = args[:-1]  # the protocols take all but ``alpn_protocol``
+        self.http2 = http2
+        if http2 is None:
+            self.protocol = Http11Only(*self.args)
+
+    def _switch_to_h2(self) -> BoundedH2Protocol:
+        assert self.http2 is not None
+        protocol = BoundedH2Protocol(*self.args, limits=self.http2)
+        self.protocol = protocol
+        conn = _CONNECTION.get(None)
+        if conn is not None:
+            conn.h2 = protocol
+        return protocol
+
+    async def handle(self, event: Any) -> None:
+        try:
+            return await self.protocol.handle(event)
+        except Http2Refused:
+            return None
+        except H2ProtocolAssumedError as error:
+            h2 = self._switch_to_h2()
+            await h2.initiate()
+            data = error.data
+        except H2CProtocolRequiredError as error:
+            h2 = self._switch_to_h2()
+            await h2.initiate(error.headers, error.settings)
+            data = error.data
+        if data:
+            await h2.handle(RawData(data=data))
+        return None
+
+
 class _TCPServer(TCPServer):
-    """hypercorn's connection server, ending as soon as the client has gone.
+    """hypercorn's connection server for plain (not TLS) streams, speaking HTTP/2 only if
+    allowed, and ending as soon as the client has gone.
 
     hypercorn's read loop returns once the peer closed and every request it sent was
     answered, but its keep-alive timer lives on, and with it the connection (socket in
     CLOSE-WAIT, task, a place under ``max_connections``) for up to ``keep_alive_timeout``:
     a client that opens and closes connections quickly would fill the server.
     """
+
+    def __init__(self, *args: Any, http2: Http2Limits | None) -> None:
+        super().__init__(*args)
+        self.http2 = http2
+
+    async def run(self) -> None:
+        """As hypercorn's, without TLS, with :class:`_Protocols`."""
+        sock = self.stream.socket
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = _Protocols(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                    http2=self.http2,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     async def _read_data(self) -> None:
         try:
@@ -331,12 +448,14 @@ async def serve(
     inherited: bool = False,
     fresh_grace: float = 2.0,
     max_connections: int | None = None,
+    http2: Http2Limits | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening ``sockets`` until ``shutdown_trigger`` returns, then
     shut down as the module docstring says. ``inherited``: the sockets belong to systemd's
     socket unit. This process's descriptors for them are closed on return.
-    ``max_connections``: a connection beyond it is answered 503 and closed at once."""
+    ``max_connections``: a connection beyond it is answered 503 and closed at once.
+    ``http2``: serve HTTP/2 within these limits; None: HTTP/1.1 only."""
     connections = _Connections()
     wrapped = wrap_app(_AppAdapter(app, connections), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
@@ -351,7 +470,7 @@ async def serve(
             state = ConnectionState(lifespan_state.copy())
             tracked = _TrackedStream(conn, connections)
             # TCPServer is annotated for TLS streams; it serves plain ones as well.
-            await _TCPServer(wrapped, config, context, state, cast(Any, tracked))
+            await _TCPServer(wrapped, config, context, state, cast(Any, tracked), http2=http2)
         finally:
             connections.open.discard(conn)
             connections.changed()
@@ -400,18 +519,23 @@ async def serve(
                 task_status.started()
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
-            with trio.move_on_after(config.graceful_timeout) as grace:
-                if not inherited:
-                    await drain(connection_nursery)
-                for listener in listeners:
-                    await listener.aclose()
-                await connections.close_when_idle(fresh_grace)
-            if grace.cancelled_caught:
-                log.warning(
-                    "shutdown grace of %gs passed: cancelling %d connections",
-                    config.graceful_timeout,
-                    len(connections.open),
-                )
-            connection_nursery.cancel_scope.cancel()
+            try:
+                with trio.move_on_after(config.graceful_timeout) as grace:
+                    if not inherited:
+                        await drain(connection_nursery)
+                    for listener in listeners:
+                        await listener.aclose()
+                    await connections.close_when_idle(fresh_grace)
+                if grace.cancelled_caught:
+                    log.warning(
+                        "shutdown grace of %gs passed: closing %d connections",
+                        config.graceful_timeout,
+                        len(connections.open),
+                    )
+            finally:
+                # Also on cancellation (a second signal): shielded sends to a client that
+                # does not read would otherwise hold the connection nursery open.
+                connections.force_close()
+                connection_nursery.cancel_scope.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
