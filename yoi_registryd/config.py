@@ -282,6 +282,13 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     expire_after: Duration = Duration(minutes=10)
     """After this long without a successful poll the last known workers are dropped."""
     max_response_bytes: int = 8 * 1024 * 1024
+    """Largest answer accepted, and largest subscription message."""
+    subscribe: bool = True
+    """Follow the runtime's event subscription when it serves one (runtimes of August 2026
+    and later); false: always poll."""
+    ping_interval: Duration = Duration(seconds=10)
+    """While subscribed: time between WebSocket pings (each must be answered within
+    ``timeout``); at most a third of ``stale_after`` is used."""
 
 
 class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
@@ -522,7 +529,7 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
     ):
         problems.append(f"{key}.token_credential: must be a credential name, not a path")
     problems.extend(_validate_workspaces(key, src.workspaces))
-    for name in ("poll_interval", "timeout", "stale_after"):
+    for name in ("poll_interval", "timeout", "stale_after", "ping_interval"):
         if getattr(src, name) <= timedelta(0):
             problems.append(f"{key}.{name}: must be greater than zero")
     if not 0 <= src.poll_jitter <= 0.5:

@@ -17,6 +17,7 @@ from yoi_registryd.model import (
     Diagnostic,
     ErrorInfo,
     HostSpec,
+    ObservationMode,
     SourceKind,
     SupervisorInfo,
     WorkerRecord,
@@ -34,6 +35,8 @@ class RuntimeDescriptor(msgspec.Struct, frozen=True):
     """The runtime itself reports that it is stopped (shown as status ``stopped``)."""
     degraded: bool = False
     """The observation worked but the runtime is impaired (shown as ``degraded``)."""
+    mode: ObservationMode | None = None
+    """How the source follows the runtime, for sources that can do it more than one way."""
 
 
 class SourceRegistered(msgspec.Struct, frozen=True):

@@ -31,7 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from yoi_registryd import __version__
 from yoi_registryd.http.source_status import runtime_health
-from yoi_registryd.model import RuntimeStatus
+from yoi_registryd.model import ObservationMode, RuntimeStatus
 from yoi_registryd.registry import RegistryActor
 
 PREFIX: Final = "yoi_registryd"
@@ -194,6 +194,12 @@ class _SnapshotCollector:
             "runtime_source_restarts", "Times the supervisor restarted the runtime's source."
         )
         workers = gauge("runtime_workers", "Workers of the runtime, by state.", ("state",))
+        mode = gauge(
+            "runtime_source_mode",
+            "How a remote source follows its runtime: 1 for the current mode "
+            "(subscription or polling).",
+            ("mode",),
+        )
         for rid in snapshot.sorted_runtime_ids:
             entry = snapshot.runtimes[rid]
             record = entry.record
@@ -212,8 +218,11 @@ class _SnapshotCollector:
             restarts.add_metric(key, record.supervisor.restarts)
             for state, count in _bounded_counts(entry.workers_by_state.items()).items():
                 workers.add_metric([*key, state], count)
+            if entry.stats.mode is not None:
+                for name in get_args(ObservationMode):
+                    mode.add_metric([*key, name], 1.0 if entry.stats.mode == name else 0.0)
         yield from (up, status, last_success, duration, observations, errors, failures)
-        yield from (restarts, workers)
+        yield from (restarts, workers, mode)
 
         yield _plain_gauge(
             "registry_revision", "The registry's current revision.", snapshot.revision

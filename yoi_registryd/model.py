@@ -17,6 +17,9 @@ Severity = Literal["info", "warning", "error"]
 
 SourceKind = Literal["local_compatibility", "embedded_worker_runtime", "remote_http"]
 
+ObservationMode = Literal["subscription", "polling"]
+"""How a remote source follows its runtime: the runtime's event subscription, or polls."""
+
 RuntimeStatus = Literal["unknown", "available", "degraded", "unavailable", "stale", "stopped"]
 """Observed status of a runtime.
 

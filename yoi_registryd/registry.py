@@ -45,6 +45,7 @@ from yoi_registryd.model import (
     ErrorInfo,
     HostRecord,
     HostSpec,
+    ObservationMode,
     RuntimeRecord,
     RuntimeStatus,
     SourceInfo,
@@ -90,6 +91,8 @@ class ObservationStats(msgspec.Struct, frozen=True):
     successes: int = 0
     errors: tuple[tuple[str, int], ...] = ()
     """Failed observations by typed error code, sorted by code."""
+    mode: ObservationMode | None = None
+    """How the source follows the runtime (remote sources: subscription or polling)."""
 
 
 class RuntimeEntry:
@@ -603,6 +606,7 @@ class RegistryActor:
             last_duration=st.last_duration,
             successes=st.successes,
             errors=tuple(sorted(st.errors.items())),
+            mode=d.mode,
         )
         # Keep the per-state counts while the worker set is the same object (heartbeats).
         counts = (

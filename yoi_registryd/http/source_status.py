@@ -17,7 +17,14 @@ from typing import Final, Literal
 import msgspec
 
 from yoi_registryd.http import views
-from yoi_registryd.model import ErrorInfo, RuntimeRecord, RuntimeStatus, SourceKind, SupervisorState
+from yoi_registryd.model import (
+    ErrorInfo,
+    ObservationMode,
+    RuntimeRecord,
+    RuntimeStatus,
+    SourceKind,
+    SupervisorState,
+)
 from yoi_registryd.policy import SEES_ALL, Visibility
 from yoi_registryd.registry import ObservationStats, RuntimeEntry, Snapshot
 
@@ -74,6 +81,9 @@ class SourceStatus(msgspec.Struct, frozen=True):
     """Failed observations by typed error code."""
     worker_count: int
     workers_by_state: dict[str, int]
+    mode: ObservationMode | None = None
+    """How a remote source follows its runtime: ``subscription`` (the runtime's event
+    subscription) or ``polling``; null for sources with only one way, or before it is known."""
 
 
 SourceList = views.ListEnvelope[SourceStatus]
@@ -115,6 +125,7 @@ def source_status(
         errors=dict(stats.errors),
         worker_count=worker_count,
         workers_by_state=by_state,
+        mode=stats.mode,
     )
     return status, hid
 

@@ -58,6 +58,7 @@ from yoi_registryd.sources.remote_client import (
     RemoteFailure,
     failure_for_status,
     open_http_client,
+    tls_context,
 )
 from yoi_registryd.sources.remote_projection import (
     MalformedAnswer,
@@ -66,12 +67,21 @@ from yoi_registryd.sources.remote_projection import (
     decode_ack,
     safe_event_id,
 )
+from yoi_registryd.sources.remote_subscription import (
+    HandshakeRefused,
+    SubscriptionSession,
+    SubscriptionUnavailable,
+    may_subscribe,
+    websocket_url,
+)
 
 log = logging.getLogger(__name__)
 
 # httpx logs every request, URL included, at INFO: the URL must stay out of INFO+ lines.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+SUBSCRIPTION_RECHECK: Final = 600.0
+"""Seconds between looks whether a polled runtime has come to serve the subscription."""
 RUNTIME_PATH: Final = "/v1/runtime"
 WORKERS_PATH: Final = "/v1/workers"
 _MAX_EPOCH_RETRIES: Final = 3
@@ -101,6 +111,9 @@ class RemoteRuntimeSource:
         self._failures = 0
         self._last_failure: str | None = None
         self._wake = trio.Event()
+        self._probe_at = -math.inf if config.subscribe else math.inf
+        """When to look (again) whether the runtime serves the subscription."""
+        self._polling_logged = False
 
     # -- the task ------------------------------------------------------------------------
 
@@ -114,17 +127,15 @@ class RemoteRuntimeSource:
                 config.max_response_bytes,
             )
             with reporter.operations(RemoteOperations(self, reporter)):
-                log.info(
-                    "remote source %s: polling every %gs",
-                    self.runtime_id,
-                    config.poll_interval.total_seconds(),
-                )
                 log.debug(
                     "remote source %s: base URL %s", self.runtime_id, config.base_url.reveal()
                 )
+                if not config.subscribe:
+                    self._poll_from_now("subscribe = false")
                 first = True
                 while True:
-                    await self.poll(reporter)
+                    if not self._probe_due() or await self._probe(reporter):
+                        await self.poll(reporter)
                     delay = self._next_delay(first)
                     first = False
                     with trio.move_on_after(delay):
@@ -143,6 +154,79 @@ class RemoteRuntimeSource:
             base = interval
         jitter = self.config.poll_jitter
         return base * self._rng.uniform(1 - jitter, 1 + jitter)
+
+    # -- subscription --------------------------------------------------------------------
+
+    def _probe_due(self) -> bool:
+        return trio.current_time() >= self._probe_at
+
+    async def _probe(self, reporter: Reporter) -> bool:
+        """Follow the runtime's subscription if it serves one (contract v2 section 6.2).
+
+        Returns True when the runtime must be polled now (an older runtime, or no
+        subscription), False when the probe failed (reported; the loop backs off). A
+        subscription, once open, only ends by raising: the supervisor restarts the source
+        with its backoff and the next session starts from a fresh snapshot.
+        """
+        started = trio.current_time()
+        try:
+            client = await self._ready_client()
+            runtime_body = await client.get(RUNTIME_PATH)
+        except RemoteFailure as failure:
+            if failure.code == WORKER_NOT_FOUND:
+                failure.code = HTTP_ERROR
+            await self._failed(reporter, failure, trio.current_time() - started)
+            return False
+        if not may_subscribe(runtime_body):
+            self._poll_from_now("it predates the event subscription")
+            return True
+        session = SubscriptionSession(
+            url=websocket_url(self.config.base_url.reveal()),
+            projector=self._projector,
+            reporter=reporter,
+            runtime_body=runtime_body,
+            authorization=self._authorization,
+            fetch_runtime=lambda: client.get(RUNTIME_PATH),
+            timeout=self.config.timeout.total_seconds(),
+            ping_interval=min(
+                self.config.ping_interval.total_seconds(),
+                self.config.stale_after.total_seconds() / 3,
+            ),
+            summary_interval=self.config.poll_interval.total_seconds(),
+            max_message_bytes=self.config.max_response_bytes,
+            ssl_context=tls_context(),
+        )
+        self._reported = None  # the session reports on its own; acks wait for its events
+        self._needs_full = True
+        try:
+            await session.run()
+        except SubscriptionUnavailable:
+            self._poll_from_now("it does not serve the event subscription")
+            return True
+        except HandshakeRefused as refused:
+            refusal = failure_for_status(refused.status, b"")
+            if refusal.code == WORKER_NOT_FOUND:
+                refusal.code = HTTP_ERROR
+            await self._failed(reporter, refusal, trio.current_time() - started)
+            return False
+        raise AssertionError("a subscription session ends by raising")
+
+    def _poll_from_now(self, why: str) -> None:
+        if self.config.subscribe:
+            self._probe_at = trio.current_time() + SUBSCRIPTION_RECHECK
+        if not self._polling_logged:
+            log.info(
+                "remote source %s: polling every %gs: %s",
+                self.runtime_id,
+                self.config.poll_interval.total_seconds(),
+                why,
+            )
+            self._polling_logged = True
+
+    async def _authorization(self) -> str | None:
+        """The ``Authorization`` header value for the subscription's upgrade request."""
+        client = await self._ready_client()
+        return None if client.token is None else f"Bearer {client.token.reveal()}"
 
     # -- polling -------------------------------------------------------------------------
 
@@ -236,6 +320,8 @@ class RemoteRuntimeSource:
     async def _failed(self, reporter: Reporter, failure: RemoteFailure, duration: float) -> None:
         self._failures += 1
         self._needs_full = True
+        if self.config.subscribe:
+            self._probe_at = -math.inf  # back, it may be a newer runtime: look again
         self._bodies = None
         if failure.code == AUTH_FAILED:
             self._token_loaded = False  # re-read it: it may have been rotated

@@ -180,7 +180,7 @@ class RemoteClient:
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """One TLS context for every remote client of the process: loading CAs is the costly part."""
     return httpx.create_ssl_context(trust_env=False)
 
@@ -197,7 +197,7 @@ async def open_http_client() -> AsyncIterator[httpx.AsyncClient]:
     ``docs/remote-source.md``).
     """
     client = httpx.AsyncClient(
-        verify=_tls_context(),
+        verify=tls_context(),
         limits=httpx.Limits(
             max_connections=_MAX_CONNECTIONS,
             max_keepalive_connections=_MAX_KEEPALIVE,

@@ -11,10 +11,10 @@ text is never read at all.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 
@@ -26,6 +26,7 @@ from yoi_registryd.model import (
     Diagnostic,
     HostSpec,
     Implementation,
+    ObservationMode,
     WorkerCapabilities,
     WorkerRecord,
     WorkspaceInfo,
@@ -35,10 +36,16 @@ from yoi_registryd.sources.local_metadata import safe_display
 RUNTIME_KIND: Final = "remote_worker_runtime"
 HOST_KIND: Final = "remote-worker-runtime-host"
 IMPLEMENTATION: Final = Implementation("remote_worker_runtime", "remote worker-runtime Worker")
-NOTE: Final = (
-    "polled over the worker-runtime REST API v1; the endpoint and credentials stay in "
-    "the registry's configuration"
-)
+NOTES: Final[Mapping[ObservationMode, str]] = {
+    "polling": (
+        "polled over the worker-runtime REST API v1; the endpoint and credentials stay in "
+        "the registry's configuration"
+    ),
+    "subscription": (
+        "followed over the runtime's event subscription (GET /v1/protocol/ws); the endpoint "
+        "and credentials stay in the registry's configuration"
+    ),
+}
 TERMINAL_STATUSES: Final = frozenset({"stopped", "cancelled"})
 
 WORKER_ID_INVALID: Final = "remote_worker_id_invalid"
@@ -164,6 +171,41 @@ def _profile(profile: Mapping[str, object] | None) -> str | None:
     return None
 
 
+class WorkerFields(NamedTuple):
+    """What the registry keeps of one remote worker, whichever wire shape it came in."""
+
+    worker_id: str
+    status: str
+    display_name: str | None
+    role: str | None
+    profile: str | None
+
+
+def rest_worker_fields(raw: msgspec.Raw) -> WorkerFields | None:
+    """One entry of ``GET /v1/workers``, or None when it is not a v1 worker."""
+    try:
+        remote = _WORKER_DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    worker_id = remote.worker_id
+    if worker_id is None and remote.worker_ref is not None:
+        worker_id = remote.worker_ref.worker_id
+    if worker_id is None or not _STATUS_RE.fullmatch(remote.status):
+        return None
+    return WorkerFields(
+        worker_id,
+        remote.status,
+        remote.display_name,
+        _role(remote.intent),
+        _profile(remote.profile),
+    )
+
+
+def valid_status(status: str) -> bool:
+    """A status fit to keep: a short lowercase token."""
+    return _STATUS_RE.fullmatch(status) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteView:
     """What one successful poll shows: the runtime and its workers as registry records."""
@@ -231,6 +273,7 @@ class Projector:
         workers_body: bytes,
         previous: Mapping[str, WorkerRecord],
         now: datetime,
+        mode: ObservationMode = "polling",
     ) -> RemoteView:
         """Project one poll. Raises :class:`MalformedAnswer` when an envelope is wrong.
 
@@ -240,6 +283,20 @@ class Projector:
         """
         summary = decode_runtime(runtime_body)
         entries = decode_workers(workers_body)
+        running = summary.status == "running"
+        workers, diagnostics = self.project_entries(
+            entries, rest_worker_fields, running, previous, now
+        )
+        return self.view(summary, workers, diagnostics, mode)
+
+    def view(
+        self,
+        summary: RemoteRuntimeSummary,
+        workers: Mapping[str, WorkerRecord],
+        worker_diagnostics: tuple[Diagnostic, ...],
+        mode: ObservationMode,
+    ) -> RemoteView:
+        """The runtime described by ``summary`` holding ``workers``."""
         running = summary.status == "running"
         diagnostics: list[Diagnostic] = []
         if summary.status not in ("running", "stopped"):
@@ -251,29 +308,52 @@ class Projector:
                     "worker operations are disabled",
                 )
             )
+        diagnostics.extend(worker_diagnostics)
+        capabilities = self.runtime_capabilities(running, summary.worker_creation_available)
+        label = self.label or safe_display(summary.display_name) or self.runtime_id
+        descriptor = RuntimeDescriptor(
+            label=label,
+            kind=RUNTIME_KIND,
+            capabilities=capabilities,
+            note=NOTES[mode],
+            stopped=summary.status == "stopped",
+            degraded=bool(diagnostics),
+            mode=mode,
+        )
+        host = HostSpec(
+            host_id=self.host_id, label=label, kind=HOST_KIND, capabilities=capabilities
+        )
+        return RemoteView(running, descriptor, (host,), workers, tuple(diagnostics))
+
+    def project_entries(
+        self,
+        entries: Iterable[msgspec.Raw],
+        fields_of: Callable[[msgspec.Raw], WorkerFields | None],
+        running: bool,
+        previous: Mapping[str, WorkerRecord],
+        now: datetime,
+    ) -> tuple[dict[str, WorkerRecord], tuple[Diagnostic, ...]]:
+        """Records of the valid entries, and diagnostics counting the ones left out.
+
+        ``fields_of`` reads one entry of the wire shape at hand (REST list, subscription
+        snapshot), returning None when it does not have that shape.
+        """
         workers: dict[str, WorkerRecord] = {}
         invalid_ids = malformed = duplicates = 0
         for raw in entries:
-            try:
-                remote = _WORKER_DECODER.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            fields = fields_of(raw)
+            if fields is None:
                 malformed += 1
                 continue
-            worker_id = remote.worker_id
-            if worker_id is None and remote.worker_ref is not None:
-                worker_id = remote.worker_ref.worker_id
-            if worker_id is None or not _STATUS_RE.fullmatch(remote.status):
-                malformed += 1
-                continue
+            worker_id = fields.worker_id
             if not is_valid_identifier(worker_id):
                 invalid_ids += 1
                 continue
             if worker_id in workers:
                 duplicates += 1
                 continue
-            workers[worker_id] = self._worker(
-                worker_id, remote, running, previous.get(worker_id), now
-            )
+            workers[worker_id] = self.record(fields, running, previous.get(worker_id), now)
+        diagnostics: list[Diagnostic] = []
         if invalid_ids:
             diagnostics.append(
                 Diagnostic(
@@ -301,42 +381,29 @@ class Projector:
                     "the first entry of each is shown",
                 )
             )
-        capabilities = self.runtime_capabilities(running, summary.worker_creation_available)
-        label = self.label or safe_display(summary.display_name) or self.runtime_id
-        descriptor = RuntimeDescriptor(
-            label=label,
-            kind=RUNTIME_KIND,
-            capabilities=capabilities,
-            note=NOTE,
-            stopped=summary.status == "stopped",
-            degraded=bool(diagnostics),
-        )
-        host = HostSpec(
-            host_id=self.host_id, label=label, kind=HOST_KIND, capabilities=capabilities
-        )
-        return RemoteView(running, descriptor, (host,), workers, tuple(diagnostics))
+        return workers, tuple(diagnostics)
 
-    def _worker(
+    def record(
         self,
-        worker_id: str,
-        remote: RemoteWorker,
+        fields: WorkerFields,
         running: bool,
         previous: WorkerRecord | None,
         now: datetime,
     ) -> WorkerRecord:
+        """The registry record of one worker; ``previous`` when nothing changed."""
         record = WorkerRecord(
             runtime_id=self.runtime_id,
-            worker_id=worker_id,
+            worker_id=fields.worker_id,
             host_id=self.host_id,
-            label=safe_display(remote.display_name) or worker_id,
-            role=_role(remote.intent),
-            profile=_profile(remote.profile),
+            label=safe_display(fields.display_name) or fields.worker_id,
+            role=fields.role,
+            profile=fields.profile,
             workspace=self.workspace,
-            state=remote.status,
-            status=remote.status,
+            state=fields.status,
+            status=fields.status,
             last_seen_at=previous.last_seen_at if previous is not None else now,
             implementation=IMPLEMENTATION,
-            capabilities=self.worker_capabilities(running, remote.status),
+            capabilities=self.worker_capabilities(running, fields.status),
         )
         if previous is None or record == previous:
             return previous if previous is not None else record
