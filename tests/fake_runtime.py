@@ -41,13 +41,14 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tests.fake_subscription import FakeSubscriptions
 from tests.toml_text import toml_value
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-ROUTES: Final = frozenset({"runtime", "workers", "worker", "operation"})
+ROUTES: Final = frozenset({"runtime", "workers", "worker", "operation", "subscription"})
 TERMINAL: Final = frozenset({"stopped", "cancelled"})
 FAULTS: Final = frozenset(
     {
@@ -101,6 +102,9 @@ class FakeRuntime:
     operations: list[tuple[str, str, Any]] = field(default_factory=list)
     """``(operation, worker_id, decoded body)`` of every operation that reached a worker."""
     event_seq: int = 0
+    subscriptions: FakeSubscriptions | None = None
+    """The event subscription (``GET /v1/protocol/ws``), when the runtime serves one:
+    see :func:`with_subscription`."""
 
     def add(self, *workers: FakeWorker | str) -> None:
         for w in workers:
@@ -136,6 +140,11 @@ class FakeRuntime:
         }
         if self.display_name is not None:
             body["display_name"] = self.display_name
+        if self.subscriptions is not None:
+            # A runtime serving the subscription no longer names itself nor its limits
+            # (contract v2 section 6.1).
+            del body["runtime_id"], body["limits"]
+            body.update(os="linux", arch="x86_64")
         return body
 
     def worker_json(self, w: FakeWorker) -> dict[str, Any]:
@@ -193,6 +202,9 @@ class FakeRuntimeApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         body = b""
@@ -216,6 +228,18 @@ class FakeRuntimeApp:
                 }
             )
         await send({"type": "http.response.body", "body": b""})
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        prefix, sep, rest = scope["path"].partition("/v1/")
+        runtime = self.runtimes.get(prefix)
+        if runtime is not None and sep and rest == "protocol/ws":
+            runtime.requests.append((trio.current_time(), "GET", "subscription"))
+            if runtime.subscriptions is not None:
+                await runtime.subscriptions.serve(scope, receive, send)
+                return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.http.response.start", "status": 404, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b""})
 
     async def _handle(self, scope: Scope, body: bytes) -> _Reply:
         path: str = scope["path"]
@@ -415,6 +439,12 @@ async def start_fake(nursery: trio.Nursery, *runtimes: tuple[str, FakeRuntime]) 
     for prefix, runtime in runtimes:
         server.app.mount(prefix, runtime)
     return await server.start(nursery)
+
+
+def with_subscription(runtime: FakeRuntime) -> FakeSubscriptions:
+    """Make ``runtime`` a current one that serves the event subscription."""
+    runtime.subscriptions = FakeSubscriptions(runtime)
+    return runtime.subscriptions
 
 
 def remote_source_toml(runtime_id: str, base_url: str, **extra: object) -> str:
