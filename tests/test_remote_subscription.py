@@ -64,6 +64,17 @@ async def start(
     return d, server
 
 
+async def subscribed(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, *workers: FakeWorker | str
+) -> tuple[RunningDaemon, FakeRuntime, FakeSubscriptions]:
+    """A daemon subscribed to a current runtime holding ``workers``, snapshot applied."""
+    fake, subs = current_runtime(*workers)
+    d, _ = await start(start_daemon, nursery, tmp_path, fake)
+    await wait_mode(d, "subscription")
+    await converged(d, fake, "the snapshot")
+    return d, fake, subs
+
+
 async def registry_workers(d: RunningDaemon) -> dict[str, str]:
     body = await d.get_json(f"/api/runtimes/{RID}/workers")
     return {w["worker_id"]: w["state"] for w in body["items"]}
@@ -117,10 +128,13 @@ async def mode_metric(d: RunningDaemon) -> dict[str, float]:
 async def test_follows_snapshot_then_events(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(FakeWorker(W1, status="idle", display_name="review bot"), W2)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
-    await converged(d, fake, "the snapshot")
+    d, fake, subs = await subscribed(
+        start_daemon,
+        nursery,
+        tmp_path,
+        FakeWorker(W1, status="idle", display_name="review bot"),
+        W2,
+    )
     assert await mode_metric(d) == {"subscription": 1.0, "polling": 0.0}
     record = await d.get_json(f"/api/runtimes/{RID}/workers/{W1}")
     assert record["label"] == "review bot"
@@ -140,10 +154,7 @@ async def test_follows_snapshot_then_events(
 async def test_a_blocking_query_wakes_on_an_event(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
-    await converged(d, fake, "the snapshot")
+    d, _, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
     first = await d.client.get("/api/workers")
     index = first.headers["X-Registry-Index"]
     answer: dict[str, httpx.Response] = {}
@@ -163,10 +174,7 @@ async def test_a_blocking_query_wakes_on_an_event(
 async def test_a_dropped_connection_ends_equal_to_the_runtime(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1, W2)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
-    await converged(d, fake, "the snapshot")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1, W2)
     subs.drop()
     # Changes while nobody listens reach the registry through the next snapshot only.
     subs.remove(W1)
@@ -182,10 +190,7 @@ async def test_a_dropped_connection_ends_equal_to_the_runtime(
 async def test_a_gap_in_revisions_resubscribes(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1, W2)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
-    await converged(d, fake, "the snapshot")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1, W2)
     fake.workers[W2].status = "cancelled"
     subs.skip(W2)  # the change above was never published
     subs.upsert(W1, status="idle")  # W1 itself is fine: no gap yet
@@ -199,9 +204,7 @@ async def test_a_gap_in_revisions_resubscribes(
 async def test_a_runtime_restart_resets_revisions_and_ends_equal(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1, W2)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1, W2)
     for status in ("idle", "running", "idle", "running"):
         subs.upsert(W1, status=status)  # W1 reaches revision 4
     await converged(d, fake, "the events before the restart")
@@ -217,9 +220,7 @@ async def test_a_runtime_restart_resets_revisions_and_ends_equal(
 async def test_a_lagged_close_resubscribes(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
     subs.lag()
     subs.upsert(W2, status="running")  # published to no subscriber
     await wait_for(lambda: subs.subscribed >= 2, message="a fresh subscription")
@@ -232,9 +233,7 @@ async def test_a_lagged_close_resubscribes(
 async def test_a_duplicate_event_is_dropped(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
     subs.upsert(W1, status="running")  # revision 1
     subs.replay()  # revision 1 once more
     subs.upsert(W1, status="idle")  # revision 2
@@ -284,9 +283,7 @@ async def test_subscribe_false_always_polls(
 async def test_a_refused_upgrade_is_an_auth_failure(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    fake, subs = current_runtime(W1)
-    d, _ = await start(start_daemon, nursery, tmp_path, fake)
-    await wait_mode(d, "subscription")
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
     subs.refuse = 403
     subs.drop()
 
