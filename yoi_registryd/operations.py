@@ -23,6 +23,7 @@ from typing import Annotated, Final, Literal, Protocol
 import msgspec
 
 from yoi_registryd.errors import InvalidRequest, RuntimeUnavailable, WorkerNotVisible
+from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import Diagnostic, WorkerRecord
 from yoi_registryd.registry import Snapshot
 
@@ -244,7 +245,11 @@ def decode_request(operation: Operation, body: bytes) -> OperationRequest:
             raise InvalidRequest("input needs a JSON body {content, kind?}")
         return request_type()  # type: ignore[call-arg]
     try:
-        return msgspec.json.decode(body, type=request_type)
+        return decode_bounded(lambda data: msgspec.json.decode(data, type=request_type), body)
+    except TooDeep:
+        raise InvalidRequest(
+            f"invalid {operation} request: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid {operation} request: {exc}") from None
     except msgspec.DecodeError:

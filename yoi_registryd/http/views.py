@@ -33,6 +33,7 @@ from yoi_registryd.registry import RuntimeEntry, Snapshot
 
 DEFAULT_LIMIT: Final = 200
 MAX_LIMIT: Final = 1000
+_LIMIT_DIGITS: Final = len(str(MAX_LIMIT))
 MAX_ENVELOPE_DIAGNOSTICS: Final = 64
 LIST_SOURCE: Final = "worker_runtime_registry"
 
@@ -207,7 +208,11 @@ def parse_list_query(args: Iterable[tuple[str, str]]) -> ListQuery:
     limit = DEFAULT_LIMIT
     if "limit" in values:
         text = values["limit"]
-        if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        # The length first: int() of thousands of digits raises (and costs) before the range
+        # could refuse it.
+        if len(text) > _LIMIT_DIGITS or not text.isascii() or not text.isdigit():
+            raise InvalidQuery(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
+        if not 1 <= int(text) <= MAX_LIMIT:
             raise InvalidQuery(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
         limit = int(text)
     cursor = values.get("cursor")

@@ -40,6 +40,8 @@ JITTER_FRACTION: Final = 1 / 16
 DEFAULT_MAX_HELD: Final = 1000
 RETRY_AFTER_SECONDS: Final = 2
 _MAX_INDEX: Final = 2**63 - 1
+_INDEX_DIGITS: Final = len(str(_MAX_INDEX))
+_MAX_WAIT_CHARS: Final = 32
 _NUMBER: Final = re.compile(r"^\d+(?:\.\d+)?$")
 
 ViewIndex = Callable[[Snapshot], int]
@@ -83,7 +85,12 @@ def split_watch_query(
     if "index" not in values:
         raise InvalidQuery("wait needs index: the revision the client has already seen", "wait")
     text = values["index"]
-    if not text.isascii() or not text.isdigit() or int(text) > _MAX_INDEX:
+    if (
+        len(text) > _INDEX_DIGITS
+        or not text.isascii()
+        or not text.isdigit()
+        or int(text) > _MAX_INDEX
+    ):
         raise InvalidQuery("index must be a non-negative integer (an X-Registry-Index)", "index")
     wait = DEFAULT_WAIT
     if "wait" in values:
@@ -94,6 +101,8 @@ def split_watch_query(
 def _parse_wait(text: str) -> float:
     """``30s``, ``500ms``, ``5m`` or a bare number of seconds."""
     try:
+        if len(text) > _MAX_WAIT_CHARS:
+            raise ValueError(text)
         if _NUMBER.match(text):
             return float(text)
         return Duration.parse(text).total_seconds()

@@ -21,6 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from yoi_registryd.ids import derive_id, local_worker_id
+from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import (
     Diagnostic,
     Implementation,
@@ -290,7 +291,16 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
         return _unreadable(name, worker_id, "name", "invalid name")
     stat_key: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     try:
-        meta = _DECODER.decode(data)
+        meta = decode_bounded(_DECODER.decode, data)
+    except TooDeep:
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            METADATA_INVALID,
+            "local Worker metadata could not be parsed: "
+            f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+        )
     except msgspec.ValidationError as exc:
         _, at, tail = str(exc).rpartition(" - at `")
         where = tail.rstrip("`") if at else "$"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -21,6 +22,7 @@ import httpx
 import msgspec
 import trio
 
+from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, check_depth
 from yoi_registryd.secrets import Secret
 
 TIMEOUT: Final = "remote_runtime_timeout"
@@ -140,7 +142,7 @@ class RemoteClient:
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> RemoteResponse:
         """One request under one overall deadline, reading at most ``max_bytes`` of body."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token.reveal()}"
         if body is not None:
@@ -162,21 +164,90 @@ class RemoteClient:
             raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {url}: {exc!r}") from None
 
     async def _read(self, response: httpx.Response) -> bytes:
-        """The (decoded) body, refusing more than ``max_bytes`` before reading it all."""
+        """The decoded body, refused as soon as it grows past ``max_bytes`` (decoded, as it
+        streams in: a small compressed answer cannot inflate past the bound in memory) or
+        nests JSON deeper than :data:`~yoi_registryd.json_depth.MAX_JSON_DEPTH`."""
         limit = self._max_bytes
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise RemoteFailure(MALFORMED, reason="the response is larger than max_response_bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
+        if declared.isdigit() and (len(declared) > 19 or int(declared) > limit):
+            raise RemoteFailure(MALFORMED, reason=_TOO_LARGE)
+        body = BoundedBody(response.headers.get("content-encoding", ""), limit)
+        async for chunk in response.aiter_raw():
+            body.feed(chunk)
+        data = body.finish()
+        try:
+            check_depth(data)
+        except TooDeep:
+            raise RemoteFailure(MALFORMED, reason=_TOO_DEEP) from None
+        return data
+
+
+_TOO_LARGE: Final = "the response is larger than max_response_bytes"
+_TOO_DEEP: Final = f"the response nests JSON deeper than {MAX_JSON_DEPTH} levels"
+ACCEPT_ENCODING: Final = "gzip, deflate"
+"""The content codings :class:`BoundedBody` decodes, and so the only ones asked for."""
+_WBITS: Final = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
+
+
+class BoundedBody:
+    """A response body decoded as it arrives, never holding more than ``limit`` bytes of it.
+
+    httpx inflates each compressed chunk whole, so 64 KiB of a gzip bomb become 64 MiB
+    before a size check could see them. Here the raw bytes are inflated with zlib's
+    ``max_length``: output past the limit is never produced.
+    """
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        coding = content_encoding.strip().lower()
+        self._inflate = None
+        if coding not in ("", "identity"):
+            if coding not in _WBITS:
+                raise RemoteFailure(MALFORMED, reason="the response has an unsupported encoding")
+            self._inflate = zlib.decompressobj(_WBITS[coding])
+
+    def feed(self, raw: bytes) -> None:
+        inflate = self._inflate
+        if inflate is None:
+            self._keep(raw)
+            return
+        try:
+            while raw and not inflate.eof:
+                self._keep(inflate.decompress(raw, self._room()))
+                raw = inflate.unconsumed_tail
+        except zlib.error:
+            raise RemoteFailure(
+                MALFORMED, reason="the response is not validly compressed"
+            ) from None
+
+    def finish(self) -> bytes:
+        if self._inflate is not None:
+            try:
+                self._keep(self._inflate.flush(self._room()))
+            except zlib.error:
                 raise RemoteFailure(
-                    MALFORMED, reason="the response is larger than max_response_bytes"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+                    MALFORMED, reason="the response is not validly compressed"
+                ) from None
+            if not self._inflate.eof:
+                raise RemoteFailure(MALFORMED, reason="the response is not validly compressed")
+        return b"".join(self._chunks)
+
+    def _room(self) -> int:
+        """How much more output may be produced: one byte past the limit tells it was hit."""
+        return self._limit - self._size + 1
+
+    def _keep(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            raise RemoteFailure(MALFORMED, reason=_TOO_LARGE)
+        if data:
+            self._chunks.append(data)
 
 
 @functools.cache
