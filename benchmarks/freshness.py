@@ -18,8 +18,8 @@ is timed from the moment it was made there.
   ``--poll-interval``; the driver adds a worker through the fake's control route and
   watches that runtime's worker list. Expect about half a poll interval on average.
 
-The baseline (same run): ``baseline_app.py``'s ``/watch``, a request held by a bare ASGI
-app on the same server and released by that app's own timer: the least any "change ->
+The baseline (same run): ``baseline_app.py``'s ``/watch`` on stock hypercorn-trio, a
+request held by a bare ASGI app and released by that app's own timer: the least any "change ->
 visible over a held HTTP request" costs on this stack. Local and embedded figures are
 reported with their ratio to it; the remote figure against its poll interval.
 """
@@ -41,7 +41,14 @@ from typing import Any
 import httpx
 import msgspec
 import trio
-from harness import BENCH_DIR, DaemonProcess, FakeRemotes, percentile, source_toml
+from harness import (
+    BENCH_DIR,
+    DaemonProcess,
+    FakeRemotes,
+    StockHypercorn,
+    percentile,
+    source_toml,
+)
 
 WAIT = "30s"
 LOCAL_RID = "bench-local"
@@ -116,21 +123,13 @@ async def timed_change(
 
 
 def baseline(samples: int) -> list[float]:
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "baseline_app.py")], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        return trio.run(_baseline, port, samples)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with StockHypercorn() as server:
+        return trio.run(_baseline, server.url, samples)
 
 
-async def _baseline(port: int, samples: int) -> list[float]:
+async def _baseline(url: str, samples: int) -> list[float]:
     delays: list[float] = []
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         while len(delays) < samples:
             response = await client.get("/watch")
             received = now_ms()

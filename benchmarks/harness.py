@@ -8,6 +8,7 @@ load generator or the measuring client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,25 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (``/proc/<pid>/task/<tid>/children``)."""
+    found = [pid]
+    for pid_ in found:
+        for task in Path(f"/proc/{pid_}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its descendants (each read from its own stat)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member)
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -182,6 +202,70 @@ class DaemonProcess:
         self.stop()
 
 
+class StockHypercorn:
+    """``hypercorn --worker-class trio`` serving ``baseline_app:app``, started as a user
+    starts it: hypercorn's own command line and defaults (one worker process), with only
+    the bind address given. ``routes`` is ``baseline_app.py``'s routes file (or None)."""
+
+    def __init__(self, routes: Path | None = None) -> None:
+        self.routes = routes
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, deadline_s: float = 60.0) -> StockHypercorn:
+        self.port = free_port()
+        env = dict(os.environ)
+        if self.routes is not None:
+            env["YOI_BENCH_ROUTES"] = str(self.routes)
+        hypercorn = Path(sys.executable).with_name("hypercorn")
+        self.proc = subprocess.Popen(
+            [
+                str(hypercorn) if hypercorn.exists() else "hypercorn",
+                *("--worker-class", "trio", "--bind", f"127.0.0.1:{self.port}"),
+                "baseline_app:app",
+            ],
+            cwd=BENCH_DIR,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + deadline_s
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("stock hypercorn exited early")
+                with contextlib.suppress(httpx.HTTPError):
+                    client.get("/")
+                    return self
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"stock hypercorn did not serve in {deadline_s}s")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> StockHypercorn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # -- wrk ------------------------------------------------------------------------------------
 
 WRK_CONNECTIONS = 16
@@ -233,10 +317,11 @@ def run_wrk(
 ) -> WrkResult:
     """One wrk run: one thread, ``connections`` keep-alive connections, ``seconds`` long.
 
-    With ``server_pid``, the server's CPU time per request is measured too: on a shared,
-    noisy machine it moves less than requests per second do.
+    With ``server_pid``, the server's CPU time per request is measured too (that process's
+    and its children's: stock hypercorn serves from a child of the process started): on a
+    shared, noisy machine it moves less than requests per second do.
     """
-    cpu0 = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    cpu0 = tree_cpu_seconds(server_pid) if server_pid is not None else 0.0
     out = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
         capture_output=True,
@@ -256,7 +341,7 @@ def run_wrk(
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     cpu_us = None
     if server_pid is not None and total:
-        cpu_us = (cpu_seconds(server_pid) - cpu0) / total * 1e6
+        cpu_us = (tree_cpu_seconds(server_pid) - cpu0) / total * 1e6
     return WrkResult(rps, total, p50, p99, errors, cpu_us)
 
 

@@ -2,7 +2,8 @@
 
 This proves the command, its processes (daemon, bare baseline app, fake remote runtimes,
 ``wrk``) and its report; the figures of a run this short mean little and are not judged,
-only that each one was measured against a baseline from the same run. Without ``wrk`` on
+only that each one was measured against a baseline from the same run (for throughput, stock
+``hypercorn --worker-class trio``). Without ``wrk`` on
 the machine the throughput part must say it was skipped and the rest must still run.
 """
 
@@ -42,10 +43,15 @@ def test_quick_run_reports_every_figure_with_its_baseline(tmp_path: Path) -> Non
         assert "skipped" in throughput
         assert "throughput" in run.stdout and "skipped" in run.stdout
     else:
+        assert throughput["baseline"].startswith("hypercorn --worker-class trio")
         for route in ("list_workers", "worker_lookup"):
             row = throughput[route]
-            for key in ("registry_rps", "baseline_rps", "ratio", "cpu_ratio"):
-                assert finite(row[key]) and row[key] > 0, (route, key, row)
+            for side in ("stock", "registry"):
+                for key in ("rps", "cpu_us_per_request"):
+                    assert finite(row[side][key]) and row[side][key] > 0, (route, side, key)
+            for key in ("rps_ratio", "cpu_ratio"):
+                ratios = row["registry"][key]
+                assert 0 < ratios["min"] <= ratios["median"] <= ratios["max"], (route, key)
 
     freshness = results["freshness"]
     assert finite(freshness["baseline_held_request"]["p99_ms"])
