@@ -139,8 +139,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
         ):
             r = f[name]
             for q in ("p50", "p99"):
-                target = f"< {r['target_p99_ms']} ms" if q == "p99" else ""
-                ok = r["p99_ms"] < r["target_p99_ms"] if q == "p99" else None
+                target = f"<= {r['target_p99_ms']} ms" if q == "p99" else ""
+                ok = r["p99_ms"] <= r["target_p99_ms"] if q == "p99" else None
                 out.append(
                     (
                         f"freshness {label} {q}",
