@@ -93,12 +93,26 @@ def test_sources_can_be_empty() -> None:
 
 
 def test_default_data_dir_follows_yoi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("YOI_DATA_DIR", "YOI_HOME", "YOI_RUNTIME_DIR", "XDG_RUNTIME_DIR"):
+    for var in ("YOI_DATA_DIR", "YOI_HOME", "YOI_RUNTIME_DIR", "XDG_RUNTIME_DIR", "XDG_DATA_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
     source = LocalSourceConfig()
-    assert source.resolved_data_dir() == tmp_path / "home" / ".yoi"
-    assert source.resolved_runtime_dir() == tmp_path / "home" / ".yoi" / "run"
+    # yoi's current default (contract-v2 section 3.2), whether or not it exists yet.
+    assert source.resolved_data_dir() == home / ".local" / "share" / "yoi"
+    assert source.resolved_runtime_dir() == home / ".yoi" / "run"
+    # The older ~/.yoi is still found while the current one does not exist ...
+    (home / ".yoi").mkdir(parents=True)
+    assert source.resolved_data_dir() == home / ".yoi"
+    # ... and no longer once it does.
+    (home / ".local" / "share" / "yoi").mkdir(parents=True)
+    assert source.resolved_data_dir() == home / ".local" / "share" / "yoi"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    assert source.resolved_data_dir() == home / ".yoi"  # $XDG_DATA_HOME/yoi does not exist
+    (tmp_path / "xdg-data" / "yoi").mkdir(parents=True)
+    assert source.resolved_data_dir() == tmp_path / "xdg-data" / "yoi"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")  # not absolute: as if unset
+    assert source.resolved_data_dir() == home / ".local" / "share" / "yoi"
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
     assert source.resolved_runtime_dir() == tmp_path / "xdg" / "yoi"
     monkeypatch.setenv("YOI_HOME", str(tmp_path / "yoihome"))
@@ -111,6 +125,9 @@ def test_default_data_dir_follows_yoi(monkeypatch: pytest.MonkeyPatch, tmp_path:
     explicit = LocalSourceConfig(data_dir="/srv/yoi", runtime_dir="/run/yoi")
     assert explicit.resolved_data_dir() == Path("/srv/yoi")
     assert explicit.resolved_runtime_dir() == Path("/run/yoi")
+    assert explicit.resolved_runtime_stores(Path("/srv/yoi")) == (Path("/srv/yoi/runtime"),)
+    stores = LocalSourceConfig(runtime_stores=["/a", "/b"]).resolved_runtime_stores(Path("/x"))
+    assert stores == (Path("/a"), Path("/b"))
 
 
 # -- durations --------------------------------------------------------------------------------

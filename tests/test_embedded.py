@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from hashlib import sha256
 from typing import Any
 
 import httpx
@@ -362,6 +363,33 @@ async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: 
     assert worker["workspace"] == {"visibility": "workspace", "identity": "ws-demo"}
     record = await d.get_json(f"/api/runtimes/{RID}")
     assert record["capabilities"]["workspace_scope"] == "current_workspace"
+
+
+async def test_the_host_id_of_a_runtime_bound_to_one_workspace_is_yois(
+    start_daemon: StartDaemon, key: str
+) -> None:
+    """yoi derives its embedded host's id from the workspace id (contract-v2 section 1.9,
+    whose example this is); the worker ids stay the runtime's own."""
+    workspace = "0192f0e8-4d84-7d6e-a000-000000000001"
+    expected = "embedded-0192f0e8-4d84-7d6e-a000-000000000001-4c88672e399ef6a5"
+    assert expected == "embedded-" + workspace + "-" + sha256(workspace.encode()).hexdigest()[:16]
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=RID,
+            factory="tests.embedded_plugins:tracked_memory",
+            options={"key": key},
+            workspaces=[workspace],
+        )
+    )
+    await wait_for(lambda: key in INSTANCES)
+    INSTANCES[key].spawn("w")
+    await wait_listed(d, "w")
+    assert (await d.get_json(f"{WORKER}/w"))["host_id"] == expected
+    assert (await d.get_json(f"/api/runtimes/{RID}"))["host_ids"] == [expected]
+    hosts = await d.get_json("/api/hosts", headers={"X-Yoi-Workspace": workspace})
+    assert [h["host_id"] for h in hosts["items"]] == [expected]
+    listed = await d.get_json(f"/api/hosts/{expected}/workers")
+    assert [w["worker_id"] for w in listed["items"]] == ["w"]
 
 
 async def test_options_never_reach_a_response(start_daemon: StartDaemon, key: str) -> None:

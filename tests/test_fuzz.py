@@ -223,7 +223,7 @@ def test_any_directory_name_gets_a_valid_stable_worker_id(name: bytes) -> None:
 def _options(pods: Path) -> LocalOptions:
     return LocalOptions(
         runtime_id="local-worker-runtime",
-        pods_dir=pods,
+        directory=pods,
         runtime_dir=pods.parent / "run",
         bound_root=None,
         liveness_check=True,

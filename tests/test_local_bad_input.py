@@ -434,7 +434,7 @@ def test_unforeseen_error_is_this_entrys_diagnostic(
     def boom(path: Path, max_bytes: int) -> Any:
         raise RuntimeError(f"unexpected failure reading {path}")
 
-    monkeypatch.setattr(local_metadata, "_read_regular_file", boom)
+    monkeypatch.setattr(local_metadata, "read_regular_file", boom)
     options = LocalOptions(RID, data_dir / "pods", runtime_dir, None, True, None, 1 << 20)
     result = local_metadata.evaluate_entry("coder", options)
     assert result.worker is None

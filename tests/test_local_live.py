@@ -260,9 +260,11 @@ async def test_one_file_change_rereads_only_that_entry(
     evaluated: list[str] = []
     real = local_metadata.evaluate_entry
 
-    def counting(name: str, options: LocalOptions, now: float | None = None) -> EntryResult:
+    def counting(
+        name: str, options: LocalOptions, now: float | None = None, hosts: Any = None
+    ) -> EntryResult:
         evaluated.append(name)
-        return real(name, options, now)
+        return real(name, options, now, hosts)
 
     monkeypatch.setattr(local_module, "evaluate_entry", counting)
     d = await start_watching(start_daemon, data, runtime_dir)

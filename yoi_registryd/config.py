@@ -77,11 +77,23 @@ def _dec_hook(type_: type, obj: Any) -> Any:
 
 
 def default_data_dir() -> Path:
-    """The yoi data dir: ``$YOI_DATA_DIR``, else ``$YOI_HOME``, else ``$HOME/.yoi``."""
+    """The yoi data dir, resolved as yoi resolves it today (contract-v2 section 3.2).
+
+    ``$YOI_DATA_DIR``, else ``$YOI_HOME``, else ``$XDG_DATA_HOME/yoi``, else
+    ``~/.local/share/yoi``. The older default ``~/.yoi`` is still found: it is used when
+    that XDG directory does not exist and ``~/.yoi`` does (an install from before yoi's
+    move that has not migrated). Resolved when the source starts.
+    """
     for var in ("YOI_DATA_DIR", "YOI_HOME"):
         if value := os.environ.get(var):
             return Path(value)
-    return Path.home() / ".yoi"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    current = base / "yoi"
+    older = Path.home() / ".yoi"
+    if not current.is_dir() and older.is_dir():
+        return older
+    return current
 
 
 def default_state_dir() -> Path:
@@ -227,7 +239,10 @@ class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
     runtime_id: str = "local-worker-runtime"
     label: str = "Local Worker runtime"
     data_dir: str | None = None
-    """The yoi data dir; default ``$YOI_DATA_DIR``, else ``$YOI_HOME``, else ``~/.yoi``."""
+    """The yoi data dir; default as yoi resolves it (:func:`default_data_dir`)."""
+    runtime_stores: list[str] | None = None
+    """Runtime store directories whose ``workers/<id>/metadata.json`` are read too; default
+    ``[<data_dir>/runtime]`` (a standalone runtime's store), ``[]`` for none."""
     runtime_dir: str | None = None
     """Where liveness sockets live; default as yoi (``$YOI_RUNTIME_DIR`` ...)."""
     workspace_root: str | None = None
@@ -240,13 +255,19 @@ class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
     """Mark an ``active`` Worker whose metadata is older than this as ``stale``."""
     max_metadata_bytes: int = 1024 * 1024
     watch: bool = True
-    """Watch the pods directory for changes (the rescan remains as a safety net)."""
+    """Watch the Worker metadata directories for changes (the rescan remains as a safety
+    net)."""
 
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else default_data_dir()
 
     def resolved_runtime_dir(self) -> Path:
         return Path(self.runtime_dir) if self.runtime_dir else default_runtime_dir()
+
+    def resolved_runtime_stores(self, data_dir: Path) -> tuple[Path, ...]:
+        if self.runtime_stores is None:
+            return (data_dir / "runtime",)
+        return tuple(Path(p) for p in self.runtime_stores)
 
 
 class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
@@ -484,6 +505,9 @@ def _validate_local(key: str, src: LocalSourceConfig) -> list[str]:
         value = getattr(src, name)
         if value is not None and not value.startswith("/"):
             problems.append(f"{key}.{name}: must be an absolute path")
+    for i, store in enumerate(src.runtime_stores or ()):
+        if not store.startswith("/"):
+            problems.append(f"{key}.runtime_stores[{i}]: must be an absolute path")
     if src.rescan_interval <= timedelta(0):
         problems.append(f"{key}.rescan_interval: must be greater than zero")
     if src.stale_after <= timedelta(0):

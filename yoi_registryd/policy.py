@@ -8,9 +8,10 @@ cursors only ever see visible items, and a direct lookup of something that exist
 visible raises a ``*NotVisible`` error.
 
 The default policy is workspace visibility: a worker that names its workspace (local Workers
-carry an opaque id derived from their workspace root) is visible to that workspace only; a
-runtime bound to workspaces in the config (``workspaces = [...]`` on a source) is visible to
-those only; everything else is visible to every workspace. A custom policy is named in the
+carry the ``workspace_id`` of their metadata, else an opaque id derived from their workspace
+root) is visible to that workspace only; a runtime bound to workspaces in the config
+(``workspaces = [...]`` on a source) is visible to those only; everything else is visible to
+every workspace. A custom policy is named in the
 config as ``module:attribute``: a factory called with a :class:`PolicyContext`.
 
 Policies see records and ids, never the config's secrets: :class:`PolicyContext` carries
@@ -32,6 +33,7 @@ from yoi_registryd.sources.local_metadata import (
     normalize_root,
     workspace_id_for_root,
 )
+from yoi_registryd.workspace_file import read_workspace_identity
 
 MAX_CACHED_VIEWS: Final = 1024
 ACCESS_SCOPE_KEY: Final = "yoi_registryd.access"
@@ -120,8 +122,10 @@ class PolicyContext:
     """What a policy is built from: ids and digests from the config, no secrets."""
 
     workspace_identities: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    """Configured workspace id -> every id its workers may carry: the id itself and the
-    opaque id of its root (``ws-`` + digest), as local Workers report it."""
+    """Configured workspace id -> every id its workers and hosts may carry: the id itself,
+    the opaque id of its root (``ws-`` + digest), as local Workers report it, and yoi's id
+    of the workspace in ``<root>/.yoi/workspace.toml`` (read when the configuration is
+    loaded), from which its local host's id is derived."""
     runtime_bindings: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Runtime id -> the workspace ids it is bound to; unbound runtimes are absent."""
     local_runtime_ids: frozenset[str] = frozenset()
@@ -135,7 +139,7 @@ class PolicyContext:
         for ws in config.workspaces:
             ids = {ws.id}
             if ws.root is not None:
-                ids.add(workspace_id_for_root(ws.root))
+                ids |= _root_identities(ws.root)
             identities[ws.id] = frozenset(ids)
         bindings: dict[str, frozenset[str]] = {}
         local: set[str] = set()
@@ -143,8 +147,7 @@ class PolicyContext:
             if isinstance(src, LocalSourceConfig):
                 local.add(src.runtime_id)
                 if src.workspace_root is not None:
-                    root = normalize_root(src.workspace_root)
-                    bindings[src.runtime_id] = frozenset({workspace_id_for_root(root)})
+                    bindings[src.runtime_id] = _root_identities(src.workspace_root)
             bound: tuple[str, ...] = getattr(src, "workspaces", ())
             if bound:
                 bindings[src.runtime_id] = bindings.get(src.runtime_id, frozenset()) | set(bound)
@@ -153,6 +156,17 @@ class PolicyContext:
     def identities_of(self, workspace: str) -> frozenset[str]:
         """Every id that names ``workspace``: itself, and its root's opaque id if configured."""
         return self.workspace_identities.get(workspace, frozenset({workspace}))
+
+
+def _root_identities(root: str) -> frozenset[str]:
+    """The ids a workspace root goes by: its opaque id, and yoi's id when its identity file
+    gives one (a local host's id derives from that)."""
+    normalized = normalize_root(root)
+    ids = {workspace_id_for_root(normalized)}
+    yoi_id = read_workspace_identity(normalized).workspace_id
+    if yoi_id is not None:
+        ids.add(yoi_id)
+    return frozenset(ids)
 
 
 class WorkspaceView:

@@ -268,9 +268,14 @@ class _Projection:
     def __init__(self, config: EmbeddedSourceConfig, operations: frozenset[Operation]) -> None:
         self.config = config
         self.runtime_id = config.runtime_id
-        self.host_id = derive_id(EMBEDDED_HOST_PREFIX, config.runtime_id)
         self.operations = operations
         bound = config.workspaces
+        # yoi derives its embedded runtime's host id from the workspace's id
+        # (contract-v2 section 1.9): so does a runtime bound to one workspace. Otherwise
+        # the host is named after the runtime, as before.
+        self.host_id = derive_id(
+            EMBEDDED_HOST_PREFIX, bound[0] if len(bound) == 1 else config.runtime_id
+        )
         self.workspace = (
             WorkspaceInfo("workspace", bound[0]) if len(bound) == 1 else WorkspaceInfo("runtime")
         )

@@ -1,10 +1,14 @@
 """The local compatibility source: a read-only projection of yoi's on-disk Worker metadata.
 
 Not a runtime: it runs no workers and offers no operations (every capability that needs a
-live runtime is false). It watches ``<data_dir>/pods`` with watchfiles so that a change to
-one Worker file is re-read on its own (work proportional to that file), and rescans on an
-interval as a safety net that also catches what a watch cannot see (liveness sockets
-vanishing, metadata ageing, a watch lost with its directory).
+live runtime is false). It reads every layout yoi has written (contract-v2 section 3.2):
+``<data_dir>/workers/<name>/``, the older ``<data_dir>/pods/<name>/`` and each runtime
+store's ``workers/<id>/``; a name found in more than one is read from the first of them, in
+that order (a Worker yoi moved from ``pods`` to ``workers`` keeps its id and is shown once).
+It watches those directories with watchfiles so that a change to one Worker file is
+re-read on its own (work proportional to that file), and rescans on an interval as a safety
+net that also catches what a watch cannot see (liveness sockets vanishing, metadata ageing,
+a watch lost with its directory, a workspace identity file written later).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -29,11 +34,10 @@ from yoi_registryd.sources.local_metadata import (
     REGISTRY_UNREADABLE,
     EntryResult,
     LocalOptions,
+    WorkspaceHosts,
     evaluate_entry,
     is_utf8_name,
-    local_host_id,
     normalize_root,
-    workspace_id_for_root,
 )
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,12 @@ def _platform_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
+BoundHost = tuple[str, Diagnostic | None]
+"""A bound source's host: its id, and the note when the id is a fallback."""
+
+
 class LocalCompatibilitySource:
-    """Projects ``<data_dir>/pods/*/metadata.json`` into worker records."""
+    """Projects the Worker metadata of every layout (module doc) into worker records."""
 
     source_kind: SourceKind = "local_compatibility"
 
@@ -78,11 +86,11 @@ class LocalCompatibilitySource:
         self.config = config
         self.runtime_id = config.runtime_id
         self.data_dir = config.resolved_data_dir()
-        self.pods_dir = self.data_dir / "pods"
         bound = normalize_root(config.workspace_root) if config.workspace_root else None
-        self.options = LocalOptions(
+        self.bound_root = bound
+        legacy = LocalOptions(
             runtime_id=config.runtime_id,
-            pods_dir=self.pods_dir,
+            directory=self.data_dir / "workers",
             runtime_dir=config.resolved_runtime_dir(),
             bound_root=bound,
             liveness_check=config.liveness_check,
@@ -91,7 +99,18 @@ class LocalCompatibilitySource:
             ),
             max_bytes=config.max_metadata_bytes,
         )
-        self._bound_host_id = local_host_id(workspace_id_for_root(bound)) if bound else None
+        stores = config.resolved_runtime_stores(self.data_dir)
+        layouts = (
+            legacy,
+            replace(legacy, directory=self.data_dir / "pods"),
+            *(replace(legacy, directory=d / "workers", runtime_managed=True) for d in stores),
+        )
+        unique: dict[Path, LocalOptions] = {}
+        for layout in layouts:
+            unique.setdefault(layout.directory, layout)
+        self.layouts: tuple[LocalOptions, ...] = tuple(unique.values())
+        """Where Worker directories are read from, first match first."""
+        self._bound_host: BoundHost | None = None
         self._entries: dict[str, EntryResult] = {}
         self._registry_problem: Diagnostic | None = None
         self._hosts: tuple[HostSpec, ...] = ()
@@ -106,7 +125,7 @@ class LocalCompatibilitySource:
             can_list_hosts=True,
             can_list_workers=readable,
             can_get_worker=readable,
-            workspace_scope="current_workspace" if self._bound_host_id else "all_workspaces",
+            workspace_scope="current_workspace" if self.bound_root else "all_workspaces",
             os=_platform_os(),
             arch=_platform_arch(),
         )
@@ -122,75 +141,112 @@ class LocalCompatibilitySource:
         )
 
     def _compute_hosts(self) -> tuple[HostSpec, ...]:
+        """One host per workspace: the bound one, else each one a Worker belongs to."""
         caps = self._capabilities(self._registry_problem is None)
-        host_ids: set[str] = set()
-        if self._bound_host_id is not None:
-            host_ids.add(self._bound_host_id)
+        notes: dict[str, Diagnostic | None] = {}
+        if self._bound_host is not None:
+            notes[self._bound_host[0]] = self._bound_host[1]
         else:
-            host_ids.update(e.worker.host_id for e in self._entries.values() if e.worker)
+            for entry in self._entries.values():
+                if entry.worker is not None:
+                    notes.setdefault(entry.worker.host_id, entry.host_note)
         return tuple(
-            HostSpec(host_id=h, label="Local Worker host", kind=HOST_KIND, capabilities=caps)
-            for h in sorted(host_ids)
+            HostSpec(
+                host_id=h,
+                label="Local Worker host",
+                kind=HOST_KIND,
+                capabilities=caps,
+                diagnostics=(note,) if note is not None else (),
+            )
+            for h, note in sorted(notes.items())
         )
 
     # -- scanning (runs in a worker thread) --------------------------------------------
 
-    def _list_names(self) -> list[str] | Diagnostic:
-        """The Worker directory names, or the registry-level diagnostic why there are none."""
+    def _list_names(self) -> tuple[dict[str, LocalOptions], Diagnostic | None]:
+        """The Worker directory names, each with the layout it is read from (the first that
+        has it), and the registry-level diagnostic when a layout could not be listed."""
+        found: dict[str, LocalOptions] = {}
+        problems: list[str] = []
+        listed = 0
+        for layout in self.layouts:
+            try:
+                with os.scandir(layout.directory) as it:
+                    names = [
+                        e.name for e in it if e.is_dir(follow_symlinks=False) or e.is_symlink()
+                    ]
+            except FileNotFoundError:
+                continue  # a layout this installation does not use (yet)
+            except NotADirectoryError:
+                reason = "it is not a directory"
+            except PermissionError:
+                reason = "permission denied"
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else "I/O error"
+            else:
+                listed += 1
+                for name in sorted(names):
+                    found.setdefault(name, layout)
+                continue
+            problems.append(f"{_layout_name(layout, self.data_dir)}: {reason}")
+        if problems:
+            message = "local Worker registry could not be read: " + "; ".join(problems)
+            return found, Diagnostic(REGISTRY_UNREADABLE, "warning", message)
+        if listed:
+            return found, None
         if not self.data_dir.is_dir():
-            return Diagnostic(
+            return found, Diagnostic(
                 REGISTRY_UNAVAILABLE,
                 "warning",
                 "local Worker data directory is not available; worker discovery is unavailable",
             )
-        try:
-            with os.scandir(self.pods_dir) as it:
-                return sorted(
-                    e.name for e in it if e.is_dir(follow_symlinks=False) or e.is_symlink()
-                )
-        except FileNotFoundError:
-            reason = "the pods directory does not exist"
-        except NotADirectoryError:
-            reason = "the pods path is not a directory"
-        except PermissionError:
-            reason = "permission denied"
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else "I/O error"
-        return Diagnostic(
-            REGISTRY_UNREADABLE, "warning", f"local Worker registry could not be read: {reason}"
+        return found, Diagnostic(
+            REGISTRY_UNREADABLE,
+            "warning",
+            "local Worker registry could not be read: no Worker metadata directory exists",
         )
+
+    def _bound(self, hosts: WorkspaceHosts) -> BoundHost | None:
+        return hosts.for_root(self.bound_root) if self.bound_root is not None else None
 
     def _scan(
         self, known: dict[str, EntryResult]
-    ) -> tuple[Diagnostic | None, dict[str, EntryResult], set[str]]:
+    ) -> tuple[Diagnostic | None, dict[str, EntryResult], set[str], BoundHost | None]:
         """Full scan: ``lstat`` every entry, re-read only those that may have changed.
 
-        Returns the registry problem (if any), the entries that changed, and the names that
-        are gone.
+        Returns the registry problem (if any), the entries that changed, the names that
+        are gone, and the bound host.
         """
-        names = self._list_names()
-        if isinstance(names, Diagnostic):
-            return names, {}, set(known)
+        hosts = WorkspaceHosts()
+        found, problem = self._list_names()
         changed: dict[str, EntryResult] = {}
-        for name in names:
+        for name, layout in found.items():
             old = known.get(name)
-            if old is not None and old.unchanged(self.options):
+            if (
+                old is not None
+                and old.directory == layout.directory
+                and old.unchanged(layout, hosts)
+            ):
                 continue
-            result = evaluate_entry(name, self.options)
-            if old is None or old.fingerprint != result.fingerprint:
+            result = evaluate_entry(name, layout, hosts=hosts)
+            if _differs(old, result):
                 changed[name] = result
-        return None, changed, set(known) - set(names)
+        return problem, changed, set(known) - set(found), self._bound(hosts)
 
-    def _evaluate(self, names: Iterable[str]) -> dict[str, EntryResult | None]:
+    def _evaluate(
+        self, names: Iterable[str]
+    ) -> tuple[dict[str, EntryResult | None], BoundHost | None]:
         """Re-read the named entries; ``None`` for an entry whose directory is gone."""
+        hosts = WorkspaceHosts()
         out: dict[str, EntryResult | None] = {}
         for name in names:
-            path = self.pods_dir / name
-            if path.is_symlink() or path.is_dir():
-                out[name] = evaluate_entry(name, self.options)
-            else:
-                out[name] = None
-        return out
+            out[name] = None
+            for layout in self.layouts:
+                path = layout.directory / name
+                if path.is_symlink() or path.is_dir():
+                    out[name] = evaluate_entry(name, layout, hosts=hosts)
+                    break
+        return out, self._bound(hosts)
 
     # -- applying and reporting ----------------------------------------------------------
 
@@ -258,18 +314,19 @@ class LocalCompatibilitySource:
         async with self._lock:
             known = dict(self._entries)
             started = trio.current_time()
-            problem, changed, gone = await trio.to_thread.run_sync(self._scan, known)
+            problem, changed, gone, bound = await trio.to_thread.run_sync(self._scan, known)
+            self._bound_host = bound
             await self._apply(reporter, problem, changed, gone, trio.current_time() - started)
 
     async def _refresh(self, reporter: Reporter, names: set[str]) -> None:
         async with self._lock:
             started = trio.current_time()
-            results = await trio.to_thread.run_sync(self._evaluate, names)
+            results, bound = await trio.to_thread.run_sync(self._evaluate, names)
+            self._bound_host = bound
             changed = {
                 n: r
                 for n, r in results.items()
-                if r is not None
-                and (n not in self._entries or self._entries[n].fingerprint != r.fingerprint)
+                if r is not None and _differs(self._entries.get(n), r)
             }
             gone = {n for n, r in results.items() if r is None}
             duration = trio.current_time() - started
@@ -280,7 +337,8 @@ class LocalCompatibilitySource:
     async def run(self, reporter: Reporter) -> None:
         async with self._lock:
             started = trio.current_time()
-            problem, changed, _ = await trio.to_thread.run_sync(self._scan, {})
+            problem, changed, _, bound = await trio.to_thread.run_sync(self._scan, {})
+            self._bound_host = bound
             self._registry_problem = problem
             self._entries = dict(changed)
             await self._report_full(reporter, trio.current_time() - started)
@@ -288,7 +346,7 @@ class LocalCompatibilitySource:
             "local source %s: %d worker entries under %s",
             self.runtime_id,
             len(self._entries),
-            self.pods_dir,
+            ", ".join(str(layout.directory) for layout in self.layouts),
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rescan_loop, reporter)
@@ -301,19 +359,24 @@ class LocalCompatibilitySource:
             await trio.sleep(interval)
             await self._rescan(reporter)
 
+    def _present_layouts(self) -> tuple[Path, ...]:
+        return tuple(layout.directory for layout in self.layouts if layout.directory.is_dir())
+
     async def _watch_loop(self, reporter: Reporter) -> None:
-        """Watch the pods dir; when it is missing, wait for it; when lost, rescan and rewatch."""
+        """Watch the layouts' directories that exist; when none does, wait for one; when a
+        watch is lost or another directory appears, rescan and watch again."""
         retry = _MISSING_DIR_POLL
         while True:
-            if not self.pods_dir.is_dir():
+            present = self._present_layouts()
+            if not present:
                 await trio.sleep(_MISSING_DIR_POLL)
-                if self.pods_dir.is_dir():
+                if self._present_layouts():
                     await self._rescan(reporter)
                 continue
-            failed = await self._watch_once(reporter)
-            # The watch ended (its directory vanished or was replaced, or it failed, e.g. on
-            # a name that is not UTF-8): catch up in full. A watch that keeps failing is
-            # retried with a growing delay; the interval rescan covers the gap.
+            failed = await self._watch_once(reporter, present)
+            # The watch ended (a directory vanished, was replaced or appeared, or it failed,
+            # e.g. on a name that is not UTF-8): catch up in full. A watch that keeps failing
+            # is retried with a growing delay; the interval rescan covers the gap.
             await self._rescan(reporter)
             if failed:
                 await trio.sleep(retry)
@@ -321,8 +384,9 @@ class LocalCompatibilitySource:
             else:
                 retry = _MISSING_DIR_POLL
 
-    async def _watch_once(self, reporter: Reporter) -> bool:
-        """Watch until the watch ends; True when it failed (rather than lost its dir)."""
+    async def _watch_once(self, reporter: Reporter, present: tuple[Path, ...]) -> bool:
+        """Watch ``present`` until the watch ends; True when it failed (rather than lost or
+        gained a directory)."""
         stop = anyio.Event()
         async with trio.open_nursery() as nursery:
 
@@ -337,14 +401,14 @@ class LocalCompatibilitySource:
             nursery.start_soon(stopper)
             caught_up = False
             failed = False
-            paths, recursive = await trio.to_thread.run_sync(self._watch_plan)
-            watched_dirs = {path.name for path in paths[1:]}  # paths[0] is the pods dir
+            paths, recursive = await trio.to_thread.run_sync(self._watch_plan, present)
+            watched_dirs = {path.name for path in paths if path not in present}
             if not recursive and not self._watching_each_dir:
                 log.warning(
                     "local source %s: a name under %s is not UTF-8, which a recursive watch "
                     "cannot report; watching each Worker directory on its own",
                     self.runtime_id,
-                    self.pods_dir,
+                    ", ".join(map(str, present)),
                 )
             self._watching_each_dir = not recursive
             try:
@@ -359,8 +423,8 @@ class LocalCompatibilitySource:
                     recursive=recursive,
                     ignore_permission_denied=True,
                 ):
-                    names, lost = self._affected(changes)
-                    if lost:
+                    names, lost = self._affected(changes, present)
+                    if lost or self._present_layouts() != present:
                         break
                     if not caught_up:
                         # The first yield (a change or a timeout) comes after the watch is
@@ -384,31 +448,58 @@ class LocalCompatibilitySource:
             nursery.cancel_scope.cancel()
         return failed
 
-    def _watch_plan(self) -> tuple[list[Path], bool]:
-        """The paths to watch, and whether recursively: the pods dir, recursively; or, when a
-        name in it is not UTF-8 (the watcher cannot decode it, so a recursive watch fails
-        to start), the pods dir and each other Worker directory on its own."""
-        try:
-            names = os.listdir(self.pods_dir)
-        except OSError:
-            return [self.pods_dir], True
-        decodable = [name for name in names if is_utf8_name(name)]
-        if len(decodable) == len(names):
-            return [self.pods_dir], True
-        entries = (self.pods_dir / name for name in decodable)
-        return [self.pods_dir, *(entry for entry in entries if entry.is_dir())], False
+    def _watch_plan(self, present: tuple[Path, ...]) -> tuple[list[Path], bool]:
+        """The paths to watch, and whether recursively: the layouts' directories,
+        recursively; or, when a name in one is not UTF-8 (the watcher cannot decode it, so
+        a recursive watch fails to start), those directories and each Worker directory in
+        them on its own."""
+        entries: list[Path] = []
+        whole = True
+        for directory in present:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            decodable = [name for name in names if is_utf8_name(name)]
+            whole = whole and len(decodable) == len(names)
+            entries.extend(directory / name for name in decodable)
+        if whole:
+            return list(present), True
+        return [*present, *(entry for entry in entries if entry.is_dir())], False
 
-    def _affected(self, changes: set[tuple[watchfiles.Change, str]]) -> tuple[set[str], bool]:
-        """Worker directory names touched by ``changes``; True if the pods dir itself was."""
+    def _affected(
+        self, changes: set[tuple[watchfiles.Change, str]], present: tuple[Path, ...]
+    ) -> tuple[set[str], bool]:
+        """Worker directory names touched by ``changes``; True if a watched layout
+        directory itself was (removed, replaced)."""
         names: set[str] = set()
-        pods = str(self.pods_dir)
         for _change, raw in changes:
             path = Path(raw)
-            try:
-                rel = path.relative_to(pods)
-            except ValueError:
+            for directory in present:
+                try:
+                    rel = path.relative_to(directory)
+                except ValueError:
+                    continue
+                if not rel.parts:
+                    return names, True
+                names.add(rel.parts[0])
+                break
+            else:
                 return names, True
-            if not rel.parts:
-                return names, True
-            names.add(rel.parts[0])
         return names, False
+
+
+def _differs(old: EntryResult | None, new: EntryResult) -> bool:
+    """Whether ``new`` must be reported in place of ``old``."""
+    return old is None or old.fingerprint != new.fingerprint or old.directory != new.directory
+
+
+def _layout_name(layout: LocalOptions, data_dir: Path) -> str:
+    """A layout's directory named for a diagnostic, without its path."""
+    if layout.runtime_managed:
+        return "a runtime store's workers directory"
+    return (
+        f"the {layout.directory.name} directory"
+        if layout.directory.parent == data_dir
+        else ("a Worker metadata directory")
+    )

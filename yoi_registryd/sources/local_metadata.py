@@ -1,4 +1,11 @@
-"""Read one on-disk yoi Worker directory into a safe record or a diagnostic (contract section 2).
+"""Read one on-disk yoi Worker directory into a safe record or a diagnostic.
+
+Every layout yoi has written (contract-v2 section 3.2) holds one directory per Worker with a
+``metadata.json``: ``<data_dir>/pods/<name>/`` (June), ``<data_dir>/workers/<name>/`` (since
+the end of June) and a runtime store's ``workers/<id>/`` (runtime-managed Workers, whose
+liveness hint is ``runs/<generation>/worker.sock`` inside the directory). A Worker's
+workspace is the ``workspace_id`` its metadata names, else its ``workspace_root``; its host
+is the workspace's, with yoi's id (:class:`WorkspaceHosts`).
 
 Pure and synchronous: the local source runs it in a worker thread. Any bytes in give a
 record or a diagnostic out, never an exception. Nothing read here that is sensitive
@@ -13,14 +20,15 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
-from yoi_registryd.ids import derive_id, local_worker_id
+from yoi_registryd.files import FileTooLarge, read_regular_file
+from yoi_registryd.ids import derive_id, is_valid_identifier, local_worker_id
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import (
     Diagnostic,
@@ -30,6 +38,7 @@ from yoi_registryd.model import (
     WorkerRecord,
     WorkspaceInfo,
 )
+from yoi_registryd.workspace_file import read_workspace_identity
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ LEGACY_METADATA: Final = "local_pod_legacy_metadata"
 LIVENESS_MISSING: Final = "local_pod_liveness_missing"
 METADATA_EXPIRED: Final = "local_pod_metadata_expired"
 ACTIONS_NOT_IMPLEMENTED: Final = "worker_actions_not_implemented"
+WORKSPACE_ID_UNAVAILABLE: Final = "local_workspace_id_unavailable"
 
 NO_CAPABILITIES: Final = WorkerCapabilities()
 
@@ -90,6 +100,8 @@ class _Metadata(msgspec.Struct):
     pod_name: str | None = None
     active: dict[str, Any] | None = None
     workspace_root: str | None = None
+    workspace_id: str | None = None
+    """yoi's path-free workspace identity (since 2026-07-11)."""
     resolved_manifest_snapshot: Any = None
 
 
@@ -101,12 +113,56 @@ class LocalOptions:
     """What evaluating one Worker directory depends on, besides the directory itself."""
 
     runtime_id: str
-    pods_dir: Path
+    directory: Path
+    """The directory holding the Worker directories (``pods``, ``workers``, a store's)."""
     runtime_dir: Path
     bound_root: str | None
     liveness_check: bool
     max_age_seconds: float | None
     max_bytes: int
+    runtime_managed: bool = False
+    """A runtime store's ``workers``: the liveness hint is inside each Worker directory."""
+
+
+class WorkspaceHosts:
+    """The host of each workspace, with yoi's id (contract-v2 section 1.9).
+
+    yoi derives a local host's id from the workspace's own id: ``local-`` + the id in
+    ``<workspace_root>/.yoi/workspace.toml``. When that file is missing, unreadable or
+    invalid, the id is derived as before from the root's opaque id, and the host carries an
+    ``info`` diagnostic saying so. One instance serves one scan, so each root's file is read
+    once per scan and a file created or changed later is picked up by the next one.
+    """
+
+    def __init__(self) -> None:
+        self._roots: dict[str, tuple[str | None, str, Diagnostic | None]] = {}
+
+    def _resolve(self, root: str) -> tuple[str | None, str, Diagnostic | None]:
+        found = self._roots.get(root)
+        if found is None:
+            identity = read_workspace_identity(root)
+            if identity.workspace_id is not None:
+                found = (identity.workspace_id, local_host_id(identity.workspace_id), None)
+            else:
+                note = _diag(
+                    WORKSPACE_ID_UNAVAILABLE,
+                    "info",
+                    f"the workspace's identity file is {identity.problem}; the host id is "
+                    "derived from its root instead of from yoi's workspace id",
+                    None,
+                )
+                found = (None, local_host_id(workspace_id_for_root(root)), note)
+            self._roots[root] = found
+        return found
+
+    def workspace_id(self, root: str) -> str | None:
+        """yoi's id of the workspace at ``root``, if its identity file gives one."""
+        return self._resolve(root)[0]
+
+    def for_root(self, root: str) -> tuple[str, Diagnostic | None]:
+        """The host id of the workspace at ``root``, and the note when it is a fallback."""
+        _, host_id, note = self._resolve(root)
+        return host_id, note
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,48 +179,29 @@ class EntryResult:
     """The metadata file's identity and version when it was read."""
     volatile: bool = True
     """The result may change without the file changing (liveness, age, a read error)."""
+    host_root: str | None = None
+    """The workspace root whose identity file decided the worker's host id."""
+    host_note: Diagnostic | None = None
+    """The host's ``info`` diagnostic when its id is a fallback."""
+    directory: Path | None = None
+    """The directory the Worker directory was read from (see ``LocalOptions.directory``)."""
 
-    def unchanged(self, options: LocalOptions) -> bool:
-        """True when re-reading cannot give another result: a cheap ``lstat`` decides."""
-        return not self.volatile and self.stat_key == metadata_stat_key(self.name, options)
+    def unchanged(self, options: LocalOptions, hosts: WorkspaceHosts) -> bool:
+        """True when re-reading cannot give another result: a cheap ``lstat`` (and, for a
+        host decided by a workspace's identity file, that file) decides."""
+        if self.volatile or self.stat_key != metadata_stat_key(self.name, options):
+            return False
+        if self.host_root is None or self.worker is None:
+            return True
+        return self.worker.host_id == hosts.for_root(self.host_root)[0]
 
 
 def metadata_stat_key(name: str, options: LocalOptions) -> tuple[object, ...] | None:
     try:
-        st = os.lstat(options.pods_dir / name / METADATA_FILE)
+        st = os.lstat(options.directory / name / METADATA_FILE)
     except (OSError, ValueError):
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result]:
-    """Read a regular file without following a symlink or blocking on a FIFO."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file")
-        if st.st_size > max_bytes:
-            raise _TooLarge()
-        chunks = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            raise _TooLarge()
-        return data, st
-    finally:
-        os.close(fd)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _io_reason(exc: OSError) -> str:
@@ -219,6 +256,27 @@ def _liveness_present(runtime_dir: Path, worker_name: str) -> bool:
     return True
 
 
+MAX_RUNS_LISTED: Final = 64
+"""A runtime-managed Worker's ``runs`` entries looked at for a socket (bounds the work)."""
+
+
+def _store_liveness_present(entry_dir: Path) -> bool:
+    """A runtime-managed Worker's hint: some ``runs/<generation>/worker.sock`` exists."""
+    try:
+        with os.scandir(entry_dir / "runs") as runs:
+            for count, run in enumerate(runs):
+                if count >= MAX_RUNS_LISTED:
+                    break
+                try:
+                    os.lstat(Path(run.path) / "worker.sock")
+                except (OSError, ValueError):
+                    continue
+                return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 def is_utf8_name(name: str) -> bool:
     """A file name as ``os`` gives it is valid UTF-8 (not carrying surrogate escapes)."""
     try:
@@ -239,26 +297,35 @@ def entry_worker_id(name: str) -> str:
     return local_worker_id(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
 
-def evaluate_entry(name: str, options: LocalOptions, now: float | None = None) -> EntryResult:
-    """Read ``<pods>/<name>/metadata.json`` into an :class:`EntryResult`. Never raises.
+def evaluate_entry(
+    name: str,
+    options: LocalOptions,
+    now: float | None = None,
+    hosts: WorkspaceHosts | None = None,
+) -> EntryResult:
+    """Read ``<directory>/<name>/metadata.json`` into an :class:`EntryResult`. Never raises.
 
     One Worker directory must never stop the source from serving the others, so anything
     unforeseen becomes this entry's diagnostic (and a traceback in the operator log).
+    ``hosts`` is the scan's :class:`WorkspaceHosts` (a fresh one when not given).
     """
     try:
-        return _evaluate_entry(name, options, now)
+        result = _evaluate_entry(name, options, now, hosts or WorkspaceHosts())
     except Exception:
         log.exception("local Worker entry could not be evaluated")
-        return _problem(
+        result = _problem(
             name,
             entry_worker_id(name),
             ("failed",),
             METADATA_UNREADABLE,
             "local Worker metadata could not be read: internal error",
         )
+    return replace(result, directory=options.directory)
 
 
-def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> EntryResult:
+def _evaluate_entry(
+    name: str, options: LocalOptions, now: float | None, hosts: WorkspaceHosts
+) -> EntryResult:
     worker_id = entry_worker_id(name)
     if not is_utf8_name(name):
         return _problem(
@@ -268,7 +335,7 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
             METADATA_INVALID,
             "local Worker directory name is not valid UTF-8 and was not included",
         )
-    entry_dir = options.pods_dir / name
+    entry_dir = options.directory / name
     try:
         if stat.S_ISLNK(os.lstat(entry_dir).st_mode):
             raise OSError(errno.ELOOP, "symbolic link")
@@ -276,8 +343,8 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
         return _unreadable(name, worker_id, _io_reason(exc))
     path = entry_dir / METADATA_FILE
     try:
-        data, st = _read_regular_file(path, options.max_bytes)
-    except _TooLarge:
+        data, st = read_regular_file(path, options.max_bytes)
+    except FileTooLarge:
         return _problem(
             name,
             worker_id,
@@ -339,7 +406,17 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
             METADATA_INVALID,
             "local Worker metadata could not be parsed: worker_name is missing",
         )
-    if meta.workspace_root is None:
+    named = _workspace_id(meta.workspace_id)
+    if named is None and meta.workspace_id is not None:
+        return _problem(
+            name,
+            worker_id,
+            stat_key,
+            METADATA_INVALID,
+            "local Worker metadata could not be parsed: workspace_id is not a workspace id",
+        )
+    root = normalize_root(meta.workspace_root) if meta.workspace_root is not None else None
+    if named is None and root is None:
         return _problem(
             name,
             worker_id,
@@ -347,18 +424,28 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
             WORKSPACE_ROOT_MISSING,
             "local Worker metadata did not include a workspace identity and was not included",
         )
-    root = normalize_root(meta.workspace_root)
-    if options.bound_root is not None and root != options.bound_root:
-        return _problem(
-            name,
-            worker_id,
-            stat_key,
-            WORKSPACE_NOT_VISIBLE,
-            "local Worker metadata belongs to another workspace and was not included",
-            severity="info",
-            name_worker=False,
-        )
-    workspace_id = workspace_id_for_root(root)
+    if options.bound_root is not None:
+        bound = options.bound_root
+        belongs = root == bound or (named is not None and named == hosts.workspace_id(bound))
+        if not belongs:
+            return _problem(
+                name,
+                worker_id,
+                stat_key,
+                WORKSPACE_NOT_VISIBLE,
+                "local Worker metadata belongs to another workspace and was not included",
+                severity="info",
+                name_worker=False,
+            )
+        host_root: str | None = bound
+    else:
+        host_root = None if named is not None else root
+    if host_root is not None:
+        host_id, host_note = hosts.for_root(host_root)
+    else:
+        assert named is not None
+        host_id, host_note = local_host_id(named), None
+    workspace_id = named if named is not None else workspace_id_for_root(root or "")
     active = meta.active
     state = "active" if active is not None else "metadata_only"
     if active is None:
@@ -371,7 +458,11 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
     aged: bool | None = None
     if active is not None:
         if options.liveness_check:
-            live = _liveness_present(options.runtime_dir, worker_name)
+            live = (
+                _store_liveness_present(entry_dir)
+                if options.runtime_managed
+                else _liveness_present(options.runtime_dir, worker_name)
+            )
             if not live:
                 diagnostics.append(
                     _diag(
@@ -399,7 +490,7 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
     worker = WorkerRecord(
         runtime_id=options.runtime_id,
         worker_id=worker_id,
-        host_id=local_host_id(workspace_id),
+        host_id=host_id,
         label=safe_display(worker_name),
         role=role,
         profile=profile,
@@ -412,7 +503,17 @@ def _evaluate_entry(name: str, options: LocalOptions, now: float | None) -> Entr
         diagnostics=tuple(diagnostics),
     )
     volatile = active is not None and (options.liveness_check or aged is not None)
-    return EntryResult(name, worker_id, (*stat_key, live, aged), worker, (), stat_key, volatile)
+    fingerprint = (*stat_key, live, aged, host_id, host_note)
+    return EntryResult(
+        name, worker_id, fingerprint, worker, (), stat_key, volatile, host_root, host_note
+    )
+
+
+def _workspace_id(value: str | None) -> str | None:
+    """A metadata ``workspace_id`` usable as a workspace id: what a caller can name in
+    ``X-Yoi-Workspace`` (1 to 120 bytes of ``[A-Za-z0-9_:-]``; yoi's are UUIDs), so it can
+    never carry a path."""
+    return value if value is not None and is_valid_identifier(value) else None
 
 
 def _unreadable(name: str, worker_id: str, reason: str, detail: str | None = None) -> EntryResult:
