@@ -1,9 +1,27 @@
-"""A fake yoi worker-runtime speaking the real REST v1 protocol (contract section 3).
+"""A fake yoi worker-runtime speaking the real REST v1 protocol of either era.
 
 It is a plain ASGI app served by hypercorn on a real loopback socket, so the daemon talks
 to it exactly as to a real runtime: HTTP/1.1, keep-alive, bearer tokens. One server can
 mount many runtimes under distinct base paths (``http://127.0.0.1:PORT/<prefix>``), which is
 how the benchmark runs hundreds of them in one process.
+
+``FakeRuntime.era`` chooses the protocol (contract-v2 section 6 tells them apart):
+
+- ``"older"`` (the default; June-July 2026, contract section 3): ``runtime_id`` and
+  ``limits`` in ``GET /v1/runtime``, ``worker_ref {runtime_id, worker_id}``, statuses
+  ``running|stopped|cancelled``, acks with ``event_id``, ``?status`` ignored, and a bearer
+  token only if ``token`` is set.
+- ``"current"`` (yoi HEAD, contract-v2 sections 4.1-4.6): auth is mandatory, either
+  capability tokens verified with ``cryptography`` against ``trusted_servers`` (see
+  ``tests/fake_runtime_auth.py``: audience, expiry, workspace, one permission per route) or
+  the static ``token`` (the local token, which scopes the caller to workspace ``local``);
+  every request is scoped to the caller's workspace (workers of another workspace answer
+  404 ``worker_not_found``); no ``runtime_id``/``limits``, ``os``/``arch``; UUIDv7 worker
+  ids (other path ids: 400 ``invalid_worker_id``); statuses ``idle|running|paused|stopped|
+  cancelled``; ``display_name``, ``workspace_id``, ``profile``, ``profile_source``;
+  ``?status=stopped``; acks ``{worker_ref {worker_id}, status}``; input to a cancelled
+  worker 400 ``invalid_request``, to a stopped one 409 ``worker_execution_unavailable``
+  without an execution backend; unknown routes 404 and wrong methods 405 with empty bodies.
 
 Faults are switched per runtime (``FakeRuntime.fault``), optionally only on some routes
 (``fault_routes``): ``slow`` (answer after ``slow_seconds``), ``hang`` (never answer),
@@ -14,7 +32,8 @@ refused is :meth:`FakeServer.stop`; a restart with a different worker set is
 :meth:`FakeServer.start` again after changing ``workers``.
 
 Error bodies carry canary text (``error_message``) so tests can check that no remote error
-text is ever echoed. Every request's ``Authorization`` header is recorded.
+text is ever echoed. Every request's ``Authorization`` header is recorded, and in the
+current era the context each accepted request was authenticated as (``contexts``).
 
 Run standalone (used by ``benchmarks/remote_freshness.py``)::
 
@@ -30,11 +49,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs
 
 import msgspec
 import trio
@@ -42,7 +66,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from tests.fake_subscription import FakeSubscriptions
+from tests.fake_runtime_auth import AuthContext, AuthRefusal, RuntimeAuth
 from tests.toml_text import toml_value
+from yoi_registryd.capability import SigningKey, write_key_file
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -50,6 +76,21 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 ROUTES: Final = frozenset({"runtime", "workers", "worker", "operation", "subscription"})
 TERMINAL: Final = frozenset({"stopped", "cancelled"})
+INPUT_KINDS: Final = frozenset(
+    {"user", "notify", "compact", "list_rewind_targets", "register_peer"}
+)
+"""Input kinds a current runtime accepts (``system`` is refused)."""
+PERMISSIONS: Final = {
+    "runtime": None,
+    "workers": "workers:list",
+    "worker": "workers:read",
+    "input": "workers:input",
+    "stop": "workers:stop",
+    "cancel": "workers:stop",
+    "unknown": None,
+}
+"""The permission each route needs at HEAD (contract-v2 section 4.1); None: any credential."""
+Era = Literal["current", "older"]
 FAULTS: Final = frozenset(
     {
         "slow",
@@ -67,11 +108,31 @@ FAULTS: Final = frozenset(
 log = logging.getLogger(__name__)
 
 
+def new_worker_id() -> str:
+    """A fresh UUIDv7 (RFC 9562: 48-bit Unix milliseconds, version 7, variant, randomness),
+    lowercase and hyphenated as a current runtime writes worker ids."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # the RFC variant
+    return str(uuid.UUID(int=value))
+
+
+def _uuid7(text: str) -> str | None:
+    """``text`` as a canonical UUIDv7 when it parses as one (any form Rust's uuid accepts)."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    return str(parsed) if parsed.version == 7 else None
+
+
 @dataclass
 class FakeWorker:
     worker_id: str
     status: str = "running"
     display_name: str | None = None
+    workspace_id: str | None = None
+    """Current era: the owning workspace; None: the runtime's ``default_workspace``."""
     intent: dict[str, Any] = field(default_factory=lambda: {"kind": "assistant"})
     profile: dict[str, Any] = field(default_factory=lambda: {"kind": "runtime_default"})
     transcript: list[dict[str, str]] = field(default_factory=list)
@@ -84,6 +145,17 @@ class FakeRuntime:
 
     runtime_id: str
     token: str | None = None
+    """The static bearer token (current era: the local token, scoping to ``local``)."""
+    era: Era = "older"
+    trusted_servers: dict[str, str] = field(default_factory=dict)
+    """Current era: ``server_id`` -> public key string; non-empty turns capability tokens on
+    (the local token is then ignored)."""
+    default_workspace: str = "local"
+    """Current era: the workspace of a worker added without ``workspace_id``."""
+    clock: Callable[[], float] = time.time
+    """Current era: the runtime's clock for token expiry (Unix seconds)."""
+    os: str = "linux"
+    arch: str = "x86_64"
     status: str = "running"
     display_name: str | None = "Fake runtime"
     worker_creation_available: bool = False
@@ -105,6 +177,10 @@ class FakeRuntime:
     subscriptions: FakeSubscriptions | None = None
     """The event subscription (``GET /v1/protocol/ws``), when the runtime serves one:
     see :func:`with_subscription`."""
+    contexts: list[tuple[str, AuthContext]] = field(default_factory=list)
+    """Current era: ``(route, context)`` of every request that passed authentication."""
+    workspace_owners: dict[str, str] = field(default_factory=dict)
+    """Current era: the server id that first used each workspace (it owns it)."""
 
     def add(self, *workers: FakeWorker | str) -> None:
         for w in workers:
@@ -123,17 +199,37 @@ class FakeRuntime:
 
     # -- wire shapes -------------------------------------------------------------------
 
+    def auth(self) -> RuntimeAuth:
+        return RuntimeAuth(self.runtime_id, self.trusted_servers, self.token, self.clock)
+
+    def workspace_of(self, worker: FakeWorker) -> str:
+        return worker.workspace_id or self.default_workspace
+
     def summary(self) -> dict[str, Any]:
+        """The runtime summary; counts are over every workspace (a runtime does not scope
+        them)."""
         statuses = [w.status for w in self.workers.values()]
-        body: dict[str, Any] = {
-            "runtime_id": self.runtime_id,
-            "backend": "memory",
+        counts = {
             "status": self.status,
             "worker_count": len(statuses),
             "active_worker_count": sum(s not in TERMINAL for s in statuses),
             "stopped_worker_count": statuses.count("stopped"),
             "cancelled_worker_count": statuses.count("cancelled"),
             "diagnostic_count": 0,
+        }
+        if self.era == "current":
+            return {
+                "display_name": self.display_name,
+                "backend": "fs_store",
+                **counts,
+                "os": self.os,
+                "arch": self.arch,
+                "worker_creation_available": self.worker_creation_available,
+            }
+        body: dict[str, Any] = {
+            "runtime_id": self.runtime_id,
+            "backend": "memory",
+            **counts,
             "limits": {"max_transcript_projection_items": 200, "max_event_batch_items": 100},
             "worker_creation_available": self.worker_creation_available,
             "some_future_field": {"ignored": True},
@@ -148,6 +244,8 @@ class FakeRuntime:
         return body
 
     def worker_json(self, w: FakeWorker) -> dict[str, Any]:
+        if self.era == "current":
+            return self._current_worker_json(w)
         body: dict[str, Any] = {
             "worker_ref": {"runtime_id": self.runtime_id, "worker_id": w.worker_id},
             "runtime_id": self.runtime_id,
@@ -162,6 +260,32 @@ class FakeRuntime:
         }
         if w.display_name is not None:
             body["display_name"] = w.display_name
+        return body
+
+    def _current_worker_json(self, w: FakeWorker) -> dict[str, Any]:
+        profile = w.profile
+        if profile.get("kind") not in ("builtin", "named"):
+            profile = {"kind": "builtin", "value": "builtin:coder"}
+        body: dict[str, Any] = {
+            "worker_ref": {"worker_id": w.worker_id},
+            "worker_id": w.worker_id,
+            "status": w.status,
+            "workspace_id": self.workspace_of(w),
+            "profile": profile,
+        }
+        if w.display_name is not None:
+            body["display_name"] = w.display_name
+        body["profile_source"] = {
+            "id": "profile-source-1",
+            "digest": "sha256:" + "0" * 64,
+            "size_bytes": 5120,
+            "source_graph": {
+                "source_count": 3,
+                "total_source_bytes": 4800,
+                "entrypoints": {},
+                "import_count": 2,
+            },
+        }
         return body
 
 
@@ -256,14 +380,13 @@ class FakeRuntimeApp:
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization")
         runtime.auth_headers.append(auth.decode("latin-1") if auth is not None else None)
+        if runtime.era == "current":
+            return await self._current(runtime, scope, route, parts, headers, body)
         if runtime.token is not None and auth != f"Bearer {runtime.token}".encode():
             return _error(401, "unauthorized", runtime.error_message)
-        if runtime.fault is not None and (
-            runtime.fault_routes is None or route in runtime.fault_routes
-        ):
-            faulty = await self._fault(runtime)
-            if faulty is not None:
-                return faulty
+        faulty = await self._maybe_fault(runtime, route)
+        if faulty is not None:
+            return faulty
         if route == "runtime":
             return _ok({"runtime": runtime.summary()})
         if route == "workers":
@@ -277,6 +400,121 @@ class FakeRuntimeApp:
         if route == "operation":
             return self._operate(runtime, parts[1], parts[2], body)
         return _error(404, "not_found", "no such route")
+
+    async def _maybe_fault(self, runtime: FakeRuntime, route: str) -> _Reply | None:
+        if runtime.fault is not None and (
+            runtime.fault_routes is None or route in runtime.fault_routes
+        ):
+            return await self._fault(runtime)
+        return None
+
+    async def _current(
+        self,
+        runtime: FakeRuntime,
+        scope: Scope,
+        route: str,
+        parts: list[str],
+        headers: dict[bytes, bytes],
+        body: bytes,
+    ) -> _Reply:
+        """A request to a current (HEAD) runtime: authenticate, scope, then serve."""
+        operation = parts[2] if route == "operation" else None
+        try:
+            context = runtime.auth().authenticate(
+                headers.get(b"authorization"), PERMISSIONS[operation or route]
+            )
+        except AuthRefusal as refusal:
+            return _error(refusal.status, refusal.code, refusal.message)
+        if context.server_id != "local-token":
+            owner = runtime.workspace_owners.setdefault(context.workspace_id, context.server_id)
+            if owner != context.server_id:
+                return _error(
+                    403, "workspace_owner_mismatch", "workspace is bound to another server"
+                )
+        runtime.contexts.append((route, context))
+        if route == "unknown":
+            return _Reply(405 if _known_path(parts) else 404, b"")
+        faulty = await self._maybe_fault(runtime, route)
+        if faulty is not None:
+            return faulty
+        scoped = {
+            wid: w
+            for wid, w in runtime.workers.items()
+            if runtime.workspace_of(w) == context.workspace_id
+        }
+        if route == "runtime":
+            return _ok({"runtime": runtime.summary()})
+        if route == "workers":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            wanted = query.get("status")
+            if wanted is not None and wanted != ["stopped"]:
+                return _error(400, "invalid_query", "status must be `stopped`")
+            entries = [
+                runtime.worker_json(w)
+                for w in scoped.values()
+                if wanted is None or w.status == "stopped"
+            ]
+            return _ok({"workers": entries + list(runtime.extra_worker_entries)})
+        worker_id = _uuid7(parts[1])
+        if worker_id is None:
+            return _error(400, "invalid_worker_id", "worker_id must be an unsigned integer")
+        if route == "worker":
+            worker = scoped.get(worker_id)
+            if worker is None:
+                return _error(404, "worker_not_found", f"worker {worker_id} was not found")
+            return _ok({"worker": runtime.worker_json(worker)})
+        assert operation is not None
+        return self._current_operate(runtime, scoped, worker_id, operation, headers, body)
+
+    def _current_operate(
+        self,
+        runtime: FakeRuntime,
+        scoped: dict[str, FakeWorker],
+        worker_id: str,
+        operation: str,
+        headers: dict[bytes, bytes],
+        body: bytes,
+    ) -> _Reply:
+        """Operations as a HEAD runtime answers them (contract-v2 sections 4.4-4.5)."""
+        if operation == "input":
+            content_type = headers.get(b"content-type", b"").split(b";")[0].strip()
+            if content_type != b"application/json":
+                return _error(400, "invalid_json", "invalid JSON request body: content type")
+        try:
+            request = msgspec.json.decode(body) if body.strip() or operation == "input" else {}
+        except msgspec.DecodeError:
+            return _error(400, "invalid_json", "invalid JSON request body: syntax")
+        if not isinstance(request, dict):
+            return _error(400, "invalid_json", "invalid JSON request body: expected an object")
+        if operation == "input":
+            kind, content = request.get("kind"), request.get("content")
+            if kind not in INPUT_KINDS or not isinstance(content, str):
+                return _error(400, "invalid_json", "invalid JSON request body: kind, content")
+            if not content:
+                return _error(400, "invalid_request", "invalid request: content is empty")
+        if runtime.status == "stopped":
+            return _error(409, "runtime_stopped", runtime.error_message)
+        worker = scoped.get(worker_id)
+        if worker is None:
+            return _error(404, "worker_not_found", f"worker {worker_id} was not found")
+        if operation == "input":
+            if worker.status == "cancelled":
+                return _error(
+                    400, "invalid_request", f"invalid request: worker {worker_id} is cancelled"
+                )
+            if worker.status == "stopped":
+                if not runtime.worker_creation_available:
+                    return _error(
+                        409, "worker_execution_unavailable", "no execution backend is installed"
+                    )
+                worker.status = "idle"  # the implicit restore connected
+            worker.transcript.append({"kind": request["kind"], "content": request["content"]})
+            if worker.status == "idle":
+                worker.status = "running"  # the input starts a turn
+        elif worker.status not in TERMINAL:  # the first terminal state wins
+            worker.status = "stopped" if operation == "stop" else "cancelled"
+        runtime.operations.append((operation, worker_id, request))
+        return _ok({"ack": {"worker_ref": {"worker_id": worker_id}, "status": worker.status}})
 
     async def _fault(self, runtime: FakeRuntime) -> _Reply | None:
         fault = runtime.fault
@@ -357,6 +595,15 @@ class FakeRuntimeApp:
         else:
             return _error(405, "method_not_allowed", "PUT or DELETE")
         return _ok({"ok": True})
+
+
+def _known_path(parts: list[str]) -> bool:
+    """A path some route serves (with another method: 405, not 404)."""
+    return (
+        parts in (["runtime"], ["workers"])
+        or (len(parts) == 2 and parts[0] == "workers")
+        or (len(parts) == 3 and parts[0] == "workers" and parts[2] in ("stop", "cancel", "input"))
+    )
 
 
 def _route(method: str, parts: list[str]) -> str:
@@ -458,6 +705,39 @@ def remote_source_toml(runtime_id: str, base_url: str, **extra: object) -> str:
     for key, value in extra.items():
         lines.append(f"{key} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+SERVER_ID: Final = "registry-test"
+"""The registry's server id in capability tests."""
+WORKSPACE_ID: Final = "0192f0e8-4d84-7d6e-a000-000000000001"
+"""The workspace a capability test's registry acts for."""
+
+
+def registry_identity(directory: Path) -> tuple[SigningKey, Path]:
+    """A new registry signing key, written to ``directory/registry.key`` (0600)."""
+    key = SigningKey.generate()
+    path = directory / "registry.key"
+    write_key_file(path, key)
+    return key, path
+
+
+def current_runtime(runtime_id: str, key: SigningKey | None = None, **kwargs: Any) -> FakeRuntime:
+    """A current-era runtime trusting ``key`` as the registry's (server ``SERVER_ID``)."""
+    trusted = {SERVER_ID: key.public_key_string()} if key is not None else {}
+    runtime = FakeRuntime(runtime_id, era="current", trusted_servers=trusted, **kwargs)
+    runtime.default_workspace = WORKSPACE_ID if key is not None else "local"
+    return runtime
+
+
+def capability_source_toml(runtime_id: str, base_url: str, key_path: Path, **extra: object) -> str:
+    """A ``[[sources]]`` table of a remote runtime reached with capability tokens."""
+    settings: dict[str, object] = {
+        "auth": "capability",
+        "server_id": SERVER_ID,
+        "signing_key_file": str(key_path),
+        "workspace_id": WORKSPACE_ID,
+    }
+    return remote_source_toml(runtime_id, base_url, **{**settings, **extra})
 
 
 # -- standalone mode (benchmarks) ---------------------------------------------------------

@@ -7,7 +7,8 @@ unknown keys) sits under a temp dir whose own path is a canary. Every GET route 
 has (enumerated from its URL map, so a new route is covered without editing this test),
 every list page, every detail, and the typed errors are fetched over real HTTP; no body
 and no header may contain a canary, the temp dir, ``metadata.json``, a socket path or a
-session id. Operator logs may name paths but never a session id or a token.
+session id. Operator logs may name paths but never a session id or a token. A remote runtime
+reached with capability tokens adds the registry's signing key and every token it minted.
 """
 
 from __future__ import annotations
@@ -23,8 +24,17 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from tests.conftest import RunningDaemon, StartDaemon
+from tests.fake_runtime import (
+    FakeWorker,
+    capability_source_toml,
+    current_runtime,
+    new_worker_id,
+    registry_identity,
+    start_fake,
+)
 from tests.test_api import sources_toml, wait_observed, write_worker
 from yoi_registryd.http.app import create_app
 from yoi_registryd.ids import local_worker_id
@@ -235,22 +245,34 @@ async def every_page(d: RunningDaemon, path: str) -> list[httpx.Response]:
 
 
 async def test_no_canary_in_any_response(
-    start_daemon: StartDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="yoi_registryd")
     canary = Canaries()
     tmp, data, run, root = planted_tree(canary, tmp_path)
+    # A current remote runtime reached with capability tokens: the registry's signing key
+    # and every token it mints are canaries too.
+    key, key_path = registry_identity(tmp)
+    remote = current_runtime("canary-remote", key)
+    remote.add(FakeWorker(new_worker_id(), status="idle", display_name="remote bot"))
+    fake = await start_fake(nursery, ("/rt", remote))
     live_sock = run / "live" / "sock"
     live_sock.parent.mkdir()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(str(live_sock))
         sock.listen(1)
-        config = sources_toml(("canary-all", data, run), watch=False) + sources_toml(
-            ("canary-bound", data, run), watch=False, workspace_root=root
+        config = (
+            sources_toml(("canary-all", data, run), watch=False)
+            + sources_toml(("canary-bound", data, run), watch=False, workspace_root=root)
+            + capability_source_toml("canary-remote", fake.url("/rt"), key_path)
         )
         d = await start_daemon(config)
         await wait_observed(d, "canary-all", workers=5)
         await wait_observed(d, "canary-bound", workers=4)
+        await wait_observed(d, "canary-remote", workers=1)
         needles = forbidden(canary, tmp, d.base_url)
         # The planted tree is really there and really projected: the test can fail.
         all_workers = (await d.get_json("/api/workers"))["items"]
@@ -260,6 +282,7 @@ async def test_no_canary_in_any_response(
             "live",
             "elsewhere",
             "legacy",
+            "remote bot",
         }
         assert {w["state"] for w in all_workers if w["label"] == "live"} == {"active"}
 
@@ -307,6 +330,11 @@ async def test_no_canary_in_any_response(
         ):
             responses.append(await d.client.request(method, path, content=body))
 
+    key_text = key.key_string().reveal()
+    tokens = [h.removeprefix("Bearer ") for h in remote.auth_headers if h]
+    assert tokens and all(t.startswith("yoi-cap-v1.") for t in tokens)
+    secrets_sent = [key_text, key_text.split(":")[-1], *(t.rsplit(".", 1)[1] for t in tokens)]
+    needles.extend(secrets_sent)
     for response in responses:
         assert_clean(response, needles)
         if "json" not in response.headers.get("content-type", ""):
@@ -334,3 +362,5 @@ async def test_no_canary_in_any_response(
     for value, field in canary.planted.items():
         if "session" in field or "seg" in field or "token" in field:
             assert value not in log_text, field
+    for secret in secrets_sent:
+        assert secret not in log_text

@@ -2,7 +2,7 @@
 
 Every ```toml block in docs/configuration.md and README.md must be a valid configuration as
 written, and the tokens it names must load the way the daemon loads them (token files,
-variables and credentials are provided here, in a temp dir). The reference tables of
+variables, credentials and signing keys are provided here, in a temp dir). The reference tables of
 docs/configuration.md must list every key of every section of ``yoi_registryd/config.py``
 with its real default, so a key added or a default changed in the code alone fails here.
 """
@@ -20,6 +20,7 @@ import pytest
 
 from yoi_registryd import config as config_module
 from yoi_registryd.auth import load_clients
+from yoi_registryd.capability import SigningKey, load_signing_key
 from yoi_registryd.config import Config, RemoteSourceConfig, parse_config
 from yoi_registryd.reload import RESTART_ONLY
 from yoi_registryd.secrets import CREDENTIALS_DIRECTORY_ENV, load_token
@@ -67,18 +68,28 @@ def provide_tokens(config: Config, text: str, tmp_path: Path) -> tuple[str, dict
     environ = {CREDENTIALS_DIRECTORY_ENV: str(creds)}
     holders: list[Any] = [*config.clients]
     holders += [s for s in config.sources if isinstance(s, RemoteSourceConfig)]
+
+    def provide(text: str, named: str | None, made: Path, content: str) -> str:
+        """Write ``content`` to ``made`` and point the text's ``named`` path at it."""
+        if named is None:
+            return text
+        quoted = f'"{named}"'
+        assert quoted in text, named
+        made.write_text(content + "\n")
+        return text.replace(quoted, f'"{made}"')
+
     for n, holder in enumerate(holders):
         token = f"docs-example-token-{n}"
-        if holder.token_file is not None:
-            quoted = f'"{holder.token_file}"'
-            assert quoted in text, holder.token_file
-            made = files / f"{n}.token"
-            made.write_text(token + "\n")
-            text = text.replace(quoted, f'"{made}"')
+        text = provide(text, holder.token_file, files / f"{n}.token", token)
         if holder.token_env is not None:
             environ[holder.token_env] = token
         if holder.token_credential is not None:
             (creds / holder.token_credential).write_text(token)
+        if isinstance(holder, RemoteSourceConfig) and holder.auth == "capability":
+            key = SigningKey.generate().key_string().reveal()
+            text = provide(text, holder.signing_key_file, files / f"{n}.key", key)
+            if holder.signing_key_credential is not None:
+                (creds / holder.signing_key_credential).write_text(key)
     return text, environ
 
 
@@ -87,8 +98,16 @@ def test_every_example_is_a_valid_configuration(text: str, tmp_path: Path) -> No
     config = parse_config(text, "the example")
     text, environ = provide_tokens(config, text, tmp_path)
     config = parse_config(text, "the example, with its tokens provided")
-    # As the daemon does at start-up and on reload: every client's token is read and hashed.
+    # As the daemon does at start-up and on reload: every client's token is read and hashed,
+    # every signing key read and parsed.
     assert len(load_clients(config.clients, environ)) == len(config.clients)
+    for source in config.sources:
+        if isinstance(source, RemoteSourceConfig) and source.auth == "capability":
+            load_signing_key(
+                key_file=source.signing_key_file,
+                key_credential=source.signing_key_credential,
+                environ=environ,
+            )
     for source in config.sources:
         if isinstance(source, RemoteSourceConfig) and (
             source.token_file or source.token_env or source.token_credential

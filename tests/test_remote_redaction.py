@@ -2,7 +2,8 @@
 
 A canary is planted in every sensitive place of a remote source: the bearer token, the base
 URL's path, the token file's path, and the remote runtime's own error text (which names the
-URL and the token, as a careless runtime might). The daemon is then driven through every
+URL and the token, as a careless runtime might). With capability tokens, the registry's
+signing key and every token it minted are the canaries. The daemon is then driven through every
 failure class; at each step every route, every error body and every operation answer is
 searched, and so is every log line at INFO and above.
 """
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests import fake_runtime as fr
 from tests.conftest import RunningDaemon, StartDaemon
 from tests.fake_runtime import FakeRuntime, remote_source_toml, start_fake
 from tests.test_remote_source import wait_status
+from yoi_registryd.capability import SigningKey
 from yoi_registryd.config import parse_config
 from yoi_registryd.ids import REMOTE_HOST_PREFIX, derive_id
 
@@ -147,3 +150,80 @@ async def test_no_canary_in_any_response_or_info_log_line(
     assert any("remote source" in line and RID in line for line in info_lines)
     # The capture is not vacuous: at DEBUG the operator may see the endpoint.
     assert any(path_canary in r.getMessage() for r in caplog.records if r.levelno < logging.INFO)
+
+
+async def test_no_key_or_token_in_any_response_log_line_or_audit_record(
+    start_daemon: StartDaemon,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    state_directory: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Capability tokens: the signing key and every token the registry minted are searched
+    for in every answer, every log line at every level (debug included) and the audit
+    trail, through success, refusals (401, 403) and failed operations."""
+    caplog.set_level(logging.DEBUG)
+    key, key_path = fr.registry_identity(tmp_path)
+    key_text = key.key_string().reveal()
+    key_body = key_text.removeprefix("yoi-ed25519-pkcs8:v1:")
+    fake = fr.current_runtime(RID, key)
+    ids = [fr.new_worker_id() for _ in range(2)]
+    fake.add(fr.FakeWorker(ids[0], status="idle"), fr.FakeWorker(ids[1], status="cancelled"))
+    server = await start_fake(nursery, ("/rt", fake))
+    d = await start_daemon(
+        fr.capability_source_toml(
+            RID,
+            server.url("/rt"),
+            key_path,
+            poll_interval="50ms",
+            timeout="300ms",
+            backoff_max="100ms",
+            stale_after="30s",
+            expire_after="60s",
+            token_reuse="0s",  # a new token for every request: more tokens to look for
+        )
+    )
+    await wait_status(d, RID, "available")
+    # The runtime's error text echoes what a careless runtime might: our token.
+    fake.error_message = "bad Bearer token: " + "".join(filter(None, fake.auth_headers[-1:]))
+    responses: list[str] = []
+
+    async def crawl_all() -> None:
+        for path in [*crawl_paths(), f"/api/runtimes/{RID}/workers/{ids[0]}"]:
+            response = await d.client.get(path)
+            responses.append(response.text + str(dict(response.headers)))
+        for wid in ids:
+            for op, body in (("stop", {}), ("input", {"kind": "user", "content": "c"})):
+                response = await d.client.post(f"/api/runtimes/{RID}/workers/{wid}/{op}", json=body)
+                responses.append(response.text + str(dict(response.headers)))
+
+    await crawl_all()
+    fake.trusted_servers = {fr.SERVER_ID: SigningKey.generate().public_key_string()}  # 401
+    await wait_status(d, RID, "unavailable", "remote_runtime_auth_failed")
+    await crawl_all()
+    fake.trusted_servers = {fr.SERVER_ID: key.public_key_string()}
+    fake.workspace_owners[fr.WORKSPACE_ID] = "another-backend"  # 403
+    await wait_status(d, RID, "unavailable", "remote_runtime_forbidden")
+    await crawl_all()
+    fake.workspace_owners.clear()
+    await wait_status(d, RID, "available")
+    fake.fault, fake.fault_routes = "error500", frozenset({"operation"})
+    await crawl_all()
+
+    tokens = {h.removeprefix("Bearer ") for h in fake.auth_headers if h}
+    assert len(tokens) > 20
+    # Each token's signature is unique to it; the claims segment may repeat.
+    needles = [key_text, key_body, *(t.rsplit(".", 1)[1] for t in tokens)]
+    audit = (state_directory / "audit.jsonl").read_text()
+    assert RID in audit  # the trail was written: the search below can fail
+    logs = [
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in caplog.records
+    ]
+    assert any(r.levelno < logging.INFO for r in caplog.records)
+    for needle in needles:
+        for text in responses:
+            assert needle not in text
+        assert needle not in audit
+        for line in logs:
+            assert needle not in line, line

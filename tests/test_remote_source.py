@@ -179,7 +179,7 @@ async def test_runtime_that_reports_stopped_is_shown_stopped(
         ("hang", "remote_runtime_timeout"),
         ("error500", "remote_runtime_http_error"),
         ("unauthorized", "remote_runtime_auth_failed"),
-        ("forbidden", "remote_runtime_auth_failed"),
+        ("forbidden", "remote_runtime_forbidden"),
         ("garbage", "remote_runtime_malformed_response"),
         ("wrong_shape", "remote_runtime_malformed_response"),
         ("oversize", "remote_runtime_malformed_response"),

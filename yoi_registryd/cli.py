@@ -1,4 +1,5 @@
-"""Command line: ``yoi-registryd [serve]``, ``check-config PATH``, ``version``."""
+"""Command line: ``yoi-registryd [serve]``, ``check-config PATH``, ``status``, ``keygen PATH``,
+``version``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import msgspec
 import trio
 
 from yoi_registryd import __version__, status_cli
+from yoi_registryd.capability import SigningKey, write_key_file
 from yoi_registryd.config import (
     Config,
     ConfigError,
@@ -52,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit 0 or 1")
     check.add_argument("path", nargs="?", help="the file to check (default: as --config)")
     sub.add_parser("version", help="print the version")
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a new Ed25519 signing key for capability tokens; print its public key",
+    )
+    keygen.add_argument("path", help="the private key file to create (mode 0600, never replaced)")
+    keygen.add_argument(
+        "--server-id",
+        help="the registry's server id, to print a [[trusted_servers]] entry for the runtimes",
+    )
     status = sub.add_parser(
         "status",
         help="ask the running daemon how it is; exit 0 ready, 1 not ready, 2 unreachable",
@@ -97,6 +108,31 @@ def check_config(path_arg: str | None) -> int:
             print(f"{where}{problem}", file=sys.stderr)
         return 1
     print(f"{where}: OK ({len(config.sources)} sources)")
+    return 0
+
+
+def keygen(path: str, server_id: str | None) -> int:
+    """Write a new signing key to ``path`` (0600) and print its public key string on stdout
+    (and, on stderr, how a runtime trusts it)."""
+    key = SigningKey.generate()
+    try:
+        write_key_file(Path(path), key)
+    except FileExistsError:
+        print(f"{path} already exists: not replaced", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    public = key.public_key_string()
+    print(public)
+    entry = (
+        f'[[trusted_servers]]\nserver_id = "{server_id or "<server_id>"}"\npublic_key = "{public}"'
+    )
+    print(
+        f"wrote the private key to {path} (mode 0600). Add the public key to the "
+        "trusted servers of each runtime (its auth.toml):\n" + entry,
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -161,4 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.path or args.config)
     if args.command == "status":
         return status(args)
+    if args.command == "keygen":
+        return keygen(args.path, args.server_id)
     return serve(args.config, args.log_level, args.demo)

@@ -290,6 +290,27 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     """Name of a systemd credential (``LoadCredential=``): ``$CREDENTIALS_DIRECTORY/<name>``."""
     token: Secret | None = None
     """Refused by validation: tokens are never written inline. Kept so the error is clear."""
+    auth: Literal["bearer", "capability"] = "bearer"
+    """``bearer``: send the static token named by ``token_*`` (if any) as it is.
+    ``capability``: mint a short-lived signed yoi capability token for every request
+    (contract-v2 section 4.6), from ``server_id``, the signing key and ``workspace_id``."""
+    server_id: str | None = None
+    """``auth = "capability"``: the registry's server id, as the runtime's trusted servers
+    list it (the token's ``iss``)."""
+    signing_key_file: str | None = None
+    """``auth = "capability"``: absolute path of the file holding the registry's private key
+    (a ``yoi-ed25519-pkcs8:v1:`` key string, as ``yoi-registryd keygen`` writes it)."""
+    signing_key_credential: str | None = None
+    """``auth = "capability"``: the same key as a systemd credential (``LoadCredential=``)."""
+    workspace_id: str | None = None
+    """``auth = "capability"``: the workspace the runtime scopes the registry to (the token's
+    ``workspace_id``): the registry sees and operates that workspace's workers only."""
+    token_ttl: Duration = Duration(seconds=300)
+    """``auth = "capability"``: lifetime of a minted token (1 to 300 seconds)."""
+    token_reuse: Duration = Duration(seconds=60)
+    """``auth = "capability"``: a token is reused for requests needing the same permission
+    while younger than this (at most half of ``token_ttl``); ``0s``: a new token for every
+    request."""
     workspaces: tuple[str, ...] = ()
     """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
     poll_interval: Duration = Duration(seconds=2)
@@ -544,13 +565,17 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
     named = [n for n in ("token_file", "token_env", "token_credential") if getattr(src, n)]
     if len(named) > 1:
         problems.append(f"{key}: give at most one of {', '.join(named)}")
+    if src.auth == "capability":
+        problems.extend(_validate_capability(key, src, named))
+    else:
+        for name in _CAPABILITY_KEYS:
+            if getattr(src, name) is not None:
+                problems.append(f'{key}.{name}: only used with auth = "capability"')
     if src.token_file is not None and not src.token_file.startswith("/"):
         problems.append(f"{key}.token_file: must be an absolute path")
     if src.token_env is not None and not _ENV_NAME_RE.fullmatch(src.token_env):
         problems.append(f"{key}.token_env: must be an environment variable name")
-    if src.token_credential is not None and (
-        not _CREDENTIAL_RE.fullmatch(src.token_credential) or src.token_credential in (".", "..")
-    ):
+    if src.token_credential is not None and not _is_credential_name(src.token_credential):
         problems.append(f"{key}.token_credential: must be a credential name, not a path")
     problems.extend(_validate_workspaces(key, src.workspaces))
     for name in ("poll_interval", "timeout", "stale_after", "ping_interval"):
@@ -567,6 +592,49 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
     if src.max_response_bytes < 1024:
         problems.append(f"{key}.max_response_bytes: must be at least 1024")
     return problems
+
+
+_CAPABILITY_KEYS: Final = (
+    "server_id",
+    "signing_key_file",
+    "signing_key_credential",
+    "workspace_id",
+)
+
+
+def _validate_capability(key: str, src: RemoteSourceConfig, token_keys: list[str]) -> list[str]:
+    """Checks of ``auth = "capability"``: an identity, one key location, a workspace."""
+    problems = []
+    for name in token_keys:
+        problems.append(f'{key}.{name}: a bearer token is not used with auth = "capability"')
+    if src.server_id is None:
+        problems.append(f'{key}.server_id: required with auth = "capability"')
+    elif not is_valid_identifier(src.server_id):
+        problems.append(f"{key}.server_id: {src.server_id!r} is not a valid id")
+    if src.workspace_id is None:
+        problems.append(f'{key}.workspace_id: required with auth = "capability"')
+    elif not is_valid_identifier(src.workspace_id):
+        problems.append(f"{key}.workspace_id: {src.workspace_id!r} is not a valid workspace id")
+    if (src.signing_key_file is None) == (src.signing_key_credential is None):
+        problems.append(
+            f"{key}: give exactly one of signing_key_file or signing_key_credential "
+            '(required with auth = "capability")'
+        )
+    if src.signing_key_file is not None and not src.signing_key_file.startswith("/"):
+        problems.append(f"{key}.signing_key_file: must be an absolute path")
+    if src.signing_key_credential is not None and not _is_credential_name(
+        src.signing_key_credential
+    ):
+        problems.append(f"{key}.signing_key_credential: must be a credential name, not a path")
+    if not timedelta(seconds=1) <= src.token_ttl <= timedelta(seconds=300):
+        problems.append(f"{key}.token_ttl: must be from 1s to 300s")
+    elif src.token_reuse > src.token_ttl / 2:
+        problems.append(f"{key}.token_reuse: must not be more than half of token_ttl")
+    return problems
+
+
+def _is_credential_name(name: str) -> bool:
+    return bool(_CREDENTIAL_RE.fullmatch(name)) and name not in (".", "..")
 
 
 _DOTTED: Final = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -632,10 +700,7 @@ def _validate_access(config: Config) -> list[str]:
             problems.append(f"{key}.token_file: must be an absolute path")
         if client.token_env is not None and not _ENV_NAME_RE.fullmatch(client.token_env):
             problems.append(f"{key}.token_env: must be an environment variable name")
-        if client.token_credential is not None and (
-            not _CREDENTIAL_RE.fullmatch(client.token_credential)
-            or client.token_credential in (".", "..")
-        ):
+        if client.token_credential is not None and not _is_credential_name(client.token_credential):
             problems.append(f"{key}.token_credential: must be a credential name, not a path")
         if not client.workspaces:
             problems.append(f'{key}.workspaces: name at least one workspace id, or "*" for any')

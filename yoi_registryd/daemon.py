@@ -50,6 +50,7 @@ from yoi_registryd.registry import RegistryActor, Snapshot
 from yoi_registryd.reload import ReloadStatus, reload_config
 from yoi_registryd.sources import build_source
 from yoi_registryd.sources.base import Source
+from yoi_registryd.sources.remote_auth import check_signing_keys
 from yoi_registryd.supervisor import SourceSpec, Supervisor
 from yoi_registryd.systemd import Notifier, listen_sockets, monotonic_usec, run_watchdog
 
@@ -208,8 +209,9 @@ class Daemon:
         self.metrics = Metrics(self.actor, reloads=self.reloads)
         self.lifecycle = Lifecycle(self.shutdown)
         self.router = OperationRouter()
-        # Token files, the custom policy and the audit file are read here: a problem with
-        # any of them is a ConfigError before anything starts.
+        # Token files, signing keys, the custom policy and the audit file are read here: a
+        # problem with any of them is a ConfigError before anything starts.
+        check_signing_keys(self.config.sources)
         self.access = AccessControl.from_config(self.config)
         self.audit = AuditTrail.from_config(self.config.audit)
         """Queue depth and counters for the metrics; ``reopen()`` after log rotation."""
@@ -375,8 +377,10 @@ class Daemon:
         return new is not None
 
     def _prepare_reload(self, new: Config) -> Callable[[], None]:
-        """Build the access control of a new config (reads token files: may raise
-        ConfigError); the returned function swaps it in. Requests in flight keep theirs."""
+        """Check the new config's signing keys and build its access control (reads token
+        files: may raise ConfigError); the returned function swaps it in. Requests in
+        flight keep theirs."""
+        check_signing_keys(new.sources)
         access = AccessControl.from_config(new)
 
         def swap_in() -> None:

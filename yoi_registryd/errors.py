@@ -218,11 +218,22 @@ class RuntimeTimeout(RuntimeScoped):
 
 
 class RuntimeAuthFailed(RuntimeScoped):
-    """The runtime refused the registry's own credentials: a gateway fault, not the caller's."""
+    """The runtime refused the registry's own credentials: a gateway fault, not the caller's.
+
+    The message says which refusal it was: the credentials themselves (the runtime's 401),
+    or this request although they were valid (its 403: a missing permission, a workspace).
+    """
 
     code = "runtime_auth_failed"
     status = 502
     template = "runtime {runtime_id!r} refused the registry's credentials"
+    forbidden_template: ClassVar[str] = (
+        "runtime {runtime_id!r} accepted the registry's credentials but refused this request"
+    )
+
+    def __init__(self, runtime_id: str, *, forbidden: bool = False) -> None:
+        template = self.forbidden_template if forbidden else self.template
+        RegistryError.__init__(self, template.format(runtime_id=runtime_id), runtime_id=runtime_id)
 
 
 class RuntimeBadResponse(RuntimeScoped):

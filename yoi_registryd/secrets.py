@@ -67,22 +67,38 @@ def _check_token(raw: bytes, where: str) -> Secret:
     return Secret(text.decode("ascii"))
 
 
-def _read_token_file(path: Path, where: str) -> Secret:
+def read_limited(path: Path, where: str, limit: int, error: type[Exception]) -> bytes:
+    """The bytes of a secret-bearing file, at most ``limit``; ``error`` naming ``where``
+    (never the content) when it cannot be read."""
     try:
         with path.open("rb") as f:
-            raw = f.read(MAX_TOKEN_BYTES + 1)
+            raw = f.read(limit + 1)
     except FileNotFoundError:
-        raise TokenUnavailable(f"{where} does not exist") from None
+        raise error(f"{where} does not exist") from None
     except PermissionError:
-        raise TokenUnavailable(f"{where} is not readable (permission denied)") from None
+        raise error(f"{where} is not readable (permission denied)") from None
     except IsADirectoryError:
-        raise TokenUnavailable(f"{where} is a directory") from None
+        raise error(f"{where} is a directory") from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else "I/O error"
-        raise TokenUnavailable(f"{where} could not be read ({reason})") from None
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise TokenUnavailable(f"{where} is larger than {MAX_TOKEN_BYTES} bytes")
-    return _check_token(raw, where)
+        raise error(f"{where} could not be read ({reason})") from None
+    if len(raw) > limit:
+        raise error(f"{where} is larger than {limit} bytes")
+    return raw
+
+
+def credential_path(
+    name: str, where: str, environ: Mapping[str, str], error: type[Exception]
+) -> Path:
+    """The file of systemd credential ``name``: ``$CREDENTIALS_DIRECTORY/<name>``."""
+    directory = environ.get(CREDENTIALS_DIRECTORY_ENV)
+    if not directory:
+        raise error(f"{where} needs systemd's ${CREDENTIALS_DIRECTORY_ENV}, which is not set")
+    return Path(directory) / name
+
+
+def _read_token_file(path: Path, where: str) -> Secret:
+    return _check_token(read_limited(path, where, MAX_TOKEN_BYTES, TokenUnavailable), where)
 
 
 def load_token(
@@ -106,10 +122,6 @@ def load_token(
             raise TokenUnavailable("the environment variable named by token_env is not set")
         return _check_token(value.encode("utf-8", "surrogateescape"), "token_env")
     if token_credential is not None:
-        directory = env.get(CREDENTIALS_DIRECTORY_ENV)
-        if not directory:
-            raise TokenUnavailable(
-                "token_credential needs systemd's $CREDENTIALS_DIRECTORY, which is not set"
-            )
-        return _read_token_file(Path(directory) / token_credential, "token_credential")
+        path = credential_path(token_credential, "token_credential", env, TokenUnavailable)
+        return _read_token_file(path, "token_credential")
     return None

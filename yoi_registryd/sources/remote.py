@@ -25,6 +25,7 @@ import msgspec
 import trio
 
 from yoi_registryd import operations
+from yoi_registryd.capability import NO_PERMISSION, WORKERS_INPUT, WORKERS_LIST, WORKERS_STOP
 from yoi_registryd.config import RemoteSourceConfig
 from yoi_registryd.errors import (
     RegistryError,
@@ -43,11 +44,13 @@ from yoi_registryd.operations import (
     StopRequest,
 )
 from yoi_registryd.registry import utcnow
-from yoi_registryd.secrets import TokenUnavailable, load_token
 from yoi_registryd.sources.base import Reporter
+from yoi_registryd.sources.remote_auth import RemoteCredentials
 from yoi_registryd.sources.remote_client import (
     AUTH_FAILED,
+    FORBIDDEN,
     HTTP_ERROR,
+    KEY_UNAVAILABLE,
     MALFORMED,
     NETWORK_ERROR,
     TIMEOUT,
@@ -85,6 +88,12 @@ SUBSCRIPTION_RECHECK: Final = 600.0
 RUNTIME_PATH: Final = "/v1/runtime"
 WORKERS_PATH: Final = "/v1/workers"
 _MAX_EPOCH_RETRIES: Final = 3
+_PERMISSIONS: Final[dict[Operation, str]] = {
+    "stop": WORKERS_STOP,
+    "cancel": WORKERS_STOP,
+    "input": WORKERS_INPUT,
+}
+"""The permission each operation's route needs (contract-v2 section 4.1)."""
 
 
 class RemoteRuntimeSource:
@@ -98,7 +107,7 @@ class RemoteRuntimeSource:
         self._projector = Projector(config)
         self._rng = rng or random.Random()
         self._client: RemoteClient | None = None
-        self._token_loaded = False
+        self._credentials = RemoteCredentials(config)
         self._lock = trio.Lock()
         """Serialises applying a poll and applying an operation's acknowledgement."""
         self._reported: RemoteView | None = None
@@ -125,6 +134,7 @@ class RemoteRuntimeSource:
                 config.base_url,
                 config.timeout.total_seconds(),
                 config.max_response_bytes,
+                self._credentials,
             )
             with reporter.operations(RemoteOperations(self, reporter)):
                 log.debug(
@@ -171,7 +181,7 @@ class RemoteRuntimeSource:
         started = trio.current_time()
         try:
             client = await self._ready_client()
-            runtime_body = await client.get(RUNTIME_PATH)
+            runtime_body = await client.get(RUNTIME_PATH, NO_PERMISSION)
         except RemoteFailure as failure:
             if failure.code == WORKER_NOT_FOUND:
                 failure.code = HTTP_ERROR
@@ -186,7 +196,7 @@ class RemoteRuntimeSource:
             reporter=reporter,
             runtime_body=runtime_body,
             authorization=self._authorization,
-            fetch_runtime=lambda: client.get(RUNTIME_PATH),
+            fetch_runtime=lambda: client.get(RUNTIME_PATH, NO_PERMISSION),
             timeout=self.config.timeout.total_seconds(),
             ping_interval=min(
                 self.config.ping_interval.total_seconds(),
@@ -224,29 +234,19 @@ class RemoteRuntimeSource:
             self._polling_logged = True
 
     async def _authorization(self) -> str | None:
-        """The ``Authorization`` header value for the subscription's upgrade request."""
-        client = await self._ready_client()
-        return None if client.token is None else f"Bearer {client.token.reveal()}"
+        """The ``Authorization`` header value for the subscription's upgrade request: its
+        route needs ``workers:list`` (contract-v2 section 5.1)."""
+        await self._ready_client()
+        authorization = self._credentials.authorization(WORKERS_LIST)
+        return None if authorization is None else authorization.reveal()
 
     # -- polling -------------------------------------------------------------------------
 
     async def _ready_client(self) -> RemoteClient:
-        """The client, with the bearer token loaded (again, after the runtime refused it)."""
+        """The client, with its credentials loaded (again, after the runtime refused them)."""
         client = self._client
         assert client is not None, "run() sets the client"
-        if not self._token_loaded:
-            config = self.config
-            try:
-                client.token = await trio.to_thread.run_sync(
-                    lambda: load_token(
-                        token_file=config.token_file,
-                        token_env=config.token_env,
-                        token_credential=config.token_credential,
-                    )
-                )
-            except TokenUnavailable as exc:
-                raise RemoteFailure(TOKEN_UNAVAILABLE, reason=str(exc)) from None
-            self._token_loaded = True
+        await self._credentials.load()
         return client
 
     async def poll(self, reporter: Reporter) -> bool:
@@ -256,8 +256,8 @@ class RemoteRuntimeSource:
             epoch = self._op_epoch
             try:
                 client = await self._ready_client()
-                runtime_body = await client.get(RUNTIME_PATH)
-                workers_body = await client.get(WORKERS_PATH)
+                runtime_body = await client.get(RUNTIME_PATH, NO_PERMISSION)
+                workers_body = await client.get(WORKERS_PATH, WORKERS_LIST)
             except RemoteFailure as failure:
                 if failure.code == WORKER_NOT_FOUND:  # a 404 on a runtime-wide route
                     failure.code = HTTP_ERROR
@@ -323,8 +323,10 @@ class RemoteRuntimeSource:
         if self.config.subscribe:
             self._probe_at = -math.inf  # back, it may be a newer runtime: look again
         self._bodies = None
-        if failure.code == AUTH_FAILED:
-            self._token_loaded = False  # re-read it: it may have been rotated
+        if failure.code in (AUTH_FAILED, FORBIDDEN):
+            self._credentials.invalidate()  # re-read them: they may have been rotated
+        if failure.code == AUTH_FAILED and failure.reason is None:
+            failure.reason = self._credentials.refusal_hint
         message = failure.safe_message(self.runtime_id)
         if failure.code != self._last_failure:
             log.warning("remote source %s: %s [%s]", self.runtime_id, message, failure.code)
@@ -364,13 +366,15 @@ class RemoteRuntimeSource:
     ) -> OperationAck:
         try:
             client = await self._ready_client()
-            response = await client.post(f"/v1/workers/{worker_id}/{operation}", body)
+            response = await client.post(
+                f"/v1/workers/{worker_id}/{operation}", _PERMISSIONS[operation], body
+            )
         except RemoteFailure as failure:
             raise self._operation_error(failure, worker_id, operation) from None
         if not 200 <= response.status < 300:
             refused = failure_for_status(response.status, response.body)
-            if refused.code == AUTH_FAILED:
-                self._token_loaded = False
+            if refused.code in (AUTH_FAILED, FORBIDDEN):
+                self._credentials.invalidate()
             elif refused.code == WORKER_NOT_FOUND:
                 await self._forget_worker(reporter, worker_id)
             raise self._operation_error(refused, worker_id, operation)
@@ -399,11 +403,11 @@ class RemoteRuntimeSource:
         code = failure.code
         if code == TIMEOUT:
             return RuntimeTimeout(rid)
-        if code in (NETWORK_ERROR, TOKEN_UNAVAILABLE):
+        if code in (NETWORK_ERROR, TOKEN_UNAVAILABLE, KEY_UNAVAILABLE):
             retry = max(1, math.ceil(self.config.poll_interval.total_seconds()))
             return RuntimeUnavailable(rid, retry_after=retry)
-        if code == AUTH_FAILED:
-            return RuntimeAuthFailed(rid)
+        if code in (AUTH_FAILED, FORBIDDEN):
+            return RuntimeAuthFailed(rid, forbidden=code == FORBIDDEN)
         if code == WORKER_NOT_FOUND:
             return UnknownWorker(rid, worker_id)
         if code == UNSUPPORTED:

@@ -12,11 +12,12 @@ response, a diagnostic or a log line at INFO or above.
 from __future__ import annotations
 
 import functools
+import re
 import ssl
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 import msgspec
@@ -25,14 +26,21 @@ import trio
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, check_depth
 from yoi_registryd.secrets import Secret
 
+if TYPE_CHECKING:
+    from yoi_registryd.sources.remote_auth import RemoteCredentials
+
 TIMEOUT: Final = "remote_runtime_timeout"
 NETWORK_ERROR: Final = "remote_runtime_network_error"
 AUTH_FAILED: Final = "remote_runtime_auth_failed"
+"""The runtime refused the credentials themselves (401)."""
+FORBIDDEN: Final = "remote_runtime_forbidden"
+"""The runtime took the credentials but refused the request (403): permission, workspace."""
 MALFORMED: Final = "remote_runtime_malformed_response"
 HTTP_ERROR: Final = "remote_runtime_http_error"
 UNSUPPORTED: Final = "remote_runtime_unsupported"
 WORKER_NOT_FOUND: Final = "remote_worker_not_found"
 TOKEN_UNAVAILABLE: Final = "remote_runtime_token_unavailable"
+KEY_UNAVAILABLE: Final = "remote_runtime_key_unavailable"
 
 _KEEPALIVE_EXPIRY: Final = 60.0
 _MAX_CONNECTIONS: Final = 16
@@ -44,10 +52,13 @@ _SAFE_MESSAGES: Final = {
     TIMEOUT: "remote runtime {rid} did not answer within the timeout",
     NETWORK_ERROR: "remote runtime {rid} could not be reached",
     AUTH_FAILED: "remote runtime {rid} refused the registry's credentials{status}",
+    FORBIDDEN: "remote runtime {rid} accepted the registry's credentials but refused "
+    "the request{status}",
     MALFORMED: "remote runtime {rid} sent a reply that is not a valid worker-runtime v1 answer",
     UNSUPPORTED: "remote runtime {rid} does not support the request{status}",
     WORKER_NOT_FOUND: "remote runtime {rid} does not know the worker{status}",
     TOKEN_UNAVAILABLE: "the bearer token for remote runtime {rid} is unavailable",
+    KEY_UNAVAILABLE: "the signing key for remote runtime {rid} is unavailable",
 }
 """Per code, the message :meth:`RemoteFailure.safe_message` builds from the runtime id."""
 _UNEXPECTED_STATUS: Final = "remote runtime {rid} answered with an unexpected status{status}"
@@ -96,14 +107,29 @@ class _RemoteErrorEnvelope(msgspec.Struct):
 _ERROR_DECODER: Final = msgspec.json.Decoder(_RemoteErrorEnvelope)
 
 
+_REMOTE_CODE_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_FORBIDDEN_REASONS: Final = {
+    "forbidden": "the token lacks the permission this request needs",
+    "workspace_scope_required": "the credentials name no workspace",
+    "server_scope_required": "the token names no server id",
+    "workspace_owner_mismatch": "the workspace is bound to another server id at the runtime",
+}
+"""What a current runtime's 403 codes mean (contract-v2 section 4.5), shown as the reason."""
+
+
 def failure_for_status(status: int, body: bytes) -> RemoteFailure:
     """Classify a non-2xx answer (contract section 3's failure classes)."""
     try:
         remote_code: str | None = _ERROR_DECODER.decode(body).error.code[:64]
     except (msgspec.DecodeError, msgspec.ValidationError):
         remote_code = None
-    if status in (401, 403):
+    if remote_code is not None and not _REMOTE_CODE_RE.fullmatch(remote_code):
+        remote_code = None  # not one of yoi's codes: never shown, never used
+    if status == 401:
         code = AUTH_FAILED
+    elif status == 403:
+        reason = _FORBIDDEN_REASONS.get(remote_code or "")
+        return RemoteFailure(FORBIDDEN, status=status, remote_code=remote_code, reason=reason)
     elif status == 404:
         code = WORKER_NOT_FOUND
     elif status in (405, 501):
@@ -122,29 +148,41 @@ class RemoteClient:
     """One source's view of the shared client: its base URL, token, timeout and size cap."""
 
     def __init__(
-        self, http: httpx.AsyncClient, base_url: Secret, timeout: float, max_bytes: int
+        self,
+        http: httpx.AsyncClient,
+        base_url: Secret,
+        timeout: float,
+        max_bytes: int,
+        credentials: RemoteCredentials,
     ) -> None:
         self._http = http
         self._base = Secret(base_url.reveal().rstrip("/"))
         self._timeout = timeout
         self._max_bytes = max_bytes
-        self.token: Secret | None = None
+        self.credentials = credentials
 
-    async def get(self, path: str) -> bytes:
+    async def get(self, path: str, permission: str) -> bytes:
         """GET a 2xx body, or raise a typed :class:`RemoteFailure`."""
-        response = await self.request("GET", path)
+        response = await self.request("GET", path, permission)
         if not 200 <= response.status < 300:
             raise failure_for_status(response.status, response.body)
         return response.body
 
-    async def post(self, path: str, body: bytes) -> RemoteResponse:
-        return await self.request("POST", path, body)
+    async def post(self, path: str, permission: str, body: bytes) -> RemoteResponse:
+        return await self.request("POST", path, permission, body)
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> RemoteResponse:
-        """One request under one overall deadline, reading at most ``max_bytes`` of body."""
+    async def request(
+        self, method: str, path: str, permission: str, body: bytes | None = None
+    ) -> RemoteResponse:
+        """One request under one overall deadline, reading at most ``max_bytes`` of body.
+
+        ``permission`` is the one the route needs (``yoi_registryd.capability``): a minted
+        capability token carries exactly it.
+        """
         headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token.reveal()}"
+        authorization = self.credentials.authorization(permission)
+        if authorization is not None:
+            headers["Authorization"] = authorization.reveal()
         if body is not None:
             headers["Content-Type"] = "application/json"
         url = self._base.reveal() + path
