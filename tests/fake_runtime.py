@@ -65,8 +65,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from tests.fake_runtime_auth import LOCAL_SERVER_ID, AuthContext, AuthRefusal, RuntimeAuth
 from tests.fake_subscription import FakeSubscriptions
-from tests.fake_runtime_auth import AuthContext, AuthRefusal, RuntimeAuth
 from tests.toml_text import toml_value
 from yoi_registryd.capability import SigningKey, write_key_file
 
@@ -199,8 +199,21 @@ class FakeRuntime:
 
     # -- wire shapes -------------------------------------------------------------------
 
-    def auth(self) -> RuntimeAuth:
-        return RuntimeAuth(self.runtime_id, self.trusted_servers, self.token, self.clock)
+    def authenticate(
+        self, route: str, authorization: bytes | None, permission: str | None
+    ) -> AuthContext:
+        """Current era: check the credential for ``route`` and bind the workspace to the
+        first server id that uses it; :class:`AuthRefusal` when refused."""
+        auth = RuntimeAuth(self.runtime_id, self.trusted_servers, self.token, self.clock)
+        context = auth.authenticate(authorization, permission)
+        if context.server_id != LOCAL_SERVER_ID:
+            owner = self.workspace_owners.setdefault(context.workspace_id, context.server_id)
+            if owner != context.server_id:
+                raise AuthRefusal(
+                    403, "workspace_owner_mismatch", "workspace is bound to another server"
+                )
+        self.contexts.append((route, context))
+        return context
 
     def workspace_of(self, worker: FakeWorker) -> str:
         return worker.workspace_id or self.default_workspace
@@ -420,18 +433,11 @@ class FakeRuntimeApp:
         """A request to a current (HEAD) runtime: authenticate, scope, then serve."""
         operation = parts[2] if route == "operation" else None
         try:
-            context = runtime.auth().authenticate(
-                headers.get(b"authorization"), PERMISSIONS[operation or route]
+            context = runtime.authenticate(
+                route, headers.get(b"authorization"), PERMISSIONS[operation or route]
             )
         except AuthRefusal as refusal:
             return _error(refusal.status, refusal.code, refusal.message)
-        if context.server_id != "local-token":
-            owner = runtime.workspace_owners.setdefault(context.workspace_id, context.server_id)
-            if owner != context.server_id:
-                return _error(
-                    403, "workspace_owner_mismatch", "workspace is bound to another server"
-                )
-        runtime.contexts.append((route, context))
         if route == "unknown":
             return _Reply(405 if _known_path(parts) else 404, b"")
         faulty = await self._maybe_fault(runtime, route)

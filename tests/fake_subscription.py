@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import trio
 
+from tests.fake_runtime_auth import AuthRefusal
+
 if TYPE_CHECKING:
     from tests.fake_runtime import FakeRuntime, FakeWorker
 
@@ -47,6 +49,8 @@ def _frame(lane: str, message: dict[str, Any]) -> str:
 @dataclass(eq=False)
 class _Connection:
     scope: trio.CancelScope
+    workspace: str | None = None
+    """Current era: the workspace the credential scopes the connection to (None: all)."""
     outbox: deque[str] = field(default_factory=deque)
     wake: trio.Event = field(default_factory=trio.Event)
     subscription_id: str | None = None
@@ -151,7 +155,16 @@ class FakeSubscriptions:
         profile = w.profile.get("value")
         if isinstance(profile, str):
             body["profile"] = profile
+        if self.runtime.era == "current":
+            body["workspace_id"] = self.runtime.workspace_of(w)
         return body
+
+    def _in_scope(self, conn: _Connection) -> list[FakeWorker]:
+        return [
+            w
+            for w in self.runtime.workers.values()
+            if conn.workspace is None or self.runtime.workspace_of(w) == conn.workspace
+        ]
 
     def _bump(self, worker_id: str) -> int:
         self.revision += 1
@@ -159,9 +172,13 @@ class FakeSubscriptions:
         return self.subject[worker_id]
 
     def _publish(self, worker_id: str, revision: int, payload: dict[str, Any]) -> None:
+        worker = self.runtime.workers.get(worker_id)
+        workspace = self.runtime.workspace_of(worker) if worker is not None else None
         for conn in list(self.connections):
             if conn.subscription_id is None:
                 continue
+            if conn.workspace is not None and workspace not in (None, conn.workspace):
+                continue  # another workspace's worker: not in this connection's scope
             frame = _frame(
                 "event",
                 {
@@ -199,7 +216,7 @@ class FakeSubscriptions:
         connect = await receive()
         assert connect["type"] == "websocket.connect"
         self.handshakes += 1
-        refusal = self._refusal(scope)
+        refusal, workspace = self._refusal(scope)
         if refusal is not None:
             status, body = refusal
             await send(
@@ -213,7 +230,7 @@ class FakeSubscriptions:
             return
         await send({"type": "websocket.accept"})
         with trio.CancelScope() as cancel:
-            conn = _Connection(cancel)
+            conn = _Connection(cancel, workspace)
             self.connections.add(conn)
             try:
                 async with trio.open_nursery() as nursery:
@@ -223,12 +240,24 @@ class FakeSubscriptions:
             finally:
                 self.connections.discard(conn)
 
-    def _refusal(self, scope: Scope) -> tuple[int, bytes] | None:
+    def _refusal(self, scope: Scope) -> tuple[tuple[int, bytes] | None, str | None]:
+        """The refusal of an upgrade (status, body), or the connection's workspace."""
         if not self.available:
-            return 404, b""
-        token = self.runtime.token
+            return (404, b""), None
         auth = dict(scope["headers"]).get(b"authorization")
         self.runtime.auth_headers.append(auth.decode("latin-1") if auth is not None else None)
+        if self.runtime.era == "current" and self.refuse is None:
+            # As a current runtime: the handshake needs `workers:list` (contract-v2 5.1).
+            try:
+                context = self.runtime.authenticate("subscription", auth, "workers:list")
+            except AuthRefusal as refused:
+                body = {"error": {"code": refused.code, "message": refused.message}}
+                return (refused.status, msgspec.json.encode(body)), None
+            return None, context.workspace_id
+        return self._bearer_refusal(auth), None
+
+    def _bearer_refusal(self, auth: bytes | None) -> tuple[int, bytes] | None:
+        token = self.runtime.token
         status = self.refuse
         if status is None and token is not None and auth != f"Bearer {token}".encode():
             status = 401
@@ -285,7 +314,7 @@ class FakeSubscriptions:
         """Snapshot and live queue in one step: nothing between them is lost."""
         subscription_id = f"runtime-subscription-{conn.next_id}"
         conn.next_id += 1
-        workers = [self.worker_json(w) for w in self.runtime.workers.values()]
+        workers = [self.worker_json(w) for w in self._in_scope(conn)]
         conn.subscription_id = subscription_id
         self.subscribed += 1
         conn.push(

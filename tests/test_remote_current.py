@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -27,14 +28,18 @@ from tests.fake_runtime import (
     registry_identity,
     remote_source_toml,
     start_fake,
+    with_subscription,
 )
 from tests.test_remote_source import wait_status, workers
+from tests.yoi_operation_types import input_result, refusal_code
 from yoi_registryd.capability import SigningKey
 from yoi_registryd.config import ConfigError, parse_config
 from yoi_registryd.daemon import Daemon
 
 RID = "gpu-1"
 FAST = {"poll_interval": "50ms", "timeout": "2s", "stale_after": "5s", "expire_after": "10s"}
+SLOW = {"poll_interval": "30s", "stale_after": "60s", "expire_after": "120s"}
+"""One poll at start (and one after each operation): what changes, changes by an operation."""
 
 
 async def start_current(
@@ -110,15 +115,7 @@ async def test_operations_carry_their_own_permission_and_land_at_once(
     fake = current_runtime(RID)
     idle, busy = new_worker_id(), new_worker_id()
     fake.add(FakeWorker(idle, status="idle"), FakeWorker(busy, status="running"))
-    d, fake, _ = await start_current(
-        start_daemon,
-        nursery,
-        tmp_path,
-        fake,
-        poll_interval="30s",
-        stale_after="60s",
-        expire_after="120s",
-    )
+    d, fake, _ = await start_current(start_daemon, nursery, tmp_path, fake, **SLOW)
     await wait_status(d, RID, "available")
     await workers(d, RID)
     response = await d.client.post(
@@ -250,3 +247,78 @@ async def test_a_reload_with_an_unreadable_key_is_rejected(
     error = d.daemon.reloads.last_error
     assert error is not None and "gone.key does not exist" in error
     await wait_status(d, RID, "available")  # the running source is untouched
+
+
+async def test_a_subscription_is_opened_with_a_workers_list_token_and_scoped(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The WebSocket handshake carries a capability token holding ``workers:list`` only;
+    the runtime scopes snapshot and events to the token's workspace."""
+    fake = current_runtime(RID)
+    mine, theirs = new_worker_id(), new_worker_id()
+    fake.add(
+        FakeWorker(mine, status="idle"),
+        FakeWorker(theirs, status="idle", workspace_id="0192f0e8-4d84-7d6e-a000-00000000beef"),
+    )
+    subs = with_subscription(fake)
+    d, fake, _ = await start_current(start_daemon, nursery, tmp_path, fake, **SLOW)
+
+    async def subscribed_with(states: dict[str, str]) -> bool:
+        sources = (await d.get_json("/api/sources"))["items"]
+        mode = next(s["mode"] for s in sources if s["runtime_id"] == RID)
+        listed = await workers(d, RID)
+        return mode == "subscription" and {w: v["state"] for w, v in listed.items()} == states
+
+    await wait_for(lambda: subscribed_with({mine: "idle"}), message="the scoped snapshot")
+    handshakes = [ctx for route, ctx in fake.contexts if route == "subscription"]
+    assert handshakes and all(c.permissions == ("workers:list",) for c in handshakes)
+    assert all(c.workspace_id == WORKSPACE_ID for c in handshakes)
+    subs.upsert(theirs, status="running")  # not ours: never reaches the registry
+    subs.upsert(mine, status="running")
+    await wait_for(lambda: subscribed_with({mine: "running"}), message="the scoped event")
+
+
+async def test_a_runtimes_refusal_is_rejected_with_its_own_code(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Contract-v2 sections 1.8.3 and 4.4: the runtime's code, never the caller's fault."""
+    fake = current_runtime(RID)
+    cancelled, stopped, restored = (new_worker_id() for _ in range(3))
+    fake.add(*(FakeWorker(w, status="idle") for w in (cancelled, stopped, restored)))
+    d, fake, _ = await start_current(start_daemon, nursery, tmp_path, fake, **SLOW)
+    await wait_status(d, RID, "available")
+    await wait_for(lambda: workers_count(d, 3), message="three workers")
+
+    async def send_input(worker_id: str) -> Any:
+        response = await d.client.post(
+            f"/api/runtimes/{RID}/workers/{worker_id}/input", json={"content": "hi"}
+        )
+        result, _ = input_result(response)
+        return result
+
+    async def registry_state(worker_id: str, state: str) -> None:
+        async def reached() -> bool:
+            return (await workers(d, RID))[worker_id]["state"] == state
+
+        await wait_for(reached, message=f"{worker_id} {state}")
+
+    # Each worker ended on the runtime while the registry still shows it idle.
+    fake.workers[cancelled].status = "cancelled"
+    result = await send_input(cancelled)
+    assert (result.state, refusal_code(result)) == ("rejected", "invalid_request")
+    await registry_state(cancelled, "cancelled")  # the refusal woke a poll
+    fake.workers[stopped].status = "stopped"
+    result = await send_input(stopped)  # no execution backend: no implicit restore
+    assert (result.state, refusal_code(result)) == ("rejected", "worker_execution_unavailable")
+    await registry_state(stopped, "stopped")
+    fake.worker_creation_available = True
+    fake.workers[restored].status = "stopped"
+    result = await send_input(restored)  # restored, then delivered
+    assert result.state == "accepted"
+    assert fake.workers[restored].status == "running"
+    for wid in (cancelled, stopped):
+        assert all(w != wid or op != "input" for op, w, _ in fake.operations)
+
+
+async def workers_count(d: RunningDaemon, count: int) -> bool:
+    return len(await workers(d, RID)) == count

@@ -287,9 +287,9 @@ async def test_a_refused_upgrade_is_an_auth_failure(
     subs.refuse = 403
     subs.drop()
 
-    async def refused() -> bool:
+    async def refused() -> bool:  # a 403: the credentials were taken, the request refused
         record = await d.get_json(f"/api/runtimes/{RID}")
-        return bool((record["last_error"] or {}).get("code") == "remote_runtime_auth_failed")
+        return bool((record["last_error"] or {}).get("code") == "remote_runtime_forbidden")
 
     await wait_for(refused, message="the auth failure")
     body = (await d.client.get(f"/api/runtimes/{RID}")).text

@@ -417,10 +417,31 @@ class RemoteRuntimeSource:
                 return operations.runtime_stopped(rid)
             if failure.remote_code == operations.WORKER_NOT_RUNNING:
                 return operations.worker_not_running(rid, worker_id, operation)
-            return operations.rejected(rid, worker_id, operation)
+            if failure.remote_code is None:
+                return operations.rejected(rid, worker_id, operation)
+            return self._refused_as_runtime_says(failure, worker_id, operation)
         if failure.status == 400:
-            return operations.request_rejected(rid, operation)
+            if failure.remote_code is None:
+                return operations.request_rejected(rid, operation)
+            return self._refused_as_runtime_says(failure, worker_id, operation)
         return RuntimeBadResponse(rid)
+
+    def _refused_as_runtime_says(
+        self, failure: RemoteFailure, worker_id: str, operation: Operation
+    ) -> operations.OperationRefused:
+        """``rejected`` with the runtime's own code as the diagnostic's code, as yoi's backend
+        passes a typed refusal through (contract-v2 section 1.8.3): ``invalid_request`` for
+        input to a cancelled worker, ``worker_execution_unavailable`` without an execution
+        backend... The code is one of yoi's snake_case tokens (checked when decoded); the
+        runtime's message is never read."""
+        code = failure.remote_code
+        assert code is not None
+        return operations.OperationRefused(
+            "rejected",
+            code,
+            f"runtime {self.runtime_id!r} refused {operation!r} for worker {worker_id!r} "
+            f"(HTTP {failure.status} {code})",
+        )
 
     def _log_operation_failure(
         self, worker_id: str, operation: str, code: str, detail: str = ""
