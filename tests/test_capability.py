@@ -15,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.fake_runtime import capability_source_toml, registry_identity
 from tests.fake_runtime_auth import AuthRefusal, RuntimeAuth, parse_public_key
 from yoi_registryd.capability import (
     MAX_TOKEN_TTL,
@@ -34,6 +36,8 @@ from yoi_registryd.capability import (
     load_signing_key,
     write_key_file,
 )
+from yoi_registryd.config import RemoteSourceConfig, parse_config
+from yoi_registryd.sources.remote_auth import RemoteCredentials
 
 SERVER = "registry-1"
 RUNTIME = "gpu-1"
@@ -255,3 +259,25 @@ def test_keygen_command_writes_the_key_and_prints_the_public_key(tmp_path: Path)
     again = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 1 and "already exists" in again.stderr
     assert load_signing_key(key_file=str(path)).public_key_string() == public
+
+
+async def test_the_header_value_is_the_same_object_while_its_token_is_reused(
+    tmp_path: Path,
+) -> None:
+    """So that a request built once can be sent again until the token changes."""
+    _, key_path = registry_identity(tmp_path)
+    (source,) = parse_config(
+        capability_source_toml(RUNTIME, "http://127.0.0.1:9", key_path, token_reuse="0s")
+    ).sources
+    assert isinstance(source, RemoteSourceConfig)
+    fresh = RemoteCredentials(source)
+    await fresh.load()
+    first = fresh.authorization(WORKERS_LIST)
+    assert first is not None and fresh.authorization(WORKERS_LIST) is not first
+    reused = RemoteCredentials(msgspec.structs.replace(source, token_reuse=source.token_ttl / 2))
+    await reused.load()
+    header = reused.authorization(WORKERS_LIST)
+    assert header is not None and reused.authorization(WORKERS_LIST) is header
+    assert header.reveal().startswith("Bearer yoi-cap-v1.")
+    assert reused.authorization(WORKERS_STOP) is not header
+    assert str(header) == "<redacted>"

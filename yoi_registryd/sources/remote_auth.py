@@ -28,8 +28,11 @@ class RemoteCredentials:
 
     def __init__(self, config: RemoteSourceConfig) -> None:
         self._config = config
-        self._token: Secret | None = None
+        self._bearer: Secret | None = None
+        """``Bearer <static token>``, built once per load."""
         self._minter: TokenMinter | None = None
+        self._headers: dict[str, tuple[Secret, Secret]] = {}
+        """Per permission: the last minted token and its header value."""
         self._loaded = False
 
     @property
@@ -43,9 +46,10 @@ class RemoteCredentials:
         config = self._config
         if config.auth == "capability":
             self._minter = await trio.to_thread.run_sync(self._load_minter)
+            self._headers.clear()
         else:
             try:
-                self._token = await trio.to_thread.run_sync(
+                token = await trio.to_thread.run_sync(
                     lambda: load_token(
                         token_file=config.token_file,
                         token_env=config.token_env,
@@ -54,6 +58,7 @@ class RemoteCredentials:
                 )
             except TokenUnavailable as exc:
                 raise RemoteFailure(TOKEN_UNAVAILABLE, reason=str(exc)) from None
+            self._bearer = None if token is None else Secret(f"Bearer {token.reveal()}")
         self._loaded = True
 
     def _load_minter(self) -> TokenMinter:
@@ -92,12 +97,19 @@ class RemoteCredentials:
         self._loaded = False
 
     def authorization(self, permission: str) -> Secret | None:
-        """The ``Authorization`` header value for a request needing ``permission``."""
-        if self._minter is not None:
-            return Secret(f"Bearer {self._minter.token(permission).reveal()}")
-        if self._token is not None:
-            return Secret(f"Bearer {self._token.reveal()}")
-        return None
+        """The ``Authorization`` header value for a request needing ``permission``.
+
+        The same object for as long as the value stays the same (a static token, a
+        capability token being reused), so a caller may keep a request built with it and
+        rebuild only when this returns another object.
+        """
+        if self._minter is None:
+            return self._bearer
+        token = self._minter.token(permission)
+        cached = self._headers.get(permission)
+        if cached is None or cached[0] is not token:
+            cached = self._headers[permission] = (token, Secret(f"Bearer {token.reveal()}"))
+        return cached[1]
 
 
 def check_signing_keys(sources: Sequence[SourceConfig]) -> None:
