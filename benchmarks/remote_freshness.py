@@ -107,7 +107,7 @@ async def wait_all_available(client: httpx.AsyncClient, n: int, deadline: float)
         while True:
             try:
                 body = (await client.get("/api/runtimes", params={"limit": 1000})).json()
-                ready = sum(1 for r in body["items"] if r["status"] == "available")
+                ready = sum(1 for r in body["items"] if r["registry_status"] == "available")
                 if ready == n:
                     return
             except httpx.HTTPError:
@@ -221,7 +221,9 @@ async def run(args: argparse.Namespace, procs: Processes) -> None:
         busy_wall = trio.current_time() - busy_start[0]
         busy_cpu = cpu_seconds(procs.daemon.pid) - busy_start[1]
         body = (await daemon.get("/api/runtimes", params={"limit": 1000})).json()
-        unavailable = [r["runtime_id"] for r in body["items"] if r["status"] != "available"]
+        unavailable = [
+            r["runtime_id"] for r in body["items"] if r["registry_status"] != "available"
+        ]
 
     ms = [d * 1000 for d in delays]
     print(f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")

@@ -11,20 +11,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import msgspec
 import trio
 
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import (
-    Capabilities,
     HostSpec,
     Implementation,
     SourceKind,
     WorkerCapabilities,
     WorkerRecord,
-    WorkspaceInfo,
 )
 from yoi_registryd.sources.base import Reporter, SourceError
 from yoi_registryd.supervisor import SourceSpec
+from yoi_registryd.vocabulary import placeholder_capabilities, worker_state, worker_workspace
 
 Step = Callable[[Reporter], Awaitable[None]]
 HOST_ID = "scripted-host"
@@ -34,7 +34,11 @@ def descriptor(label: str = "Scripted runtime") -> RuntimeDescriptor:
     return RuntimeDescriptor(
         label=label,
         kind="scripted",
-        capabilities=Capabilities(can_list_workers=True, can_get_worker=True),
+        capabilities=msgspec.structs.replace(
+            placeholder_capabilities("embedded_worker_runtime"),
+            can_list_workers=True,
+            can_get_worker=True,
+        ),
     )
 
 
@@ -43,20 +47,27 @@ def worker(runtime_id: str, worker_id: str, state: str = "active") -> WorkerReco
         runtime_id=runtime_id,
         worker_id=worker_id,
         host_id=HOST_ID,
+        display_name=worker_id,
         label=worker_id,
         role=None,
         profile=None,
-        workspace=WorkspaceInfo("runtime"),
-        state=state,
+        workspace=worker_workspace("embedded_worker_runtime", None),
+        state=worker_state(state),
         status=state,
         last_seen_at=None,
-        implementation=Implementation("scripted"),
+        implementation=Implementation("scripted", "scripted worker"),
         capabilities=WorkerCapabilities(),
+        registry_state=state,
     )
 
 
 HOSTS = (
-    HostSpec(host_id=HOST_ID, label="Scripted host", kind="scripted", capabilities=Capabilities()),
+    HostSpec(
+        host_id=HOST_ID,
+        label="Scripted host",
+        kind="scripted",
+        capabilities=placeholder_capabilities("embedded_worker_runtime"),
+    ),
 )
 
 

@@ -7,6 +7,7 @@ The helpers at the top are shared with the projection and canary tests.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ RUNTIME_KEYS = {
     "host_ids",
     "capabilities",
     "diagnostics",
+    "registry_status",
 }
 HOST_KEYS = {
     "runtime_id",
@@ -39,20 +41,29 @@ HOST_KEYS = {
     "last_seen_at",
     "capabilities",
     "diagnostics",
+    "registry_status",
 }
 WORKER_KEYS = {
     "runtime_id",
     "worker_id",
+    "resource_key",
     "host_id",
+    "display_name",
     "label",
     "role",
     "profile",
+    "singleton_key",
+    "tags",
     "workspace",
     "state",
+    "status",
     "last_seen_at",
+    "pinned",
+    "retention_state",
     "implementation",
     "capabilities",
     "diagnostics",
+    "registry_state",
 }
 CAPABILITY_FLAGS = (
     "can_list_workers",
@@ -66,6 +77,11 @@ ROOT = "/srv/yoi/workspaces/demo"
 
 
 # -- helpers shared with the other API-level tests -----------------------------------------------
+
+
+def _epoch_ms(iso: str | None) -> str:
+    """yoi's registry timestamp (epoch milliseconds as a string) of an RFC 3339 time."""
+    return "" if iso is None else str(int(datetime.fromisoformat(iso).timestamp() * 1000))
 
 
 def write_worker(data_dir: Path, dir_name: str, metadata: dict[str, Any]) -> Path:
@@ -92,7 +108,7 @@ async def wait_observed(d: RunningDaemon, runtime_id: str, workers: int | None =
         if response.status_code != 200:
             return False
         body = response.json()
-        if body["status"] not in ("available", "degraded"):
+        if body["registry_status"] not in ("available", "degraded"):
             return False
         return workers is None or body["worker_count"] == workers
 
@@ -159,12 +175,12 @@ async def test_every_route_has_the_contract_shape(
     assert runtimes["source"] == "worker_runtime_registry"
     assert runtimes["limit"] == 200
     assert runtimes["next_cursor"] is None
-    assert runtimes["workspace_id"] is None
+    assert runtimes["workspace_id"] == ""  # no acting workspace
     assert isinstance(runtimes["diagnostics"], list)
     [runtime] = runtimes["items"]
     assert set(runtime) >= RUNTIME_KEYS
     assert runtime["runtime_id"] == "local-worker-runtime"
-    assert runtime["status"] in ("available", "degraded")
+    assert runtime["registry_status"] in ("available", "degraded")
     assert runtime["source"] == {
         "kind": "local_compatibility",
         "status": "active",
@@ -175,7 +191,9 @@ async def test_every_route_has_the_contract_shape(
     caps = runtime["capabilities"]
     for flag in CAPABILITY_FLAGS:
         assert isinstance(caps[flag], bool), flag
-    assert {"workspace_scope", "os", "arch"} <= set(caps)
+    assert {"workspace_scope", "os", "arch", "max_workers", "has_workspace_fs"} <= set(caps)
+    assert caps["workspace_scope"] == "current_workspace"  # yoi's value for a local source
+    assert caps["registry_workspace_scope"] == "all_workspaces"  # not bound to a workspace
     # A capability is true only when it really works: the local source only reads.
     assert caps["can_list_workers"] and caps["can_get_worker"]
     for flag in ("can_spawn_worker", "can_stop_worker", "can_accept_input", "can_stream_events"):
@@ -200,12 +218,18 @@ async def test_every_route_has_the_contract_shape(
     )
     for worker in items:
         assert set(worker) >= WORKER_KEYS
-        assert set(worker["workspace"]) == {"visibility", "identity"}
+        assert set(worker["workspace"]) == {
+            "visibility",
+            "identity",
+            "workspace_id",
+            "registry_visibility",
+        }
         assert set(worker["implementation"]) == {"kind", "display_hint"}
         assert all(isinstance(v, bool) for v in worker["capabilities"].values())
         detail = await d.get_json(
             f"/api/runtimes/local-worker-runtime/workers/{worker['worker_id']}"
         )
+        assert detail.pop("updated_at") == _epoch_ms(worker["last_seen_at"])
         assert detail == worker
 
     runtime_workers = await d.get_json("/api/runtimes/local-worker-runtime/workers")

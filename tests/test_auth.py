@@ -76,7 +76,7 @@ async def test_every_token_source_authenticates_its_client(
     for name, workspace, acting in (
         ("hashed", None, "alpha"),  # one workspace: it is the default
         ("filed", "beta", "beta"),
-        ("credentialed", None, None),  # "*" naming none: every workspace
+        ("credentialed", None, ""),  # "*" naming none: every workspace (no one workspace)
         ("credentialed", "zeta", "zeta"),
     ):
         body = await d.get_json("/api/workers", headers=bearer(tokens[name], workspace))

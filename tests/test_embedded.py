@@ -43,7 +43,7 @@ async def start_memory(
 
     async def observed() -> bool:
         body = await d.get_json(f"/api/runtimes/{RID}")
-        return bool(body["status"] == "available")
+        return bool(body["registry_status"] == "available")
 
     await wait_for(observed, message="the first snapshot")
     return d, runtime
@@ -112,7 +112,9 @@ async def test_runtime_host_and_worker_projection(start_daemon: StartDaemon, key
     caps = record["capabilities"]
     assert caps["can_stop_worker"] and caps["can_cancel_worker"] and caps["can_accept_input"]
     assert not caps["can_spawn_worker"]
-    assert caps["workspace_scope"] == "all_workspaces"
+    assert caps["workspace_scope"] == "backend_internal"  # yoi's, for an embedded runtime
+    assert caps["registry_workspace_scope"] == "all_workspaces"
+    assert record["status"] == "running"  # yoi's word for an observed runtime process
 
     hosts = await d.get_json("/api/hosts")
     assert [(h["host_id"], h["kind"]) for h in hosts["items"]] == [
@@ -123,7 +125,15 @@ async def test_runtime_host_and_worker_projection(start_daemon: StartDaemon, key
     assert (worker["label"], worker["role"], worker["profile"]) == ("coder", "coder", "rust")
     assert (worker["state"], worker["status"]) == ("running", "running")
     assert worker["implementation"]["kind"] == "embedded_worker_runtime"
-    assert worker["workspace"] == {"visibility": "runtime", "identity": None}
+    assert worker["workspace"] == {
+        "visibility": "backend_internal",
+        "identity": "runtime_registry_worker",
+        "workspace_id": "",
+        "registry_visibility": "runtime",
+    }
+    # yoi's display fields: the worker's own name; embedded workers are tagged internal.
+    assert worker["display_name"] == "coder"
+    assert worker["tags"] == ["internal", "profile:rust"]
     assert worker["capabilities"]["can_stop"] and worker["capabilities"]["can_cancel"]
     assert worker["capabilities"]["can_accept_input"]
     listed = await d.get_json(f"/api/hosts/{HOST}/workers")
@@ -263,7 +273,7 @@ async def test_a_stopped_runtime_is_shown_stopped(start_daemon: StartDaemon, key
     runtime.stop_runtime()
 
     async def runtime_stopped() -> bool:
-        return bool((await d.get_json(f"/api/runtimes/{RID}"))["status"] == "stopped")
+        return bool((await d.get_json(f"/api/runtimes/{RID}"))["registry_status"] == "stopped")
 
     await wait_for(runtime_stopped, deadline_s=2)
     assert await worker_state(d, "w") == "stopped"
@@ -325,7 +335,7 @@ async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnos
     await wait_listed(d, "good")
     runtime: ThirdPartyRuntime = INSTANCES[key]
     record = await d.get_json(f"/api/runtimes/{RID}")
-    assert record["status"] == "degraded"
+    assert record["registry_status"] == "degraded"
     assert [x["code"] for x in record["diagnostics"]] == ["embedded_worker_id_invalid"]
     listed = await d.client.get(WORKER)
     assert [w["worker_id"] for w in listed.json()["items"]] == ["good"]
@@ -338,13 +348,13 @@ async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnos
 
     async def healthy() -> bool:
         body = await d.get_json(f"/api/runtimes/{RID}")
-        return body["status"] == "available" and body["diagnostics"] == []
+        return body["registry_status"] == "available" and body["diagnostics"] == []
 
     await wait_for(healthy, deadline_s=2, message="the diagnostic to clear")
     runtime.add("also bad!")
     runtime.add("fine-2")
     await wait_for(lambda: worker_state(d, "fine-2"), deadline_s=2)
-    assert (await d.get_json(f"/api/runtimes/{RID}"))["status"] == "degraded"
+    assert (await d.get_json(f"/api/runtimes/{RID}"))["registry_status"] == "degraded"
 
 
 async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: str) -> None:
@@ -360,9 +370,14 @@ async def test_a_runtime_bound_to_one_workspace(start_daemon: StartDaemon, key: 
     INSTANCES[key].spawn("w")
     await wait_listed(d, "w")
     worker = await d.get_json(f"{WORKER}/w")
-    assert worker["workspace"] == {"visibility": "workspace", "identity": "ws-demo"}
+    assert worker["workspace"] == {
+        "visibility": "backend_internal",
+        "identity": "runtime_registry_worker",
+        "workspace_id": "ws-demo",
+        "registry_visibility": "workspace",
+    }
     record = await d.get_json(f"/api/runtimes/{RID}")
-    assert record["capabilities"]["workspace_scope"] == "current_workspace"
+    assert record["capabilities"]["registry_workspace_scope"] == "current_workspace"
 
 
 async def test_the_host_id_of_a_runtime_bound_to_one_workspace_is_yois(
@@ -431,7 +446,7 @@ async def test_a_quiet_runtime_is_kept_fresh_by_heartbeats(
 
     async def three_periods_later() -> bool:
         body = await d.get_json(f"/api/runtimes/{RID}")
-        statuses.add(body["status"])
+        statuses.add(body["registry_status"])
         return trio.current_time() > started + 0.9 and body["last_seen_at"] > first["last_seen_at"]
 
     started = trio.current_time()

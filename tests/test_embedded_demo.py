@@ -34,7 +34,7 @@ async def test_demo_workers_change_state_over_http(start_daemon: StartDaemon) ->
 
     await wait_for(lively, message="workers to run, stop, be cancelled and be replaced")
     record = await d.get_json("/api/runtimes/demo")
-    assert record["status"] == "available"
+    assert record["registry_status"] == "available"
     assert 1 <= record["worker_count"] <= 4
 
 

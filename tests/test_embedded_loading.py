@@ -73,7 +73,7 @@ async def test_built_in_runtimes_are_entry_points(
     )
 
     async def available() -> bool:
-        return bool((await runtime_record(d))["status"] == "available")
+        return bool((await runtime_record(d))["registry_status"] == "available")
 
     await wait_for(available)
     record = await runtime_record(d)
@@ -122,7 +122,7 @@ async def test_a_bad_factory_is_a_supervised_failure_with_a_typed_diagnostic(
 
     await wait_for(failing, message="the supervisor to retry")
     record = await runtime_record(d)
-    assert record["status"] == "unavailable"
+    assert record["registry_status"] == "unavailable"
     assert record["last_error"]["code"] == code
     assert record["supervisor"]["last_error"]["code"] == code
     assert record["consecutive_failures"] >= 2

@@ -37,7 +37,7 @@ async def worker_ids(d: RunningDaemon, runtime_id: str = RID) -> list[str]:
 
 async def assert_local_source_unharmed(d: RunningDaemon) -> None:
     local = await record(d, LOCAL)
-    assert local["status"] == "available"
+    assert local["registry_status"] == "available"
     assert local["supervisor"]["restarts"] == 0
     assert len(await worker_ids(d, LOCAL)) == 6
 
@@ -101,7 +101,7 @@ async def test_a_factory_that_raises_at_start_is_retried_with_backoff(
         body = await record(d)
         if body["last_error"] is not None:
             seen_failure.append(body)
-        return bool(body["status"] == "available")
+        return bool(body["registry_status"] == "available")
 
     await wait_for(recovered, message="the factory to succeed on the fourth call")
     assert ATTEMPTS[key] == 4
@@ -140,7 +140,7 @@ async def test_a_subscription_that_raises_mid_stream_is_restarted_and_resynchron
             for w in (await d.get_json(f"/api/runtimes/{RID}/workers"))["items"]
         }
         return (
-            body["status"] == "available"
+            body["registry_status"] == "available"
             and body["supervisor"]["restarts"] == 1
             and states == {"before": "stopped", "during": "running"}
         )
@@ -168,7 +168,7 @@ async def test_a_subscription_that_falls_behind_is_resynchronised_without_a_rest
     runtime = INSTANCES[key]
 
     async def available() -> bool:
-        return bool((await record(d))["status"] == "available")
+        return bool((await record(d))["registry_status"] == "available")
 
     await wait_for(available)
     assert runtime.subscriptions == 1
@@ -199,7 +199,7 @@ async def test_a_failing_runtime_task_is_supervised(
 
     async def recovered() -> bool:
         body = await record(d)
-        return body["status"] == "available" and body["supervisor"]["restarts"] == 1
+        return body["registry_status"] == "available" and body["supervisor"]["restarts"] == 1
 
     await wait_for(recovered)
     body = await record(d)

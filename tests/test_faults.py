@@ -61,7 +61,9 @@ async def wait_status(
     async def reached() -> bool:
         record = await status_of(d, runtime_id)
         error = record["last_error"] or {}
-        return bool(record["status"] == status and (code is None or error.get("code") == code))
+        return bool(
+            record["registry_status"] == status and (code is None or error.get("code") == code)
+        )
 
     await wait_for(reached, deadline_s=5, message=f"{runtime_id} {status} {code}")
 
@@ -100,10 +102,10 @@ async def test_a_source_failing_every_start_restarts_at_a_bounded_rate(
     # per 50 ms on average. Without a backoff it would be thousands.
     assert 3 <= restarts <= elapsed / 0.05 * 2, restarts
     failing = await status_of(d, "always-failing")
-    assert failing["status"] == "unavailable"
+    assert failing["registry_status"] == "unavailable"
     assert failing["supervisor"]["restarts"] >= restarts
     local = await runtime(d)
-    assert (local["status"], local["supervisor"]["restarts"]) == ("available", 0)
+    assert (local["registry_status"], local["supervisor"]["restarts"]) == ("available", 0)
 
 
 # -- remote runtimes that misbehave below HTTP --------------------------------------------
@@ -447,7 +449,7 @@ async def test_metadata_replaced_by_a_fifo_a_symlink_loop_or_a_directory(
         path.write_bytes(saved)
         await wait_worker(d, name, deadline_s=2, role="before")
     record = await runtime(d)
-    assert (record["status"], record["supervisor"]["restarts"]) == ("available", 0)
+    assert (record["registry_status"], record["supervisor"]["restarts"]) == ("available", 0)
 
 
 # -- the audit file's disk full or read-only ----------------------------------------------
@@ -669,4 +671,4 @@ async def test_a_saturated_registry_channel_loses_no_update(
     assert most_waiting >= 1, most_waiting
     for i in range(4):
         record = await status_of(d, f"busy-{i}")
-        assert (record["status"], record["supervisor"]["restarts"]) == ("available", 0)
+        assert (record["registry_status"], record["supervisor"]["restarts"]) == ("available", 0)

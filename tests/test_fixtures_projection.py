@@ -43,14 +43,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "label": "coder",
         "role": "coder",
         "profile": "builtin:coder",  # profile_selector wins over profile
-        "state": "stale",
+        "state": "active",
+        "registry_state": "stale",
         "status": "active:segment",
     },
     "reviewer": {
         "label": "reviewer",
         "role": "reviewer",  # from role_claim.role
         "profile": "review-strict",  # from the profile object's name
-        "state": "stale",
+        "state": "active",
+        "registry_state": "stale",
         "status": "active:pending_segment",
     },
     "idle-helper": {
@@ -58,6 +60,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "role": None,
         "profile": None,
         "state": "metadata_only",
+        "registry_state": "metadata_only",
         "status": "metadata_only",
     },
     "legacy-pod": {
@@ -65,6 +68,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "role": None,
         "profile": None,
         "state": "metadata_only",
+        "registry_state": "metadata_only",
         "status": "metadata_only",
     },
     "Ticket#Worker@Reviewer": {
@@ -72,13 +76,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "role": "reviewer..x",  # BEL, '/' dropped; the rest kept
         "profile": "named:team",
         "state": "metadata_only",
+        "registry_state": "metadata_only",
         "status": "metadata_only",
     },
     "other-ws": {
         "label": "other-ws",
         "role": None,
         "profile": None,
-        "state": "stale",
+        "state": "active",
+        "registry_state": "stale",
         "status": "active:segment",
     },
 }
@@ -126,7 +132,15 @@ def check_worker(name: str, worker: dict[str, Any], expected: dict[str, Any]) ->
     assert worker["runtime_id"] == RID
     assert worker["implementation"]["kind"] == "local_pod"
     assert worker["capabilities"] == NO_WORKER_CAPABILITIES
-    assert worker["workspace"]["visibility"] == "workspace"
+    assert worker["workspace"]["visibility"] == "current_workspace"  # yoi's, for local
+    assert worker["workspace"]["identity"] == "runtime_workspace"
+    assert worker["workspace"]["registry_visibility"] == "workspace"  # its workspace only
+    # yoi's display fields: the Worker's own name, tagged with its profile if it has one.
+    assert worker["display_name"] == worker["label"]
+    profile = worker["profile"]
+    assert worker["tags"] == ([f"profile:{profile}"] if profile else [])
+    assert (worker["resource_key"], worker["singleton_key"]) == ("", None)
+    assert (worker["pinned"], worker["retention_state"]) == (False, "normal")
     assert worker["last_seen_at"] is not None
     assert_safe_messages(worker["diagnostics"])
 
@@ -141,6 +155,7 @@ async def test_unbound_source_projects_every_fixture(
     for name, expected in EXPECTED.items():
         check_worker(name, workers[name], expected)
         detail = await d.get_json(f"/api/runtimes/{RID}/workers/{local_worker_id(name)}")
+        assert detail.pop("updated_at").isdigit()
         assert detail == workers[name]
 
     # The sanitised name: ASCII lowercased, '#' and '@' become '-', plus the digest.
@@ -162,7 +177,7 @@ async def test_unbound_source_projects_every_fixture(
 
     # Unbound: one opaque workspace id per root; the demo root (with or without a trailing
     # '/') is one workspace and one host, other-ws another.
-    identities = {name: w["workspace"]["identity"] for name, w in workers.items()}
+    identities = {name: w["workspace"]["workspace_id"] for name, w in workers.items()}
     demo_identity = identities["coder"]
     assert {identities[n] for n in DEMO} == {demo_identity}
     assert identities["other-ws"] != demo_identity
@@ -177,12 +192,13 @@ async def test_unbound_source_projects_every_fixture(
     )
     for host in hosts:
         assert is_valid_identifier(host["host_id"])
-        assert host["capabilities"]["workspace_scope"] == "all_workspaces"
+        assert host["capabilities"]["workspace_scope"] == "current_workspace"  # yoi's local
+        assert host["capabilities"]["registry_workspace_scope"] == "all_workspaces"
 
     # Entries that are not workers are runtime diagnostics with the upstream codes.
     runtime = await d.get_json(f"/api/runtimes/{RID}")
     assert runtime["worker_count"] == len(EXPECTED)
-    assert runtime["capabilities"]["workspace_scope"] == "all_workspaces"
+    assert runtime["capabilities"]["registry_workspace_scope"] == "all_workspaces"
     expected_problems = sorted(
         (code, severity, local_worker_id(name)) for name, (code, severity) in PROBLEMS.items()
     )
@@ -200,13 +216,13 @@ async def test_bound_source_excludes_other_workspaces(
     assert set(workers) == set(DEMO)  # other-ws excluded; reviewer's trailing '/' matches
     for name in DEMO:
         check_worker(name, workers[name], EXPECTED[name])
-    assert len({w["workspace"]["identity"] for w in workers.values()}) == 1
+    assert len({w["workspace"]["workspace_id"] for w in workers.values()}) == 1
     [host] = (await d.get_json("/api/hosts"))["items"]
     assert {w["host_id"] for w in workers.values()} == {host["host_id"]}
-    assert host["capabilities"]["workspace_scope"] == "current_workspace"
+    assert host["capabilities"]["registry_workspace_scope"] == "current_workspace"
 
     runtime = await d.get_json(f"/api/runtimes/{RID}")
-    assert runtime["capabilities"]["workspace_scope"] == "current_workspace"
+    assert runtime["capabilities"]["registry_workspace_scope"] == "current_workspace"
     found = codes(runtime["diagnostics"])
     not_visible = [c for c in found if c[0] == "local_pod_workspace_not_visible"]
     assert [c[:2] for c in not_visible] == [("local_pod_workspace_not_visible", "info")]
@@ -235,11 +251,14 @@ async def test_liveness_socket_makes_an_active_worker_available(
     with liveness_socket(runtime_dir, "coder"):
         d = await start(start_daemon, data_dir, runtime_dir)
         workers = by_label((await d.get_json("/api/workers"))["items"])
-    assert workers["coder"]["state"] == "active"
+    assert workers["coder"]["registry_state"] == "active"
     assert workers["coder"]["status"] == "active:segment"
     assert workers["coder"]["diagnostics"] == []
-    # Only coder has its socket: reviewer stays stale.
-    assert workers["reviewer"]["state"] == "stale"
+    # Only coder has its socket: reviewer stays stale (in yoi's words still active).
+    assert (workers["reviewer"]["state"], workers["reviewer"]["registry_state"]) == (
+        "active",
+        "stale",
+    )
     assert codes(workers["reviewer"]["diagnostics"]) == [
         ("local_pod_liveness_missing", "warning", local_worker_id("reviewer"))
     ]
@@ -251,7 +270,7 @@ async def test_liveness_check_can_be_turned_off(
     d = await start(start_daemon, data_dir, runtime_dir, liveness_check=False)
     workers = by_label((await d.get_json("/api/workers"))["items"])
     for name in ("coder", "reviewer", "other-ws"):
-        assert workers[name]["state"] == "active", name
+        assert workers[name]["registry_state"] == "active", name
         assert workers[name]["diagnostics"] == []
     assert workers["coder"]["status"] == "active:segment"
     assert workers["reviewer"]["status"] == "active:pending_segment"
@@ -268,7 +287,7 @@ async def test_old_metadata_is_stale(
     with liveness_socket(runtime_dir, "coder"), liveness_socket(runtime_dir, "reviewer"):
         d = await start(start_daemon, data_dir, runtime_dir, max_metadata_age="10m")
         workers = by_label((await d.get_json("/api/workers"))["items"])
-    assert workers["coder"]["state"] == "stale"
+    assert workers["coder"]["registry_state"] == "stale"
     assert codes(workers["coder"]["diagnostics"]) == [
         ("local_pod_metadata_expired", "warning", local_worker_id("coder"))
     ]

@@ -199,7 +199,7 @@ async def assert_source_healthy(d: RunningDaemon) -> None:
     rt = await runtime(d)
     assert rt["supervisor"]["state"] == "running", rt["supervisor"]
     assert rt["supervisor"]["restarts"] == 0, rt["supervisor"]
-    assert rt["status"] == "available", rt["status"]
+    assert rt["registry_status"] == "available", rt["registry_status"]
     assert (await d.client.get("/healthz")).status_code == 200
 
 
@@ -321,9 +321,11 @@ async def test_odd_names_get_valid_ids(
         assert ID_RE.fullmatch(wid), wid
         assert len(wid.encode()) <= 120
         w = workers[wid]
-        assert w["label"] == _expected_label(name)
-        assert w["label"] is None or not any(ord(c) < 0x20 for c in w["label"])
+        # A name with nothing printable is labelled by its id: labels are never null.
+        assert w["label"] == (_expected_label(name) or wid)
+        assert not any(ord(c) < 0x20 for c in w["label"])
         detail = await d.get_json(f"/api/runtimes/{RID}/workers/{wid}")
+        assert detail.pop("updated_at").isdigit()
         assert detail == w
     assert len(local_worker_id("x" * 250)) == 120
     await assert_source_healthy(d)
@@ -347,7 +349,7 @@ async def test_worker_name_with_traversal_is_not_followed(
         worker_name="../escape",
         active={"session_id": "01973a4e-0000-7000-8000-0000000000aa"},
     )
-    await wait_worker(d, "traversal", state="stale", label="..escape")
+    await wait_worker(d, "traversal", registry_state="stale", label="..escape")
     await assert_no_leak(d, tmp_path, ["escape"])
 
 

@@ -87,7 +87,7 @@ async def start_watching(
     d = await start_daemon(config_prefix + local_source_toml(data_dir, runtime_dir, **extra))
 
     async def initial_scan_served() -> bool:
-        return (await runtime(d))["status"] in ("available", "degraded")
+        return (await runtime(d))["registry_status"] in ("available", "degraded")
 
     await wait_for(initial_scan_served, message="initial scan")
     probe = data_dir / "pods" / "watch-probe"
@@ -118,7 +118,7 @@ async def test_created_changed_deleted_visible_within_1s_without_rescan(
         resolved_manifest_snapshot={"role": "builder"},
     )
     # Active without a liveness socket: stale, with the liveness diagnostic.
-    await wait_worker(d, "fresh", state="stale")
+    await wait_worker(d, "fresh", registry_state="stale")
 
     shutil.rmtree(pods / "fresh")
     await wait_worker(d, "fresh", present=False)
@@ -178,7 +178,7 @@ async def test_pods_dir_removed_and_recreated(
 
     await wait_for(unreadable, 3.0, message="registry unreadable while pods/ is gone")
     rt = await runtime(d)
-    assert rt["status"] == "degraded"
+    assert rt["registry_status"] == "degraded"
     assert rt["capabilities"]["can_list_workers"] is False
     assert await workers_by_id(d) == {}
     assert (await d.client.get("/healthz")).status_code == 200
@@ -189,7 +189,7 @@ async def test_pods_dir_removed_and_recreated(
     await wait_worker(d, "phoenix", deadline_s=4.0, role="reborn")
     rt = await runtime(d)
     assert "local_pod_registry_unreadable" not in {x["code"] for x in rt["diagnostics"]}
-    assert rt["status"] == "available"
+    assert rt["registry_status"] == "available"
     assert rt["capabilities"]["can_list_workers"] is True
 
     # And the new directory is watched again: a further change is seen within a second.
@@ -227,18 +227,18 @@ async def test_liveness_socket_picked_up_by_rescan(
     try:
         d = await start_daemon(local_source_toml(data_dir, run, rescan_interval="100ms"))
         # "coder" claims active; no socket yet: stale.
-        await wait_worker(d, "coder", deadline_s=5.0, state="stale")
+        await wait_worker(d, "coder", deadline_s=5.0, registry_state="stale")
         (run / "coder").mkdir()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(run / "coder" / "sock"))
-            await wait_worker(d, "coder", deadline_s=2.0, state="active")
+            await wait_worker(d, "coder", deadline_s=2.0, registry_state="active")
             w = (await workers_by_id(d))[local_worker_id("coder")]
             assert not any(x["code"] == "local_pod_liveness_missing" for x in w["diagnostics"])
         finally:
             sock.close()
         (run / "coder" / "sock").unlink()
-        await wait_worker(d, "coder", deadline_s=2.0, state="stale")
+        await wait_worker(d, "coder", deadline_s=2.0, registry_state="stale")
         w = (await workers_by_id(d))[local_worker_id("coder")]
         assert [x["code"] for x in w["diagnostics"]] == ["local_pod_liveness_missing"]
     finally:
@@ -315,7 +315,7 @@ async def test_missing_data_dir_is_registry_unavailable(
 
     await wait_for(unavailable, message="registry unavailable")
     rt = await runtime(d)
-    assert rt["status"] == "degraded"
+    assert rt["registry_status"] == "degraded"
     assert str(tmp_path) not in json.dumps(rt)
     write_worker(data / "pods", "arrived")
     await wait_worker(d, "arrived", deadline_s=4.0)

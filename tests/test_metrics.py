@@ -64,7 +64,7 @@ async def test_runtime_and_registry_metrics_describe_the_snapshot(
     last_success = value(samples, "yoi_registryd_runtime_last_success_timestamp_seconds", **LOCAL)
     assert last_success == pytest.approx(last_seen, abs=60)
 
-    by_state = Counter(w["state"] for w in workers)
+    by_state = Counter(w["registry_state"] for w in workers)
     exported = {
         dict(labels)["state"]: v
         for labels, v in with_prefix(samples, "yoi_registryd_runtime_workers").items()

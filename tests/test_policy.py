@@ -35,6 +35,7 @@ from yoi_registryd.policy import (
     Principal,
     load_policy,
 )
+from yoi_registryd.vocabulary import worker_workspace
 
 ROOTS = {
     "alpha": "/srv/yoi/ws/alpha",
@@ -168,7 +169,7 @@ class World:
             if w["runtime_id"] == "local-all":
                 self.local_ids[w["label"]] = w["worker_id"]
                 if LOCAL_WORKERS[w["label"]].rstrip("/") == ROOTS["gamma"]:
-                    self.gamma_id = w["workspace"]["identity"]
+                    self.gamma_id = w["workspace"]["workspace_id"]
         assert self.gamma_id.startswith("ws-")
 
     def root_of(self, workspace: str | None) -> str | None:
@@ -276,7 +277,7 @@ async def test_each_client_and_workspace_sees_exactly_its_workers_everywhere(
             assert set(got) == expected, label
             assert got == sorted(got), label
         page = await d.client.get("/api/workers", headers=headers)
-        assert page.json()["workspace_id"] == acting, label
+        assert page.json()["workspace_id"] == (acting or ""), label
         hidden = set(world.all_workers) - expected
         assert (page.headers.get(FILTERED) == "true") == bool(hidden), label
 
@@ -439,15 +440,17 @@ def _worker(runtime_id: str, workspace: WorkspaceInfo) -> WorkerRecord:
         runtime_id=runtime_id,
         worker_id="w",
         host_id=f"remote-{runtime_id}",
-        label=None,
+        display_name="Worker w",
+        label="w",
         role=None,
         profile=None,
         workspace=workspace,
         state="running",
         status="running",
         last_seen_at=None,
-        implementation=Implementation("remote"),
+        implementation=Implementation("remote", "remote worker"),
         capabilities=WorkerCapabilities(),
+        registry_state="running",
     )
 
 
@@ -466,8 +469,8 @@ base_url = "http://127.0.0.1:9"
 """
     )
     policy = DefaultPolicy(PolicyContext.from_config(config))
-    bound = _worker("gpu", WorkspaceInfo("runtime"))
-    unbound = _worker("shared", WorkspaceInfo("runtime"))
+    bound = _worker("gpu", worker_workspace("remote_http", None))
+    unbound = _worker("shared", worker_workspace("remote_http", None))
     for workspace, sees_bound in (("alpha", True), ("beta", True), ("gamma", False)):
         view = policy.view(Principal("c", workspace))
         assert view.restricted
@@ -475,7 +478,7 @@ base_url = "http://127.0.0.1:9"
         assert view.worker_visible(unbound) is True
     assert policy.view(Principal("c", None)) is SEES_ALL
     # A worker naming its own workspace is visible to that workspace only.
-    own = _worker("shared", WorkspaceInfo("workspace", "alpha"))
+    own = _worker("shared", worker_workspace("remote_http", "alpha"))
     assert policy.view(Principal("c", "alpha")).worker_visible(own)
     assert not policy.view(Principal("c", "beta")).worker_visible(own)
 

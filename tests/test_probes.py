@@ -90,7 +90,7 @@ async def test_readiness_waits_for_a_first_observation(
 
     async def unavailable() -> bool:
         body = await d.get_json("/api/runtimes/scripted")
-        return bool(body["status"] == "unavailable")
+        return bool(body["registry_status"] == "unavailable")
 
     await wait_for(unavailable)
     assert await ready(d)

@@ -26,21 +26,22 @@ from yoi_registryd.messages import (
     WorkersChanged,
 )
 from yoi_registryd.model import (
-    Capabilities,
     Diagnostic,
     ErrorInfo,
     Implementation,
     SupervisorInfo,
     WorkerCapabilities,
     WorkerRecord,
-    WorkspaceInfo,
 )
 from yoi_registryd.registry import RegistryActor, RuntimeEntry
+from yoi_registryd.vocabulary import placeholder_capabilities, worker_workspace
 
 RID = "remote:gpu-1"
 STALE_AFTER = 10.0
 EXPIRE_AFTER = 60.0
-DESCRIPTOR = RuntimeDescriptor(label="GPU", kind="remote", capabilities=Capabilities())
+DESCRIPTOR = RuntimeDescriptor(
+    label="GPU", kind="remote", capabilities=placeholder_capabilities("remote_http")
+)
 
 
 def worker(wid: str, label: str = "w", runtime_id: str = RID) -> WorkerRecord:
@@ -48,15 +49,17 @@ def worker(wid: str, label: str = "w", runtime_id: str = RID) -> WorkerRecord:
         runtime_id=runtime_id,
         worker_id=wid,
         host_id="host-1",
+        display_name=label,
         label=label,
         role=None,
         profile=None,
-        workspace=WorkspaceInfo(visibility="runtime"),
+        workspace=worker_workspace("remote_http", None),
         state="active",
         status="active:segment",
         last_seen_at=None,
-        implementation=Implementation("test"),
+        implementation=Implementation("test", "test worker"),
         capabilities=WorkerCapabilities(),
+        registry_state="active",
     )
 
 
@@ -101,13 +104,13 @@ async def test_status_state_machine(
     actor = await started_actor(nursery)
     await send(actor, registered())
     rec = entry(actor).record
-    assert rec.status == "unknown"
+    assert rec.registry_status == "unknown"
     assert rec.last_seen_at is None and rec.last_transition_at is None
 
     t0 = trio.current_time()
     await send(actor, observed(worker("a"), worker("b")))
     rec = entry(actor).record
-    assert rec.status == "available"
+    assert rec.registry_status == "available"
     assert rec.worker_count == 2
     assert isinstance(rec.last_seen_at, datetime) and isinstance(rec.last_transition_at, datetime)
     available_since = rec.last_transition_at
@@ -121,7 +124,7 @@ async def test_status_state_machine(
 
     await send(actor, ObservationFailed(RID, ErrorInfo("remote_timeout", "timed out")))
     rec = entry(actor).record
-    assert rec.status == "unavailable"
+    assert rec.registry_status == "unavailable"
     assert rec.last_error == ErrorInfo("remote_timeout", "timed out")
     assert rec.consecutive_failures == 1
     assert rec.last_transition_at is not None and rec.last_transition_at >= available_since
@@ -130,27 +133,27 @@ async def test_status_state_machine(
 
     # The last success was at t0 + 1: stale at t0 + 1 + STALE_AFTER, not before.
     await trio.sleep_until(t0 + 1 + STALE_AFTER - 0.01)
-    assert entry(actor).record.status == "unavailable"
+    assert entry(actor).record.registry_status == "unavailable"
     await trio.sleep_until(t0 + 1 + STALE_AFTER + 0.01)
     e = entry(actor)
-    assert e.record.status == "stale"
+    assert e.record.registry_status == "stale"
     assert set(e.workers) == {"a", "b"}
     assert all(w.stale for w in e.workers.values())
     assert "runtime_stale" in {d.code for d in e.record.diagnostics}
 
     await send(actor, ObservationSucceeded(RID))
     e = entry(actor)
-    assert e.record.status == "available"
+    assert e.record.registry_status == "available"
     assert e.record.consecutive_failures == 0
     assert not any(w.stale for w in e.workers.values())
     assert "runtime_stale" not in {d.code for d in e.record.diagnostics}
 
     await send(actor, observed(worker("a"), degraded=True))
-    assert entry(actor).record.status == "degraded"
+    assert entry(actor).record.registry_status == "degraded"
     await send(actor, observed(worker("a"), stopped=True))
-    assert entry(actor).record.status == "stopped"
+    assert entry(actor).record.registry_status == "stopped"
     await send(actor, observed(worker("a")))
-    assert entry(actor).record.status == "available"
+    assert entry(actor).record.registry_status == "available"
 
 
 async def test_failure_before_first_observation_and_supervisor_backoff(
@@ -163,12 +166,12 @@ async def test_failure_before_first_observation_and_supervisor_backoff(
         actor,
         SupervisorChanged("b", SupervisorInfo("backoff", 1, ErrorInfo("source_crashed", "x"))),
     )
-    assert entry(actor, "a").record.status == "unavailable"
-    assert entry(actor, "b").record.status == "unavailable"
+    assert entry(actor, "a").record.registry_status == "unavailable"
+    assert entry(actor, "b").record.registry_status == "unavailable"
     assert entry(actor, "b").record.supervisor.state == "backoff"
     # Never observed: no staleness deadline, so time alone changes nothing.
     await trio.sleep(10 * STALE_AFTER)
-    assert entry(actor, "a").record.status == "unavailable"
+    assert entry(actor, "a").record.registry_status == "unavailable"
 
 
 async def test_expire_after_drops_workers(
@@ -179,10 +182,10 @@ async def test_expire_after_drops_workers(
     t0 = trio.current_time()
     await trio.sleep_until(t0 + EXPIRE_AFTER - 0.01)
     e = entry(actor)
-    assert e.record.status == "stale" and set(e.workers) == {"a", "b"}
+    assert e.record.registry_status == "stale" and set(e.workers) == {"a", "b"}
     await trio.sleep_until(t0 + EXPIRE_AFTER + 0.01)
     e = entry(actor)
-    assert e.record.status == "stale"
+    assert e.record.registry_status == "stale"
     assert dict(e.workers) == {}
     assert e.record.worker_count == 0
     revision = actor.snapshot.revision
@@ -191,7 +194,7 @@ async def test_expire_after_drops_workers(
 
     await send(actor, observed(worker("c")))
     e = entry(actor)
-    assert e.record.status == "available"
+    assert e.record.registry_status == "available"
     assert set(e.workers) == {"c"}
 
 
@@ -285,7 +288,7 @@ async def test_snapshots_are_immutable_for_readers(
     assert old.revision == old_revision
     assert old.runtimes["a"] is old_a
     assert dict(old_a.workers) == old_a_workers
-    assert old_a.record is old_a_record and old_a.record.status == "available"
+    assert old_a.record is old_a_record and old_a.record.registry_status == "available"
     new = actor.snapshot
     assert new.revision > old_revision
     assert dict(new.runtimes["a"].workers) == {}
@@ -295,7 +298,7 @@ async def test_snapshots_are_immutable_for_readers(
     with pytest.raises(TypeError):
         old_a.workers["x"] = worker("x")  # type: ignore[index]
     with pytest.raises(AttributeError):
-        old_a.record.status = "stale"  # type: ignore[misc]
+        old_a.record.registry_status = "stale"  # type: ignore[misc]
 
 
 async def test_a_change_to_one_runtime_leaves_the_others_untouched(

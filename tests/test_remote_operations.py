@@ -175,7 +175,7 @@ async def test_remote_timeout_is_504_and_polls_keep_working(
     assert body["runtime_id"] == "remote-a"
     polls = p.a.count("workers")
     await wait_for(lambda: p.a.count("workers") > polls + 2)
-    assert (await p.d.get_json("/api/runtimes/remote-a"))["status"] == "available"
+    assert (await p.d.get_json("/api/runtimes/remote-a"))["registry_status"] == "available"
 
 
 async def test_unreachable_runtime_is_503_with_retry_after(

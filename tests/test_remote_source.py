@@ -47,7 +47,7 @@ async def wait_status(
     async def reached() -> bool:
         record = await runtime(d, runtime_id)
         seen["record"] = record
-        if record["status"] != status:
+        if record["registry_status"] != status:
             return False
         return code is None or (record["last_error"] or {}).get("code") == code
 
@@ -106,7 +106,20 @@ async def test_projects_remote_workers_with_real_capabilities(
     assert (w2["label"], w2["role"], w2["profile"]) == ("w-2", "fix bug", "runtime_default")
     assert w3["profile"] == "builtin:x"
     assert (w1["state"], w2["state"], w3["state"]) == ("running", "stopped", "cancelled")
-    assert w1["workspace"] == {"visibility": "runtime", "identity": None}
+    assert w1["workspace"] == {
+        "visibility": "remote_runtime",
+        "identity": "runtime_registry_worker",
+        "workspace_id": "",
+        "registry_visibility": "runtime",
+    }
+    assert record["status"] == "running"  # yoi's word for an observed runtime process
+    assert (caps["workspace_scope"], caps["os"], caps["arch"]) == (
+        "remote_runtime_backend_private",
+        "unknown",
+        "unknown",
+    )
+    assert (w1["display_name"], w1["tags"]) == ("CoderOne", ["profile:reviewer-x"])
+    assert (w2["display_name"], w2["tags"]) == ("Runtime Default", ["profile:runtime_default"])
     assert w1["capabilities"] == {
         "can_accept_input": True,
         "can_stream_events": False,
@@ -148,9 +161,14 @@ async def test_configured_label_and_workspace_binding(
     )
     record = await wait_status(d, "remote-a", "available")
     assert record["label"] == "GPU box"
-    assert record["capabilities"]["workspace_scope"] == "current_workspace"
+    assert record["capabilities"]["registry_workspace_scope"] == "current_workspace"
     found = await workers(d, "remote-a")
-    assert found["w-1"]["workspace"] == {"visibility": "workspace", "identity": "ws-1"}
+    assert found["w-1"]["workspace"] == {
+        "visibility": "remote_runtime",
+        "identity": "runtime_registry_worker",
+        "workspace_id": "ws-1",
+        "registry_visibility": "workspace",
+    }
 
 
 async def test_runtime_that_reports_stopped_is_shown_stopped(
@@ -254,7 +272,7 @@ async def test_refused_then_stale_then_expired_then_back_with_new_workers(
         return await workers(d, "remote-a") == {}
 
     await wait_for(expired, message="workers dropped after expire_after")
-    assert (await runtime(d, "remote-a"))["status"] == "stale"
+    assert (await runtime(d, "remote-a"))["registry_status"] == "stale"
 
     fake.set_workers(["x-1", "x-2", "x-3"])  # the runtime comes back with other workers
     await server.start(nursery)

@@ -50,7 +50,7 @@ async def test_status_of_a_ready_daemon(
     header = next(line for line in lines if line.startswith("RUNTIME  "))
     assert header.split()[:4] == ["RUNTIME", "KIND", "STATUS", "TASK"]
     runtime_row = next(line for line in lines if line.startswith("local-worker-runtime "))
-    by_state = Counter(w["state"] for w in workers)
+    by_state = Counter(w["registry_state"] for w in workers)
     assert runtime_row.split()[1:5] == [
         "local_compatibility",
         "available",

@@ -149,7 +149,7 @@ async def test_crashing_source_backs_off_while_local_source_keeps_updating(
         assert gap >= delay - 0.001
 
     crashy = await d.get_json("/api/runtimes/crashy")
-    assert crashy["status"] == "unavailable"
+    assert crashy["registry_status"] == "unavailable"
     assert crashy["supervisor"]["state"] in ("backoff", "running")
     assert crashy["supervisor"]["restarts"] >= 6
     assert crashy["supervisor"]["last_error"] == {
@@ -175,7 +175,7 @@ async def test_crashing_source_backs_off_while_local_source_keeps_updating(
         assert b"10.0.0.1" not in body
 
     local = await runtime(d)
-    assert local["status"] == "available"
+    assert local["registry_status"] == "available"
     assert local["supervisor"]["state"] == "running"
     assert local["supervisor"]["restarts"] == 0
     assert local["supervisor"]["last_error"] is None

@@ -236,7 +236,7 @@ async def test_daemon_notifies_ready_status_watchdog_reloading_stopping_in_order
             # STATUS follows the registry: once the fixtures are observed it says so.
             async def counts() -> tuple[int, int]:
                 items = (await client.get("/api/runtimes")).json()["items"]
-                available = sum(1 for r in items if r["status"] == "available")
+                available = sum(1 for r in items if r["registry_status"] == "available")
                 return available, len((await client.get("/api/workers")).json()["items"])
 
             async def observed() -> bool:

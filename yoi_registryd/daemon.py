@@ -130,7 +130,7 @@ def activated_listeners() -> list[socket.socket] | None:
 def status_summary(snapshot: Snapshot) -> str:
     """The one-line ``STATUS=`` shown by ``systemctl status``."""
     entries = snapshot.runtimes.values()
-    available = sum(1 for e in entries if e.record.status == "available")
+    available = sum(1 for e in entries if e.record.registry_status == "available")
     workers = sum(len(e.workers) for e in entries)
     return f"runtimes: {available}/{len(entries)} available, workers: {workers}"
 

@@ -206,7 +206,7 @@ class _SnapshotCollector:
             key = [rid, record.source.kind]
             up.add_metric(key, 1.0 if runtime_health(record) == "up" else 0.0)
             for name in STATUSES:
-                status.add_metric([*key, name], 1.0 if record.status == name else 0.0)
+                status.add_metric([*key, name], 1.0 if record.registry_status == name else 0.0)
             if record.last_seen_at is not None:
                 last_success.add_metric(key, record.last_seen_at.timestamp())
             if entry.stats.last_duration is not None:

@@ -293,14 +293,18 @@ class OperationRouter:
         if not visible:
             raise WorkerNotVisible(runtime_id, worker_id)
         try:
-            if entry.record.status == "stopped":
+            if entry.record.registry_status == "stopped":
                 raise runtime_stopped(runtime_id)
             if not getattr(entry.record.capabilities, _RUNTIME_CAPABILITY[operation]):
                 raise unsupported(runtime_id, operation)
             if not getattr(worker.capabilities, _WORKER_CAPABILITY[operation]):
                 raise worker_not_running(runtime_id, worker_id, operation)
             handler = self._handlers.get(runtime_id)
-            if handler is None or entry.record.status in ("unavailable", "stale", "unknown"):
+            if handler is None or entry.record.registry_status in (
+                "unavailable",
+                "stale",
+                "unknown",
+            ):
                 raise RuntimeUnavailable(runtime_id)
             if isinstance(request, InputRequest):
                 ack = await handler.input(worker_id, request)

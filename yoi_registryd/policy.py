@@ -200,8 +200,8 @@ class WorkspaceView:
     def worker_visible(self, worker: WorkerRecord) -> bool:
         if not self._runtime_id_visible(worker.runtime_id):
             return False
-        if worker.workspace.visibility == "workspace":
-            return worker.workspace.identity in self._identities
+        if worker.workspace.registry_visibility == "workspace":
+            return worker.workspace.workspace_id in self._identities
         return True
 
 

@@ -40,7 +40,6 @@ from yoi_registryd.messages import (
     WorkersChanged,
 )
 from yoi_registryd.model import (
-    Capabilities,
     Diagnostic,
     ErrorInfo,
     HostRecord,
@@ -52,6 +51,12 @@ from yoi_registryd.model import (
     SourceKind,
     SupervisorInfo,
     WorkerRecord,
+)
+from yoi_registryd.vocabulary import (
+    RUNTIME_KINDS,
+    host_status,
+    placeholder_capabilities,
+    runtime_status,
 )
 
 log = logging.getLogger(__name__)
@@ -134,7 +139,7 @@ class RuntimeEntry:
     def workers_by_state(self) -> Mapping[str, int]:
         """Worker counts by ``state``, computed once per distinct worker set."""
         if self._workers_by_state is None:
-            counts = Counter(w.state for w in self.workers.values())
+            counts = Counter(w.registry_state for w in self.workers.values())
             self._workers_by_state = MappingProxyType(dict(sorted(counts.items())))
         return self._workers_by_state
 
@@ -242,6 +247,8 @@ class _RuntimeState:
     consecutive_failures: int = 0
     workers_revision: int = 0
     registered_at: float = 0.0
+    registered_wall: datetime = field(default_factory=lambda: utcnow())
+    """When the source was registered: a host's ``observed_at`` until it is first seen."""
     last_attempt_at: datetime | None = None
     last_duration: float | None = None
     successes: int = 0
@@ -430,7 +437,9 @@ class RegistryActor:
             old.descriptor
             if old is not None
             else RuntimeDescriptor(
-                label=msg.label, kind=msg.source_kind, capabilities=Capabilities()
+                label=msg.label,
+                kind=RUNTIME_KINDS[msg.source_kind],
+                capabilities=placeholder_capabilities(msg.source_kind),
             )
         )
         st = _RuntimeState(
@@ -452,6 +461,7 @@ class RegistryActor:
             st.workers_stale, st.workers_revision = old.workers_stale, old.workers_revision
             st.last_attempt_at, st.last_duration = old.last_attempt_at, old.last_duration
             st.successes, st.errors = old.successes, old.errors
+            st.registered_wall = old.registered_wall
         self._states[msg.runtime_id] = st
         self._removed.discard(msg.runtime_id)
         self._dirty.add(msg.runtime_id)
@@ -567,30 +577,33 @@ class RegistryActor:
             diagnostics.append(STALE_DIAGNOSTIC)
         for subject in sorted(st.diagnostics):
             diagnostics.extend(st.diagnostics[subject])
+        yoi_host_status = host_status(st.source_kind, st.status)
         hosts = tuple(
             HostRecord(
                 runtime_id=st.runtime_id,
                 host_id=h.host_id,
                 label=h.label,
                 kind=h.kind,
-                status=st.status,
-                observed_at=st.last_seen_at,
+                status=yoi_host_status,
+                observed_at=st.last_seen_at or st.registered_wall,
                 last_seen_at=st.last_seen_at,
                 capabilities=h.capabilities,
                 diagnostics=h.diagnostics,
+                registry_status=st.status,
             )
             for h in st.hosts
         )
         d = st.descriptor
         record = RuntimeRecord(
             runtime_id=st.runtime_id,
-            label=d.label,
+            label=d.label or st.runtime_id,
             kind=d.kind,
-            status=st.status,
-            source=SourceInfo(kind=st.source_kind, note=d.note),
+            status=runtime_status(st.source_kind, st.status),
+            source=SourceInfo(kind=st.source_kind, note=d.note or ""),
             host_ids=tuple(h.host_id for h in st.hosts),
             capabilities=d.capabilities,
             diagnostics=tuple(diagnostics),
+            registry_status=st.status,
             worker_count=len(st.workers),
             last_seen_at=st.last_seen_at,
             last_transition_at=st.last_transition_at,

@@ -35,9 +35,9 @@ UP_STATUSES: Final[frozenset[RuntimeStatus]] = frozenset({"available", "degraded
 
 def runtime_health(record: RuntimeRecord) -> Health:
     """``up``: last observation worked and is fresh; ``unknown``: never tried; else ``down``."""
-    if record.status in UP_STATUSES:
+    if record.registry_status in UP_STATUSES:
         return "up"
-    if record.status == "unknown":
+    if record.registry_status == "unknown":
         return "unknown"
     return "down"
 
@@ -93,7 +93,7 @@ def _visible_counts(entry: RuntimeEntry, view: Visibility) -> tuple[int, dict[st
     """Worker count and counts by state of what ``view`` may see; True if it hid some."""
     if not view.restricted:
         return entry.record.worker_count, dict(entry.workers_by_state), False
-    counts = Counter(w.state for w in entry.workers.values() if view.worker_visible(w))
+    counts = Counter(w.registry_state for w in entry.workers.values() if view.worker_visible(w))
     total = sum(counts.values())
     return total, dict(sorted(counts.items())), total != len(entry.workers)
 
@@ -111,7 +111,7 @@ def source_status(
         kind=record.source.kind,
         state=supervisor.state,
         health=runtime_health(record),
-        runtime_status=record.status,
+        runtime_status=record.registry_status,
         ready=startup_grace_left(stats, now) is None,
         last_observation_at=stats.last_attempt_at,
         last_observation_duration_seconds=stats.last_duration,
@@ -155,5 +155,5 @@ def sources_page(
             yield status
 
     page, cursor = views._take(items(), query.limit, lambda s: (s.runtime_id,))
-    body = views.encode(SourceList(page, [], query.limit, cursor, workspace_id=workspace_id))
+    body = views.encode(views.envelope(page, query, cursor, [], workspace_id))
     return views.Rendered(body, filtered)

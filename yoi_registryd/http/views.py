@@ -27,7 +27,13 @@ from yoi_registryd.errors import (
     RuntimeNotVisible,
     WorkerNotVisible,
 )
-from yoi_registryd.model import Diagnostic, HostRecord, RuntimeRecord, WorkerRecord
+from yoi_registryd.model import (
+    Diagnostic,
+    HostRecord,
+    RuntimeRecord,
+    WorkerDetail,
+    WorkerRecord,
+)
 from yoi_registryd.policy import SEES_ALL, Visibility
 from yoi_registryd.registry import RuntimeEntry, Snapshot
 
@@ -41,16 +47,23 @@ T = TypeVar("T")
 V = TypeVar("V")
 
 
-class ListEnvelope(msgspec.Struct, Generic[T]):
-    """Every list response: upstream's envelope plus an opaque ``next_cursor``."""
+NO_WORKSPACE: Final = ""
+"""The envelope's ``workspace_id`` when the caller acts for no one workspace."""
 
-    items: list[T]
-    diagnostics: list[Diagnostic]
+
+class ListEnvelope(msgspec.Struct, Generic[T], kw_only=True):
+    """Every list response: yoi's envelope (its fields in its order) plus an opaque
+    ``next_cursor``."""
+
+    workspace_id: str
+    """The acting workspace the list was filtered for (``X-Yoi-Workspace``, the
+    ``/api/w/{workspace_id}`` path, or the one workspace a client is allowed);
+    ``""`` when the caller acts for no one workspace and sees every workspace's items."""
     limit: int
-    next_cursor: str | None
+    items: list[T]
     source: str = LIST_SOURCE
-    workspace_id: str | None = None
-    """The acting workspace the list was filtered for; null: every workspace."""
+    diagnostics: list[Diagnostic]
+    next_cursor: str | None
 
 
 RuntimeList = ListEnvelope[RuntimeRecord]
@@ -165,7 +178,7 @@ def runtime_detail(snapshot: Snapshot, runtime_id: str, view: Visibility = SEES_
 def worker_detail(
     snapshot: Snapshot, runtime_id: str, worker_id: str, view: Visibility = SEES_ALL
 ) -> Rendered:
-    return Rendered(encode(visible_worker(snapshot, runtime_id, worker_id, view)))
+    return Rendered(encode(WorkerDetail.of(visible_worker(snapshot, runtime_id, worker_id, view))))
 
 
 # -- cursors ---------------------------------------------------------------------------
@@ -307,8 +320,24 @@ def _page(
     """Encode one page of ``items`` (filtered through ``seen``, which is read only once the
     page is taken); ``key`` gives the cursor of the last item."""
     page, cursor = _take(items, query.limit, key)
-    envelope = ListEnvelope(page, _cap(diagnostics), query.limit, cursor, workspace_id=workspace_id)
-    return Rendered(encode(envelope), seen.hid)
+    return Rendered(encode(envelope(page, query, cursor, diagnostics, workspace_id)), seen.hid)
+
+
+def envelope(
+    page: list[T],
+    query: ListQuery,
+    cursor: str | None,
+    diagnostics: list[Diagnostic],
+    workspace_id: str | None,
+) -> ListEnvelope[T]:
+    """The list envelope of one page; ``workspace_id`` None: no one acting workspace."""
+    return ListEnvelope(
+        workspace_id=workspace_id or NO_WORKSPACE,
+        limit=query.limit,
+        items=page,
+        diagnostics=_cap(diagnostics),
+        next_cursor=cursor,
+    )
 
 
 def runtimes_page(

@@ -48,7 +48,6 @@ from yoi_registryd.model import (
     SourceKind,
     WorkerCapabilities,
     WorkerRecord,
-    WorkspaceInfo,
 )
 from yoi_registryd.operations import (
     CancelRequest,
@@ -80,6 +79,12 @@ from yoi_registryd.runtimes.protocol import (
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 from yoi_registryd.sources.local import _platform_arch, _platform_os
 from yoi_registryd.sources.local_metadata import safe_display
+from yoi_registryd.vocabulary import (
+    WORKSPACE_SCOPES,
+    worker_naming,
+    worker_state,
+    worker_workspace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -276,19 +281,21 @@ class _Projection:
         self.host_id = derive_id(
             EMBEDDED_HOST_PREFIX, bound[0] if len(bound) == 1 else config.runtime_id
         )
-        self.workspace = (
-            WorkspaceInfo("workspace", bound[0]) if len(bound) == 1 else WorkspaceInfo("runtime")
+        self.workspace = worker_workspace(
+            "embedded_worker_runtime", bound[0] if len(bound) == 1 else None
         )
         self.capabilities = Capabilities(
             can_list_hosts=True,
             can_list_workers=True,
             can_get_worker=True,
             can_stop_worker="stop" in operations,
-            can_cancel_worker="cancel" in operations,
             can_accept_input="input" in operations,
-            workspace_scope="current_workspace" if bound else "all_workspaces",
+            local_pod_inspection="not_applicable",
+            workspace_scope=WORKSPACE_SCOPES["embedded_worker_runtime"],
             os=_platform_os(),
             arch=_platform_arch(),
+            can_cancel_worker="cancel" in operations,
+            registry_workspace_scope="current_workspace" if bound else "all_workspaces",
         )
         self.hosts = (
             HostSpec(
@@ -317,21 +324,29 @@ class _Projection:
         )
 
     def record(self, worker: WorkerSummary) -> WorkerRecord:
+        requested = safe_display(worker.display_name)
+        profile = _profile(worker.profile)
+        naming = worker_naming(worker.worker_id, requested, profile, internal=True)
+        state = worker_state(worker.status)
         return WorkerRecord(
             runtime_id=self.runtime_id,
             worker_id=worker.worker_id,
             host_id=self.host_id,
-            label=safe_display(worker.display_name) or worker.worker_id,
+            display_name=naming.display_name,
+            label=requested or worker.worker_id,
             role=_role(worker.intent),
-            profile=_profile(worker.profile),
+            profile=profile,
+            singleton_key=naming.singleton_key,
+            tags=naming.tags,
             workspace=self.workspace,
-            state=worker.status,
-            status=worker.status,
+            state=state,
+            status=state,
             last_seen_at=worker.updated_at,
             implementation=IMPLEMENTATION,
             capabilities=self._worker_capabilities[
                 "running" if worker.status == "running" else "terminal"
             ],
+            registry_state=worker.status,
         )
 
 

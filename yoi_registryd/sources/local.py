@@ -39,6 +39,7 @@ from yoi_registryd.sources.local_metadata import (
     is_utf8_name,
     normalize_root,
 )
+from yoi_registryd.vocabulary import WORKSPACE_SCOPES
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,11 @@ class LocalCompatibilitySource:
             can_list_hosts=True,
             can_list_workers=readable,
             can_get_worker=readable,
-            workspace_scope="current_workspace" if self.bound_root else "all_workspaces",
+            local_pod_inspection="available" if readable else "unavailable",
+            workspace_scope=WORKSPACE_SCOPES[self.source_kind],
             os=_platform_os(),
             arch=_platform_arch(),
+            registry_workspace_scope=("current_workspace" if self.bound_root else "all_workspaces"),
         )
 
     def _descriptor(self) -> RuntimeDescriptor:

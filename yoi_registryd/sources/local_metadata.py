@@ -36,8 +36,8 @@ from yoi_registryd.model import (
     Severity,
     WorkerCapabilities,
     WorkerRecord,
-    WorkspaceInfo,
 )
+from yoi_registryd.vocabulary import worker_naming, worker_workspace
 from yoi_registryd.workspace_file import read_workspace_identity
 
 log = logging.getLogger(__name__)
@@ -487,20 +487,26 @@ def _evaluate_entry(
         if live is False or aged:
             state = "stale"
     role, profile = _role_and_profile(meta.resolved_manifest_snapshot)
+    label = safe_display(worker_name) or worker_id
+    naming = worker_naming(worker_id, label, profile, internal=False)
     worker = WorkerRecord(
         runtime_id=options.runtime_id,
         worker_id=worker_id,
         host_id=host_id,
-        label=safe_display(worker_name),
+        display_name=naming.display_name,
+        label=label,
         role=role,
         profile=profile,
-        workspace=WorkspaceInfo(visibility="workspace", identity=workspace_id),
-        state=state,
+        singleton_key=naming.singleton_key,
+        tags=naming.tags,
+        workspace=worker_workspace("local_compatibility", workspace_id),
+        state="metadata_only" if active is None else "active",
         status=status,
         last_seen_at=_modified_at(st),
-        implementation=Implementation(IMPLEMENTATION_KIND, safe_display(name)),
+        implementation=Implementation(IMPLEMENTATION_KIND, safe_display(name) or worker_id),
         capabilities=NO_CAPABILITIES,
         diagnostics=tuple(diagnostics),
+        registry_state=state,
     )
     volatile = active is not None and (options.liveness_check or aged is not None)
     fingerprint = (*stat_key, live, aged, host_id, host_note)

@@ -475,7 +475,7 @@ class RemoteRuntimeSource:
                 return
             old = view.workers[worker_id]
             new = self._projector.with_status(old, status, view.running, utcnow())
-            if new.status == old.status and new.capabilities == old.capabilities:
+            if new.registry_state == old.registry_state and new.capabilities == old.capabilities:
                 return
             self._reported = replace(view, workers={**view.workers, worker_id: new})
             await reporter.changed(upserts=(new,))

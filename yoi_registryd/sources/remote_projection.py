@@ -27,11 +27,17 @@ from yoi_registryd.model import (
     HostSpec,
     Implementation,
     ObservationMode,
+    RegistryWorkspaceScope,
     WorkerCapabilities,
     WorkerRecord,
-    WorkspaceInfo,
 )
 from yoi_registryd.sources.local_metadata import safe_display
+from yoi_registryd.vocabulary import (
+    WORKSPACE_SCOPES,
+    worker_naming,
+    worker_state,
+    worker_workspace,
+)
 
 RUNTIME_KIND: Final = "remote_worker_runtime"
 HOST_KIND: Final = "remote-worker-runtime-host"
@@ -225,11 +231,12 @@ class Projector:
         self.runtime_id = config.runtime_id
         self.host_id = derive_id(REMOTE_HOST_PREFIX, config.runtime_id)
         self.label = config.label
-        if len(config.workspaces) == 1:
-            self.workspace = WorkspaceInfo(visibility="workspace", identity=config.workspaces[0])
-        else:
-            self.workspace = WorkspaceInfo(visibility="runtime")
-        self.workspace_scope = "current_workspace" if config.workspaces else "all_workspaces"
+        self.workspace = worker_workspace(
+            "remote_http", config.workspaces[0] if len(config.workspaces) == 1 else None
+        )
+        self.workspace_scope: RegistryWorkspaceScope = (
+            "current_workspace" if config.workspaces else "all_workspaces"
+        )
 
     def worker_capabilities(self, running: bool, status: str) -> WorkerCapabilities:
         """Operations the registry can really route: none unless the runtime runs.
@@ -250,19 +257,23 @@ class Projector:
             can_get_worker=True,
             can_spawn_worker=running and creation,
             can_stop_worker=running,
-            can_cancel_worker=running,
             can_accept_input=running,
-            workspace_scope=self.workspace_scope,
+            local_pod_inspection="unavailable",
+            workspace_scope=WORKSPACE_SCOPES["remote_http"],
+            can_cancel_worker=running,
+            registry_workspace_scope=self.workspace_scope,
         )
 
     def with_status(
         self, record: WorkerRecord, status: str, running: bool, now: datetime
     ) -> WorkerRecord:
         """``record`` after an acknowledged operation left the worker in ``status``."""
+        state = worker_state(status)
         return msgspec.structs.replace(
             record,
-            state=status,
-            status=status,
+            state=state,
+            status=state,
+            registry_state=status,
             capabilities=self.worker_capabilities(running, status),
             last_seen_at=now,
         )
@@ -391,19 +402,26 @@ class Projector:
         now: datetime,
     ) -> WorkerRecord:
         """The registry record of one worker; ``previous`` when nothing changed."""
+        requested = safe_display(fields.display_name)
+        naming = worker_naming(fields.worker_id, requested, fields.profile, internal=False)
+        state = worker_state(fields.status)
         record = WorkerRecord(
             runtime_id=self.runtime_id,
             worker_id=fields.worker_id,
             host_id=self.host_id,
-            label=safe_display(fields.display_name) or fields.worker_id,
+            display_name=naming.display_name,
+            label=requested or fields.worker_id,
             role=fields.role,
             profile=fields.profile,
+            singleton_key=naming.singleton_key,
+            tags=naming.tags,
             workspace=self.workspace,
-            state=fields.status,
-            status=fields.status,
+            state=state,
+            status=state,
             last_seen_at=previous.last_seen_at if previous is not None else now,
             implementation=IMPLEMENTATION,
             capabilities=self.worker_capabilities(running, fields.status),
+            registry_state=fields.status,
         )
         if previous is None or record == previous:
             return previous if previous is not None else record
