@@ -8,8 +8,9 @@ client's digest using :func:`hmac.compare_digest`, without stopping at a match, 
 taken says nothing about which client, or how much of a token, matched.
 
 With no clients configured, requests carry no token and are accepted only from loopback
-addresses and unix sockets. The acting workspace comes from ``X-Yoi-Workspace`` and must
-be one the client may act for.
+addresses and unix sockets. The acting workspace comes from ``X-Yoi-Workspace`` or the path
+of a workspace-scoped route (``/api/w/{workspace_id}/...``) and must be one the client may
+act for.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from yoi_registryd.config import ANY_WORKSPACE, ClientConfig, ConfigError
-from yoi_registryd.errors import Forbidden, InvalidIdentifier, Unauthenticated
+from yoi_registryd.errors import (
+    Forbidden,
+    InvalidIdentifier,
+    Unauthenticated,
+    WorkspaceMismatch,
+)
 from yoi_registryd.ids import is_valid_identifier
 from yoi_registryd.secrets import TokenUnavailable, load_token
 
 WORKSPACE_HEADER: Final = "X-Yoi-Workspace"
+PATH_WORKSPACE: Final = "workspace_id"
+"""The path parameter of the workspace-scoped routes, ``/api/w/{workspace_id}/...``."""
 MAX_TOKEN_BYTES: Final = 4096
 _AUTHORIZATION: Final = b"authorization"
 _WORKSPACE: Final = WORKSPACE_HEADER.lower().encode("ascii")
@@ -169,14 +177,24 @@ class Authenticator:
             raise Unauthenticated("the bearer token is not valid", invalid_token=True)
         return client
 
-    def acting_workspace(self, client: Client | None, scope: Mapping[str, Any]) -> str | None:
-        """The workspace named in ``X-Yoi-Workspace``, if the caller may act for it.
+    def acting_workspace(
+        self, client: Client | None, scope: Mapping[str, Any], in_path: str | None = None
+    ) -> str | None:
+        """The workspace named in ``X-Yoi-Workspace`` or, on a workspace-scoped route
+        (``/api/w/{workspace_id}/...``), in the path (``in_path``), if the caller may act
+        for it. Path and header must agree when both name one.
 
         A client allowed exactly one workspace acts for it when it names none; a client
         allowed several must name one; ``"*"`` clients and anonymous callers that name none
         act for every workspace at once (None).
         """
         workspace = self._workspace(_header(scope.get("headers", []), _WORKSPACE))
+        if in_path is not None:
+            if not is_valid_identifier(in_path):
+                raise InvalidIdentifier(PATH_WORKSPACE)
+            if workspace is not None and workspace != in_path:
+                raise WorkspaceMismatch()
+            workspace = in_path
         if client is None:
             return workspace
         if workspace is None:

@@ -189,6 +189,19 @@ class Unauthenticated(RegistryError):
         self.headers["WWW-Authenticate"] = challenge
 
 
+class WorkspaceMismatch(RegistryError):
+    """The ``/api/w/{workspace_id}`` path and ``X-Yoi-Workspace`` name different workspaces."""
+
+    code = "workspace_mismatch"
+    status = 400
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the workspace in the path and the one in X-Yoi-Workspace differ",
+            parameter="workspace_id",
+        )
+
+
 class Forbidden(RegistryError):
     """The caller is known but may not do this (workspace not allowed, policy says no)."""
 

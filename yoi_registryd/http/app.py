@@ -9,6 +9,7 @@ a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
 
 import trio
@@ -105,6 +106,23 @@ def _json(body: bytes, snapshot: Snapshot, status: int = 200) -> Response:
     return response
 
 
+READ_ENDPOINTS: Final = {
+    "list_runtimes": reads.RUNTIMES,
+    "get_runtime": reads.RUNTIME,
+    "list_runtime_workers": reads.RUNTIME_WORKERS,
+    "get_worker": reads.WORKER,
+    "list_hosts": reads.HOSTS,
+    "list_host_workers": reads.HOST_WORKERS,
+    "list_workers": reads.WORKERS,
+}
+"""The read routes' endpoints (OpenAPI operationIds); their scoped twins add ``scoped_``."""
+OPERATIONS: Final[tuple[Operation, ...]] = ("stop", "cancel", "input")
+
+
+def operation_template(operation: Operation) -> str:
+    return f"{reads.WORKER}/{operation}"
+
+
 def create_app(state: ApiState) -> QuartTrio:
     """Build the ASGI app. The daemon serves it with hypercorn in its own nursery."""
     app = QuartTrio("yoi_registryd", static_folder=None)
@@ -186,6 +204,19 @@ def create_app(state: ApiState) -> QuartTrio:
     async def list_workers() -> Response:
         return await cached(reads.WORKERS)
 
+    # The workspace-scoped twins (yoi's /api/w/{workspace_id}/...): the security middleware
+    # made the path's workspace the acting one, so each answers as its unscoped route.
+    def scoped_read(template: str) -> Callable[..., Awaitable[Response]]:
+        async def read(workspace_id: str, **params: str) -> Response:
+            return await cached(template, **params)
+
+        return read
+
+    for endpoint, template in READ_ENDPOINTS.items():
+        app.add_url_rule(
+            reads.scoped(template), f"scoped_{endpoint}", scoped_read(template), methods=["GET"]
+        )
+
     @app.get("/api/sources")
     async def list_sources() -> Response:
         # Not cached per revision: ``ready`` moves with the clock, and the list is short.
@@ -213,17 +244,31 @@ def create_app(state: ApiState) -> QuartTrio:
         )
         return _json(views.encode(result), state.actor.snapshot)
 
-    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/stop")
+    @app.post(operation_template("stop"))
     async def stop_worker(runtime_id: str, worker_id: str) -> Response:
         return await operate(runtime_id, worker_id, "stop")
 
-    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/cancel")
+    @app.post(operation_template("cancel"))
     async def cancel_worker(runtime_id: str, worker_id: str) -> Response:
         return await operate(runtime_id, worker_id, "cancel")
 
-    @app.post("/api/runtimes/<runtime_id>/workers/<worker_id>/input")
+    @app.post(operation_template("input"))
     async def input_worker(runtime_id: str, worker_id: str) -> Response:
         return await operate(runtime_id, worker_id, "input")
+
+    def scoped_operation(operation: Operation) -> Callable[..., Awaitable[Response]]:
+        async def scoped(workspace_id: str, runtime_id: str, worker_id: str) -> Response:
+            return await operate(runtime_id, worker_id, operation)
+
+        return scoped
+
+    for operation in OPERATIONS:
+        app.add_url_rule(
+            reads.scoped(operation_template(operation)),
+            f"scoped_{operation}_worker",
+            scoped_operation(operation),
+            methods=["POST"],
+        )
 
     async def probe(kind: probes.ProbeKind) -> Response:
         query = probes.parse_probe_query(request.args.items(multi=True))

@@ -42,9 +42,23 @@ def match(path: str) -> tuple[str, dict[str, str]] | None:
     """The read route template and path parameters of ``path``; None for anything else
     (including empty segments, which the router answers itself)."""
     parts = path.split("/")
-    n = len(parts)
-    if n < 3 or parts[0] or parts[1] != "api":
+    if len(parts) < 3 or parts[0] or parts[1] != "api":
         return None
+    if parts[2] != "w":
+        return _match(parts)
+    # /api/w/<workspace_id>/...: the twin of /api/... (the middleware took the workspace).
+    if len(parts) < 5 or not parts[3]:
+        return None
+    found = _match(["", "api", *parts[4:]])
+    if found is None:
+        return None
+    template, params = found
+    return reads.scoped(template), {**params, "workspace_id": parts[3]}
+
+
+def _match(parts: list[str]) -> tuple[str, dict[str, str]] | None:
+    """:func:`match` of an unscoped path, split at ``/``."""
+    n = len(parts)
     collection = parts[2]
     if collection == "workers":
         return (reads.WORKERS, {}) if n == 3 else None

@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -30,13 +30,13 @@ from werkzeug.routing import Map
 from yoi_registryd import __version__, errors
 from yoi_registryd.audit import AuditUnavailable
 from yoi_registryd.auth import WORKSPACE_HEADER
-from yoi_registryd.http import views
+from yoi_registryd.http import reads, views
 from yoi_registryd.http.middleware import RequestHeadTooLarge
 from yoi_registryd.http.server import TooManyConnections
 from yoi_registryd.http.source_status import SourceList
 from yoi_registryd.http.watch import MAX_WAIT, TooManyWatches
 from yoi_registryd.ids import _ID_RE, MAX_ID_BYTES
-from yoi_registryd.model import RuntimeRecord, WorkerRecord
+from yoi_registryd.model import RuntimeRecord, WorkerDetail
 from yoi_registryd.operations import (
     CancelRequest,
     InputRequest,
@@ -361,7 +361,10 @@ ROUTES: Final[dict[tuple[str, str], Route]] = {
     ),
     ("GET", "/api/runtimes/<runtime_id>/workers/<worker_id>"): Route(
         "Get a worker",
-        Json(WorkerRecord, "The worker (WorkerSummary), keyed by runtime_id + worker_id."),
+        Json(
+            WorkerDetail,
+            "The worker (WorkerSummary plus updated_at), keyed by runtime_id + worker_id.",
+        ),
         WATCH_QUERY,
         (*WORKER, *WATCH),
         conditional=True,
@@ -456,6 +459,44 @@ ROUTES: Final[dict[tuple[str, str], Route]] = {
     ),
 }
 """Every route of the app, keyed by method and werkzeug rule. A new route needs one entry."""
+
+SCOPED_PATH: Final = "$request.path.workspace_id"
+
+
+def _scoped(route: Route) -> Route:
+    """A route's workspace-scoped twin: the same answers, its follow-ups scoped too."""
+    links = {
+        name: Link(
+            f"scoped_{link.operation}",
+            {**link.parameters, "workspace_id": SCOPED_PATH},
+            link.description,
+        )
+        for name, link in route.links.items()
+    }
+    description = (
+        "The workspace-scoped twin of the route without /w/{workspace_id} (yoi's scoped "
+        "routes): the path names the acting workspace, exactly as X-Yoi-Workspace would; "
+        "a request whose header names another gets 400 workspace_mismatch."
+    )
+    return replace(
+        route,
+        summary=f"{route.summary} (workspace-scoped)",
+        errors=(*route.errors, *typed(errors.WorkspaceMismatch)),
+        links=links,
+        description=f"{route.description} {description}".strip(),
+    )
+
+
+_TWINNED: Final = frozenset(reads.TEMPLATES) | {
+    f"{reads.WORKER}/{verb}" for verb in ("stop", "cancel", "input")
+}
+ROUTES.update(
+    {
+        (method, reads.scoped(rule)): _scoped(route)
+        for (method, rule), route in list(ROUTES.items())
+        if rule in _TWINNED
+    }
+)
 
 # -- building the document -----------------------------------------------------------------
 
@@ -617,12 +658,20 @@ def _content(ok: Json | Text, schemas: _Schemas) -> dict[str, Any]:
     return {media: {"schema": {"type": "string"}} for media in ok.media_types}
 
 
+PATH_PARAMS: Final = {
+    "runtime_id": "The runtime id.",
+    "worker_id": "The worker id.",
+    "host_id": "The host id.",
+    "workspace_id": "The acting workspace, as X-Yoi-Workspace names it (they must agree).",
+}
+
+
 def _operation_object(
     method: str, rule: str, endpoint: str, route: Route, schemas: _Schemas
 ) -> tuple[dict[str, Any], tuple[TypedError, ...]]:
     """The operation object of one route, and the typed errors it documents."""
     path_params = tuple(
-        Param(name, "path", Identifier, f"The {name.replace('_', ' ')}.", required=True)
+        Param(name, "path", Identifier, PATH_PARAMS.get(name, ""), required=True)
         for name in _RULE_ARGUMENT.findall(rule)
     )
     headers: list[Param] = []

@@ -30,6 +30,20 @@ HOSTS: Final = "/api/hosts"
 HOST_WORKERS: Final = "/api/hosts/<host_id>/workers"
 WORKERS: Final = "/api/workers"
 TEMPLATES: Final = (RUNTIMES, RUNTIME, RUNTIME_WORKERS, WORKER, HOSTS, HOST_WORKERS, WORKERS)
+SCOPE: Final = "/api/w/<workspace_id>"
+"""Prefix of the workspace-scoped routes (yoi's ``/api/w/{workspace_id}/...``): each is the
+twin of the route without it. The security middleware makes the path's workspace the acting
+one (as ``X-Yoi-Workspace`` would), so a twin answers exactly as its unscoped route does for
+that workspace."""
+
+
+def scoped(template: str) -> str:
+    """The workspace-scoped twin of an ``/api/...`` route template."""
+    return f"{SCOPE}{template.removeprefix('/api')}"
+
+
+SCOPED: Final = {scoped(t): t for t in TEMPLATES}
+"""Scoped read route template -> its unscoped twin."""
 
 Build = Callable[[Snapshot, RequestAccess], views.Rendered]
 
@@ -69,7 +83,9 @@ def resolve(
     template: str, params: dict[str, str], args: Iterable[tuple[str, str]]
 ) -> tuple[Read, WatchQuery | None]:
     """The read behind a matched route template; raises the route's typed errors
-    (``invalid_identifier``, ``invalid_query``) in the order the API has always checked."""
+    (``invalid_identifier``, ``invalid_query``) in the order the API has always checked.
+    A workspace-scoped template resolves as its twin (the middleware took the workspace)."""
+    template = SCOPED.get(template, template)
     if template in _REGISTRY_LISTS:
         name, page = _REGISTRY_LISTS[template]
         watch, rest = split_watch_query(args)

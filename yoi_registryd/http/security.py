@@ -36,7 +36,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RoutingException
 
 from yoi_registryd.audit import AuditRecord, AuditTrail, AuditUnavailable
-from yoi_registryd.auth import Authenticator, load_clients
+from yoi_registryd.auth import PATH_WORKSPACE, Authenticator, load_clients
 from yoi_registryd.config import Config
 from yoi_registryd.errors import Forbidden, InternalError, RegistryError
 from yoi_registryd.http.views import encode
@@ -139,6 +139,8 @@ class _Exchange:
     targets: dict[str, str]
     client: str | None = None
     workspace: str | None = None
+    path_workspace: str | None = None
+    """The workspace a workspace-scoped route's path names (``/api/w/{workspace_id}``)."""
     decision: Decision = "allowed"
     access: RequestAccess | None = None
     status: int | None = None
@@ -213,6 +215,7 @@ class SecurityMiddleware:
             method=method if _METHOD_RE.fullmatch(method) else "OTHER",
             route=route,
             targets={k: v for k in _TARGETS if is_valid_identifier(v := params.get(k, ""))},
+            path_workspace=params.get(PATH_WORKSPACE),
         )
         echo = _echo_request_id(send, request_id)
 
@@ -262,7 +265,7 @@ class SecurityMiddleware:
         """Authenticate, then ask the policy; the exchange learns who as soon as it is known."""
         client = access.authenticator.authenticate(scope)
         exchange.client = client.name if client is not None else None
-        workspace = access.authenticator.acting_workspace(client, scope)
+        workspace = access.authenticator.acting_workspace(client, scope, exchange.path_workspace)
         exchange.workspace = workspace
         principal = Principal(exchange.client, workspace)
         facts = RequestFacts(
