@@ -296,6 +296,11 @@ async def test_no_canary_in_any_response(
                 "local-worker-missing",
             ],
             "host_id": [*sorted({h["host_id"] for h in hosts}), "local-missing"],
+            # Workspace-scoped twins: acting for the planted workers' workspaces, or another.
+            "workspace_id": [
+                *sorted({w["workspace"]["workspace_id"] for w in all_workers} - {""}),
+                "nobody",
+            ],
         }
         responses: list[httpx.Response] = []
         codes_seen: set[str] = set()

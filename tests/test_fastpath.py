@@ -118,6 +118,11 @@ async def targets(d: RunningDaemon, headers: dict[str, str]) -> list[str]:
         "/api/workers",
         "/api/workers?limit=2",
         f"/api/workers?limit=2&cursor={first_page['next_cursor']}",
+        # Workspace-scoped twins: the path names the acting workspace.
+        "/api/w/alpha/runtimes",
+        f"/api/w/alpha/runtimes/{RID}/workers/e2",
+        f"/api/w/alpha/hosts/{host}/workers",
+        "/api/w/alpha/workers?limit=2",
     ]
 
 
@@ -284,6 +289,9 @@ def test_memoized_routes_match_as_the_router_does() -> None:
         "/api/runtimes/rt-1/workers/w-1",
         "/api/runtimes/rt-1/workers/w-1/stop",
         "/api/hosts/h/workers",
+        "/api/w/ws-1/workers",
+        "/api/w/ws-1/runtimes/rt-1/workers/w-1/stop",
+        "/api/w//workers",
         "/api/runtimes/",
         "/nowhere",
         "/healthz",

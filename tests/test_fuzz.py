@@ -63,6 +63,11 @@ expected-statuses = ["1XX", "2XX", "3XX", "4XX", "501", "502", "503", "504"]
 # there is no invalid value to generate.
 include-path-regex = "^/(livez|readyz|healthz)$"
 generation.mode = "positive"
+[[operations]]
+# The workspace-scoped twins (/api/w/...) run the handlers of the routes without, which
+# get the full budget: a few examples each show they are wired and documented alike.
+include-path-regex = "^/api/w/"
+generation.max-examples = 3
 """
 
 

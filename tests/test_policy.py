@@ -597,3 +597,51 @@ async def test_cached_bodies_are_kept_apart_per_workspace(world: World) -> None:
             body = await world.d.get_json("/api/workers", headers=world.headers(t.ops, workspace))
             assert set(keys(body["items"])) == world.expected(workspace)
             assert body["workspace_id"] == workspace
+
+
+# -- workspace-scoped routes ----------------------------------------------------------------
+
+
+async def test_scoped_routes_see_exactly_what_the_header_sees(world: World) -> None:
+    """``/api/w/{workspace_id}/...`` acts for the path's workspace exactly as
+    ``X-Yoi-Workspace`` does: the same items, the same refusals, the same concealment."""
+    t, d = world.tokens, world.d
+    for token, workspace in (
+        (t.alpha, "alpha"),
+        (t.multi, "beta"),
+        (t.ops, world.gamma_id),
+        (t.ops, "nobody"),
+    ):
+        by_header = world.headers(token, workspace)
+        bare = world.headers(token)
+        scope = f"/api/w/{workspace}"
+        label = (workspace,)
+        got = keys(await collect(d, f"{scope}/workers", bare, 2))
+        assert set(got) == world.expected(workspace), label
+        for path in ("/workers", "/runtimes", "/hosts"):
+            scoped = await d.client.get(f"{scope}{path}", headers=bare)
+            headed = await d.client.get(f"/api{path}", headers=by_header)
+            assert scoped.status_code == headed.status_code == 200, label
+            assert scoped.content == headed.content, (label, path)
+            assert scoped.headers.get(FILTERED) == headed.headers.get(FILTERED), (label, path)
+            # Both at once: they must agree.
+            both = await d.client.get(f"{scope}{path}", headers=by_header)
+            assert both.content == headed.content, (label, path)
+        for rid in ("local-all", "local-beta", "emb-alpha", "emb-any"):
+            scoped = await d.client.get(f"{scope}/runtimes/{rid}/workers", headers=bare)
+            headed = await d.client.get(f"/api/runtimes/{rid}/workers", headers=by_header)
+            assert (scoped.status_code, scoped.content) == (headed.status_code, headed.content)
+    # A workspace the client may not act for is refused as with the header.
+    refused = await d.client.get("/api/w/beta/workers", headers=world.headers(t.alpha))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    # Path and header naming different workspaces: a typed 400, nothing served.
+    mismatch = await d.client.get("/api/w/alpha/workers", headers=world.headers(t.ops, "beta"))
+    assert mismatch.status_code == 400
+    assert mismatch.json()["error"] == {
+        "code": "workspace_mismatch",
+        "message": "the workspace in the path and the one in X-Yoi-Workspace differ",
+        "parameter": "workspace_id",
+    }
+    invalid = await d.client.get("/api/w/not%20an%20id/workers", headers=world.headers(t.ops))
+    assert invalid.status_code == 400
+    assert invalid.json()["error"]["code"] == "invalid_identifier"

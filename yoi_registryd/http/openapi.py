@@ -232,6 +232,9 @@ class Route:
     links: Mapping[str, Link] = field(default_factory=dict)
     """Follow-up requests built from the answer (OpenAPI links)."""
     description: str = ""
+    workspace_in_path: bool = False
+    """A workspace-scoped route: the path names the acting workspace, so X-Yoi-Workspace is
+    not described (it may still be sent, and must then name the same workspace)."""
 
 
 LIMIT = Param("limit", "query", Limit, f"Page size, 1 to {views.MAX_LIMIT} (default 200).")
@@ -484,6 +487,7 @@ def _scoped(route: Route) -> Route:
         errors=(*route.errors, *typed(errors.WorkspaceMismatch)),
         links=links,
         description=f"{route.description} {description}".strip(),
+        workspace_in_path=True,
     )
 
 
@@ -675,7 +679,7 @@ def _operation_object(
         for name in _RULE_ARGUMENT.findall(rule)
     )
     headers: list[Param] = []
-    if route.guarded:
+    if route.guarded and not route.workspace_in_path:
         headers.append(
             Param(
                 WORKSPACE_HEADER,
