@@ -633,15 +633,18 @@ async def test_scoped_routes_see_exactly_what_the_header_sees(world: World) -> N
             assert (scoped.status_code, scoped.content) == (headed.status_code, headed.content)
     # A workspace the client may not act for is refused as with the header.
     refused = await d.client.get("/api/w/beta/workers", headers=world.headers(t.alpha))
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
     # Path and header naming different workspaces: a typed 400, nothing served.
     mismatch = await d.client.get("/api/w/alpha/workers", headers=world.headers(t.ops, "beta"))
     assert mismatch.status_code == 400
-    assert mismatch.json()["error"] == {
+    message = "the workspace in the path and the one in X-Yoi-Workspace differ"
+    assert mismatch.json() == {
+        "error": "Bad Request",
+        "message": message,
+        "diagnostics": [{"code": "workspace_mismatch", "severity": "error", "message": message}],
         "code": "workspace_mismatch",
-        "message": "the workspace in the path and the one in X-Yoi-Workspace differ",
         "parameter": "workspace_id",
     }
     invalid = await d.client.get("/api/w/not%20an%20id/workers", headers=world.headers(t.ops))
     assert invalid.status_code == 400
-    assert invalid.json()["error"]["code"] == "invalid_identifier"
+    assert invalid.json()["code"] == "invalid_identifier"
