@@ -10,6 +10,8 @@ import httpx
 from tests.conftest import StartDaemon, wait_for
 from tests.daemon_process import clean_env, free_port, run_daemon, wait_ready
 from tests.embedded_plugins import embedded_source_toml
+from tests.test_web_client_contract import ROUTES as CONTRACT_ROUTES
+from tests.test_web_client_contract import Crawl
 from yoi_registryd.runtimes.demo import DEMO_RUNTIME_ID
 
 DEMO_LABELS = {"coder", "reviewer", "planner", "Ticket#42@Coder", "companion", "docs-writer"}
@@ -47,6 +49,10 @@ async def test_demo_flag_serves_a_live_demo_runtime(tmp_path: Path) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             await wait_ready(client, daemon)
             await check_demo(client)
+            # Every answer of the demo decodes into the yoi web client's types.
+            crawl = await Crawl(client).everything()
+            assert set(crawl.routes) == CONTRACT_ROUTES
+            assert [r.kind for r in crawl.runtimes.values()] == ["embedded_worker_runtime"]
         # The client is closed first: an idle keep-alive connection would hold the daemon's
         # graceful shutdown for its whole grace period.
         daemon.process.send_signal(signal.SIGTERM)

@@ -4,19 +4,18 @@ The daemon serves over loopback with every kind of source at once: local Worker 
 shared fixtures, plus Workers whose directory names have nothing printable), a remote runtime
 (the fake runtime speaking REST v1 over a real socket, workers in every status it knows and
 one it does not), a remote runtime that cannot be reached, an embedded memory runtime with
-yoi's special profiles, and the embedded demo runtime; and ``yoi-registryd --demo`` as a
-real process. Each answer of ``/api/runtimes``, ``/api/hosts``, ``/api/workers``,
-``/api/hosts/{host_id}/workers``, ``/api/runtimes/{runtime_id}/workers`` and
-``/api/runtimes/{runtime_id}/workers/{worker_id}`` (and of their ``/api/w/{workspace_id}``
-twins) is decoded with :mod:`tests.web_client_types`: a missing, mistyped or
-out-of-vocabulary field fails the test.
+yoi's special profiles, and the embedded demo runtime (``yoi-registryd --demo`` as a real
+process is crawled by ``tests/test_embedded_demo.py``). Each answer of ``/api/runtimes``,
+``/api/hosts``, ``/api/workers``, ``/api/hosts/{host_id}/workers``,
+``/api/runtimes/{runtime_id}/workers`` and ``/api/runtimes/{runtime_id}/workers/{worker_id}``
+(and of their ``/api/w/{workspace_id}`` twins) is decoded with :mod:`tests.web_client_types`:
+a missing, mistyped or out-of-vocabulary field fails the test.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import trio
 
 from tests import web_client_types as yoi
 from tests.conftest import FIXTURE_ROOT, RunningDaemon, StartDaemon, local_source_toml, wait_for
-from tests.daemon_process import clean_env, free_port, run_daemon, wait_ready
+from tests.daemon_process import free_port
 from tests.embedded_plugins import INSTANCES, embedded_source_toml
 from tests.fake_runtime import FakeRuntime, FakeWorker, remote_source_toml, start_fake
 from yoi_registryd.ids import local_worker_id
@@ -157,7 +156,9 @@ async def every_source(
                 workspaces=[WORKSPACE],
             ),
             embedded_source_toml(
-                runtime_id="demo", entry_point="demo", options={"workers": 4, "seed": 3}
+                runtime_id="demo",
+                entry_point="demo",
+                options={"workers": 4, "seed": 3, "interval": "1h"},
             ),
         )
     )
@@ -272,27 +273,6 @@ async def test_workspace_scoped_routes_decode_and_agree_with_the_header(
     envelope = await d.get_json(f"/api/w/{WORKSPACE}/workers")
     assert envelope["workspace_id"] == WORKSPACE
     assert (await d.get_json("/api/workers"))["workspace_id"] == ""
-
-
-async def test_demo_flag_answers_decode_as_the_web_client_reads_them(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'sources = []\n[server]\nlisten = ["127.0.0.1:{port}"]\n')
-    env = clean_env(tmp_path)
-    async with run_daemon(["--demo", "--config", str(config)], env, tmp_path) as daemon:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            await wait_ready(client, daemon)
-
-            async def populated() -> bool:
-                body = (await client.get("/api/workers")).json()
-                return bool(body["items"])
-
-            await wait_for(populated, message="the demo workers")
-            crawl = await Crawl(client).everything()
-            assert set(crawl.routes) == ROUTES
-            assert [r.kind for r in crawl.runtimes.values()] == ["embedded_worker_runtime"]
-        daemon.process.send_signal(signal.SIGTERM)
-        assert await daemon.wait_exit() == 0
 
 
 @pytest.mark.parametrize(
