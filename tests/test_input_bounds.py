@@ -204,5 +204,5 @@ def test_deep_local_metadata_is_not_read_again_while_the_file_is_unchanged(
     caplog.set_level(logging.DEBUG)
     result = local_metadata.evaluate_entry("deep", options)
     assert [d.code for d in result.diagnostics] == [local_metadata.METADATA_INVALID]
-    assert result.unchanged(options)
+    assert result.unchanged(options, local_metadata.WorkspaceHosts())
     assert not caplog.records

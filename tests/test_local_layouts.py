@@ -276,7 +276,7 @@ async def test_a_runtime_managed_worker_is_live_by_its_run_socket(
 
     async def state(want: str) -> None:
         async def reached() -> bool:
-            return (await workers(d)).get(wid, {}).get("state") == want
+            return (await workers(d)).get(wid, {}).get("registry_state") == want
 
         await wait_for(reached, deadline_s=5, message=f"state {want}")
 
