@@ -133,11 +133,15 @@ async def test_operations_carry_their_own_permission_and_land_at_once(
 @pytest.mark.parametrize(
     ("break_it", "code", "words"),
     [
-        ("wrong key", "remote_runtime_auth_failed", "HTTP 401"),
-        ("wrong runtime", "remote_runtime_auth_failed", "HTTP 401"),
-        ("expired", "remote_runtime_auth_failed", "HTTP 401"),
-        ("missing permission", "remote_runtime_forbidden", "lacks the permission"),
-        ("workspace owned elsewhere", "remote_runtime_forbidden", "bound to another server"),
+        ("wrong key", "remote_runtime_auth_failed", "(HTTP 401 unauthorized)"),
+        ("wrong runtime", "remote_runtime_auth_failed", "(HTTP 401 unauthorized)"),
+        ("expired", "remote_runtime_auth_failed", "(HTTP 401 unauthorized)"),
+        ("missing permission", "remote_runtime_forbidden", "(HTTP 403 forbidden): the token"),
+        (
+            "workspace owned elsewhere",
+            "remote_runtime_forbidden",
+            "(HTTP 403 workspace_owner_mismatch): the workspace is bound to another server",
+        ),
     ],
 )
 async def test_refused_tokens_are_typed_diagnostics_that_say_which(

@@ -89,8 +89,14 @@ class RemoteFailure(Exception):
         self.detail = detail
 
     def safe_message(self, runtime_id: str) -> str:
-        """A message naming the runtime id only: safe to serve and to log at any level."""
-        status = f" (HTTP {self.status})" if self.status is not None else ""
+        """A message naming the runtime id (and the runtime's error code, a checked token)
+        only: safe to serve and to log at any level."""
+        status = ""
+        if self.status is not None:
+            # The runtime's own code, as yoi's backend passes it on (contract-v2 1.8.3): one
+            # of its snake_case tokens (checked when decoded), never its message.
+            code = f" {self.remote_code}" if self.remote_code else ""
+            status = f" (HTTP {self.status}{code})"
         template = _SAFE_MESSAGES.get(self.code, _UNEXPECTED_STATUS)
         text = template.format(rid=repr(runtime_id), status=status)
         return f"{text}: {self.reason}" if self.reason else text
