@@ -54,7 +54,7 @@ class H2Client:
         if data:
             await self.stream.send_all(data)
 
-    def request(self, path: str, *, end_headers: bool = True) -> int:
+    def request(self, path: str, headers: dict[str, str] | None = None) -> int:
         """Open a GET stream for ``path``; the caller flushes."""
         stream_id: int = self.conn.get_next_available_stream_id()
         self.conn.send_headers(
@@ -64,14 +64,20 @@ class H2Client:
                 (b":scheme", b"http"),
                 (b":authority", b"registry"),
                 (b":path", path.encode()),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
             ],
             end_stream=True,
         )
         self.answers[stream_id] = Answer()
         return stream_id
 
+    def refused(self, stream_id: int) -> bool:
+        """The server said (GOAWAY) that it did not and will not process this stream."""
+        return self.terminated is not None and stream_id > self.terminated.last_stream_id
+
     async def receive_once(self) -> bool:
-        """Read what the server sent once and apply it; False once the connection ended."""
+        """Read what the server sent once and apply it; False once the server closed the
+        connection (after a GOAWAY, streams it names may still be answered)."""
         if self.closed:
             return False
         try:
@@ -87,7 +93,7 @@ class H2Client:
             await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
-        return self.terminated is None
+        return not self.closed
 
     def _apply(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -104,13 +110,16 @@ class H2Client:
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = event
 
-    async def get(self, path: str, deadline_s: float = 10.0) -> Answer:
-        """A well-behaved request: send it and read until its answer is complete."""
-        stream_id = self.request(path)
+    async def get(
+        self, path: str, headers: dict[str, str] | None = None, deadline_s: float = 10.0
+    ) -> Answer:
+        """A well-behaved request: send it and read until its answer is complete (or the
+        connection ends: then ``ended`` is False)."""
+        stream_id = self.request(path, headers)
         await self.flush()
         answer = self.answers[stream_id]
         with trio.fail_after(deadline_s):
-            while not (answer.ended or answer.reset is not None):
+            while not (answer.ended or answer.reset is not None or self.refused(stream_id)):
                 if not await self.receive_once():
                     break
         return answer

@@ -6,12 +6,15 @@ complete response; a client that connects after the listener stopped accepting i
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -23,6 +26,7 @@ from tests.daemon_process import (
     ready_daemon,
     short_tmpdir,
 )
+from tests.h2_client import H2Client
 
 CLIENTS = 40
 REQUESTS_BEFORE_SIGTERM = 200
@@ -235,3 +239,86 @@ async def test_connection_close_is_honoured_while_serving(tmp_path: Path) -> Non
         assert daemon.process.returncode is None
         daemon.process.send_signal(signal.SIGTERM)
         assert await daemon.wait_exit() == 0, daemon.stderr
+
+
+AUDIT_RUNS = 10
+AUDIT_CLIENTS = 3
+"""Of each protocol: keep-alive HTTP/1.1 clients (httpx) and HTTP/2 clients (h2)."""
+ANSWERS_BEFORE_SIGTERM = 40
+
+
+async def test_every_audited_request_got_its_answer_across_sigterm(tmp_path: Path) -> None:
+    """Issue 13: under load, a few requests per SIGTERM were handled and audited while their
+    clients got a protocol error instead of the answer. Here keep-alive HTTP/1.1 clients and
+    HTTP/2 clients hammer the daemon over TCP and SIGTERM arrives mid-load, ten times: every
+    request with an audit record got its complete answer, and every answer has its record
+    (matched by X-Request-Id)."""
+    port = free_port()
+    for run in range(AUDIT_RUNS):
+        workdir = tmp_path / f"run{run}"
+        workdir.mkdir()
+        answered, failed, audited = await sigterm_under_load(workdir, port)
+        unanswered = {rid: failed.get(rid) for rid in audited if rid not in answered}
+        assert not unanswered, f"run {run}: audited but not answered: {unanswered}"
+        assert audited == answered, f"run {run}"
+
+
+async def sigterm_under_load(
+    workdir: Path, port: int
+) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+    """One run: the statuses answered, the requests that failed and why, the statuses
+    audited, each by request id."""
+    audit_path = workdir / "audit.jsonl"
+    config = workdir / "config.toml"
+    config.write_text(
+        f'sources = []\n[server]\nlisten = ["127.0.0.1:{port}"]\nshutdown_grace = "10s"\n'
+        f'http2 = true\n[audit]\npath = "{audit_path}"\nflush_interval = "5ms"\n'
+    )
+    answered: dict[str, int] = {}
+    failed: dict[str, str] = {}
+
+    async def http1(worker: int) -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            for i in itertools.count():
+                request_id = f"h1-{worker}-{i}"
+                try:
+                    response = await c.get("/api/workers", headers={"X-Request-Id": request_id})
+                except httpx.TransportError as exc:
+                    failed[request_id] = repr(exc)
+                    return  # the daemon stopped serving this client
+                answered[request_id] = response.status_code
+
+    async def http2(worker: int) -> None:
+        client = await H2Client.connect(port)
+        try:
+            for i in itertools.count():
+                if client.terminated is not None or client.closed:
+                    return  # GOAWAY: no new stream on this connection
+                request_id = f"h2-{worker}-{i}"
+                try:
+                    answer = await client.get("/api/workers", {"X-Request-Id": request_id})
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    failed[request_id] = repr(exc)
+                    return
+                if answer.ended and answer.status is not None:
+                    answered[request_id] = answer.status
+                else:  # refused (REFUSED_STREAM, GOAWAY) or cut: the daemon stopped
+                    failed[request_id] = repr(answer)
+                    return
+        finally:
+            await client.aclose()
+
+    async with ready_daemon(config, workdir) as (daemon, _), trio.open_nursery() as nursery:
+        for worker in range(AUDIT_CLIENTS):
+            nursery.start_soon(http1, worker)
+            nursery.start_soon(http2, worker)
+        await wait_for(lambda: len(answered) >= ANSWERS_BEFORE_SIGTERM, deadline_s=20)
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
+        # Clients still trying to connect are not part of the finding.
+        nursery.cancel_scope.cancel()
+    audited = {
+        record["request_id"]: record["status"]
+        for record in map(json.loads, audit_path.read_text().splitlines())
+    }
+    return answered, failed, audited

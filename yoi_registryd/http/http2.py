@@ -81,6 +81,8 @@ class BoundedH2Protocol(H2Protocol):
         self._stalled_since: dict[int, float] = {}
         self._headers_since: float | None = None
         self._ended = trio.Event()
+        self.going_away = False
+        """Shutting down: a stream the peer opens now is refused, not served."""
 
     async def initiate(
         self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
@@ -165,8 +167,38 @@ class BoundedH2Protocol(H2Protocol):
         if buffer is not None and len(buffer.buffer) < before:
             self._stalled_since.pop(stream_id, None)  # progress: the peer reads
 
+    @property
+    def answered(self) -> bool:
+        """Every response this connection took is on the wire (hypercorn lets a stream's
+        sender go once its buffer is taken, before the last DATA and END_STREAM are sent:
+        closing then cut answers that were already audited)."""
+        return not self.streams and not self.stream_buffers
+
+    def refuse_new_streams(self) -> None:
+        """Reset every stream the peer opens from now on with ``REFUSED_STREAM`` (RFC 9113
+        §8.7: not processed, safe to retry); streams already open finish."""
+        self.going_away = True
+
     async def goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
-        """Tell the peer no new stream will be served (streams already open finish)."""
-        with contextlib.suppress(h2.exceptions.ProtocolError):
+        """Tell the peer no stream after the last one it opened will be served. The h2
+        library sends nothing after it: only once every answer is out (or to end the
+        connection)."""
+        self.going_away = True
+        with contextlib.suppress(
+            h2.exceptions.ProtocolError,
+            trio.BusyResourceError,  # hypercorn is closing the connection itself
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
             self.connection.close_connection(code)
             await self._flush()
+
+    async def _create_stream(self, request: Any) -> None:
+        if self.going_away:
+            # REFUSED_STREAM: the peer knows it was not processed.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.connection.reset_stream(
+                    request.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM
+                )
+            return
+        await super()._create_stream(request)

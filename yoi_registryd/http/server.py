@@ -20,13 +20,15 @@ module runs hypercorn's per-connection server itself and shuts down the way Go's
    connection still open is closed, also one whose client does not read: nothing a peer
    does keeps the process beyond the grace period (nor beyond a second signal).
 
-HTTP/2 connections (only with ``server.http2``; see ``http/http2.py``) get GOAWAY at step 2
-and are closed once their open streams are answered.
+HTTP/2 connections (only with ``server.http2``; see ``http/http2.py``) refuse new streams
+(``REFUSED_STREAM``: the peer may retry them elsewhere) from step 2, and get GOAWAY and FIN
+once their open streams are answered.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import contextvars
 import errno
 import logging
@@ -63,6 +65,12 @@ _DRAIN_SETTLE: Final = 0.1
 """The queue must stay empty this long: handshakes begun before new SYNs were dropped
 complete within a round trip."""
 
+_H2_POLL: Final = 0.01
+"""How often the shutdown looks whether an HTTP/2 connection has sent all its answers."""
+_H2_LINGER: Final = 1.0
+"""At shutdown, how long an HTTP/2 connection that has all its answers waits for its peer
+to close before it is closed (a peer that keeps it open cannot hold the shutdown)."""
+
 # Classic BPF, run on the TCP header: drop a segment whose flags are SYN without ACK (a new
 # connection attempt), keep everything else (handshakes already under way, established
 # connections). struct sock_filter is {u16 code; u8 jt; u8 jf; u32 k}.
@@ -83,6 +91,7 @@ class _Connection:
 
     __slots__ = (
         "active",
+        "fin_sent_at",
         "h2",
         "peer_closed",
         "received",
@@ -106,6 +115,8 @@ class _Connection:
         """The client closed its side: no request is coming."""
         self.h2: BoundedH2Protocol | None = None
         """Set once the connection speaks HTTP/2."""
+        self.fin_sent_at: float | None = None
+        """HTTP/2 at shutdown: when our side was shut down (FIN after the last answer)."""
         self.sending: set[trio.CancelScope] = set()
         """The shielded sends in progress, cancelled when the connection is forced closed."""
 
@@ -125,7 +136,7 @@ class _Connection:
         For HTTP/2, once GOAWAY went out: a stream the peer opens after it is not served,
         and the peer knows it (GOAWAY names the last stream served)."""
         if self.h2 is not None:
-            return not self.active
+            return not self.active and self.h2.answered
         if self.active or self.received:
             return False
         fd = self.stream.socket.fileno()
@@ -154,14 +165,16 @@ class _Connections:
     async def close_when_idle(self, fresh_grace: float) -> None:
         """Close each connection once it is idle; return when none is left open."""
         self.closing = True
-        for conn in list(self.open):
+        for conn in self.open:
             if conn.h2 is not None:
-                await conn.h2.goaway()
+                conn.h2.refuse_new_streams()
         fresh_until = trio.current_time() + fresh_grace
         while self.open:
             now = trio.current_time()
             for conn in list(self.open):
-                if not conn.active and (
+                if conn.h2 is not None:
+                    await self._close_h2_when_answered(conn, now)
+                elif not conn.active and (
                     conn.peer_closed or (conn.idle() and (conn.requests or now >= fresh_until))
                 ):
                     # No checkpoint between the check and the close: nothing can arrive
@@ -170,8 +183,32 @@ class _Connections:
                     self.open.discard(conn)
             if not self.open:
                 return
-            with trio.move_on_at(fresh_until if now < fresh_until else float("inf")):
+            wake = fresh_until if now < fresh_until else float("inf")
+            if any(conn.h2 is not None for conn in self.open):
+                wake = min(wake, now + _H2_POLL)  # its last frames go out without a signal
+            with trio.move_on_at(wake):
                 await self._changed.wait()
+
+    async def _close_h2_when_answered(self, conn: _Connection, now: float) -> None:
+        """Once every answer is sent: GOAWAY and FIN, then close when the peer closes its
+        side (or after :data:`_H2_LINGER`). GOAWAY waits for the last answer because the
+        h2 library sends nothing on a connection after it (hypercorn then drops the rest of
+        the answers in flight silently). Closing at once would reset the connection, since
+        an HTTP/2 peer keeps sending frames (WINDOW_UPDATE, acknowledgements), and a reset
+        destroys the answers the peer has not read yet."""
+        assert conn.h2 is not None
+        if conn.peer_closed and not conn.active:
+            conn.stream.socket.close()
+            self.open.discard(conn)
+        elif conn.fin_sent_at is None:
+            if conn.idle():
+                conn.fin_sent_at = now
+                await conn.h2.goaway()
+                with contextlib.suppress(OSError):
+                    conn.stream.socket.shutdown(socket.SHUT_WR)
+        elif conn.peer_closed or now >= conn.fin_sent_at + _H2_LINGER:
+            conn.stream.socket.close()
+            self.open.discard(conn)
 
     def force_close(self) -> None:
         """Close every connection still open (the grace period ran out, or a second signal)."""
