@@ -4,9 +4,14 @@ when the queue is full, the sink fails, the file is rotated or the daemon gets S
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ from tests.conftest import RunningDaemon, StartDaemon, wait_for
 from tests.daemon_process import clean_env, run_daemon
 from tests.policy_plugins import SINKS, MemorySink
 from yoi_registryd.audit import AuditRecord, AuditTrail, FileSink, StderrSink, build_sink
-from yoi_registryd.config import ConfigError, parse_config
+from yoi_registryd.config import AuditConfig, ConfigError, parse_config
 
 RECORD = msgspec.json.Decoder(AuditRecord)
 
@@ -519,6 +524,21 @@ def _record(request_id: str) -> AuditRecord:
 # -- the real process: SIGHUP rotation and SIGTERM under load --------------------------------
 
 
+def uds_client(socket_path: Path) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    return httpx.AsyncClient(transport=transport, base_url="http://registry", timeout=10)
+
+
+async def listening(socket_path: Path) -> bool:
+    if not await trio.Path(socket_path).exists():
+        return False
+    try:
+        async with uds_client(socket_path) as c:
+            return (await c.get("/livez")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     """Clients hammer the daemon over a unix socket; the audit file is rotated (SIGHUP)
     halfway, then SIGTERM arrives mid-load. After exit, both files together hold exactly
@@ -546,17 +566,7 @@ flush_interval = "5ms"
     stop_sending = trio.Event()
 
     def client() -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-        return httpx.AsyncClient(transport=transport, base_url="http://registry", timeout=10)
-
-    async def up() -> bool:
-        if not socket_path.exists():
-            return False
-        try:
-            async with client() as c:
-                return (await c.get("/livez")).status_code == 200
-        except httpx.TransportError:
-            return False
+        return uds_client(socket_path)
 
     async def hammer(worker: int) -> None:
         async with client() as c:
@@ -576,7 +586,7 @@ flush_interval = "5ms"
 
     args = ["--config", str(config_path), "serve"]
     async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
-        await wait_for(up, deadline_s=15, message="the daemon to listen")
+        await wait_for(partial(listening, socket_path), deadline_s=15, message="the daemon")
         async with trio.open_nursery() as nursery:
             for worker in range(12):
                 nursery.start_soon(hammer, worker)
@@ -625,3 +635,147 @@ async def test_the_queue_depth_is_a_metric(start_daemon: StartDaemon) -> None:
         gate.set()
     await wait_for(lambda: len(sink.records) == 3)
     assert await depth() == 0
+
+
+# -- durability before the response, the hash chain, audit verify ---------------------------
+
+
+async def test_sigkill_under_load_with_before_response_loses_no_answered_record(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: SIGKILL lost acknowledged records (83 of 5,301): they were queued before
+    the response and written per batch. With ``durability = "before_response"`` a response
+    starts only once its record is fsynced: after SIGKILL mid-load, every request a client
+    got an answer to has its record (flush_interval is long on purpose: it must not apply)."""
+    socket_path = tmp_path / "registry.sock"
+    audit_path = tmp_path / "state" / "audit.jsonl"
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f"""
+sources = []
+[server]
+listen = ["unix:{socket_path}"]
+[audit]
+path = "{audit_path}"
+durability = "before_response"
+flush_interval = "1s"
+"""
+    )
+    answered: set[str] = set()
+
+    def client() -> httpx.AsyncClient:
+        return uds_client(socket_path)
+
+    async def hammer(worker: int) -> None:
+        async with client() as c:
+            for i in itertools.count():
+                request_id = f"w{worker}-{i}"
+                try:
+                    response = await c.get("/api/workers", headers={"X-Request-Id": request_id})
+                except httpx.TransportError:
+                    return  # killed
+                assert response.status_code == 200
+                answered.add(request_id)
+
+    args = ["--config", str(config_path), "serve"]
+    async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
+        await wait_for(partial(listening, socket_path), deadline_s=15, message="the daemon")
+        async with trio.open_nursery() as nursery:
+            for worker in range(8):
+                nursery.start_soon(hammer, worker)
+            await wait_for(lambda: len(answered) >= 300, deadline_s=30, message="load")
+            daemon.process.kill()
+            await daemon.wait_exit()
+    recorded = {r.request_id for r in read_records(audit_path)}
+    assert answered <= recorded, sorted(answered - recorded)[:10]
+
+
+def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """``yoi-registryd audit verify``, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "yoi_registryd", "audit", "verify", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def chained_config(path: Path) -> AuditConfig:
+    return parse_config(f'[audit]\npath = "{path}"\nchain = true\n').audit
+
+
+async def write_chained(path: Path, request_ids: list[str], rotate_after: int = 0) -> None:
+    """Records through a chained trail; after ``rotate_after`` of them (if any) the file is
+    rotated as logrotate does (rename, then the daemon's SIGHUP reopen)."""
+    trail = AuditTrail.from_config(chained_config(path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trail.run)
+        split = rotate_after or len(request_ids)
+        for request_id in request_ids[:split]:
+            await trail.emit(_record(request_id))
+        if rotate_after:
+            await wait_for(lambda: trail.records_written == split, message="records written")
+            await trio.Path(path).rename(path.with_name("audit.jsonl.1"))
+            await trail.reopen()
+        for request_id in request_ids[split:]:
+            await trail.emit(_record(request_id))
+        await trail.aclose()
+
+
+async def test_the_chain_links_records_across_restarts_and_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    await write_chained(path, ["a", "b", "c"])
+    await write_chained(path, ["d", "e", "f", "g"], rotate_after=2)  # a restart continues
+    rotated = tmp_path / "audit.jsonl.1"
+    lines = [json.loads(line) for line in (rotated.read_text() + path.read_text()).splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3, 4, 5, 6, 7]
+    assert lines[0]["prev"] == "0" * 64
+    raw = (rotated.read_bytes() + path.read_bytes()).splitlines()
+    for before, line in zip(raw, lines[1:], strict=False):
+        assert line["prev"] == hashlib.sha256(before).hexdigest()  # the documented bytes
+    result = verify(rotated, path)
+    assert (result.returncode, result.stdout.strip()) == (0, "7 records, 1 to 7: intact")
+    alone = verify(path)  # the newer file alone starts after a record it does not hold
+    assert alone.returncode == 0
+    assert "6 to 7: intact (record 5 is not in these files)" in alone.stdout
+
+
+async def test_audit_verify_finds_a_changed_a_removed_and_a_reordered_record(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    d = await start_daemon(f'sources = []\n[audit]\npath = "{path}"\nchain = true\n')
+    for i in range(8):
+        await d.client.get("/api/workers", headers={"X-Request-Id": f"r{i}"})
+    d.daemon.shutdown.set()
+    await wait_for(lambda: len(path.read_bytes().splitlines()) == 8, message="8 records")
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert verify(path).returncode == 0
+
+    def tampered(name: str, edited: list[bytes]) -> subprocess.CompletedProcess[str]:
+        copy = tmp_path / name
+        copy.write_bytes(b"".join(edited))
+        return verify(copy)
+
+    changed = tampered(
+        "changed", [*lines[:3], lines[3].replace(b'"status":200', b'"status":404'), *lines[4:]]
+    )
+    assert changed.returncode == 1
+    assert changed.stdout.strip().endswith(
+        ":4: record 4 was changed (record 5, next, holds the hash of another line)"
+    )
+    removed = tampered("removed", [*lines[:5], *lines[6:]])
+    assert removed.returncode == 1
+    assert removed.stdout.strip().endswith(":6: removed: record 6, before this line")
+    reordered = tampered("reordered", [*lines[:2], lines[3], lines[2], *lines[4:]])
+    assert reordered.returncode == 1
+    assert ":3: reordered: record 4 follows record 2 (record 3 is at " in reordered.stdout
+    missing = verify(tmp_path / "absent.jsonl")
+    assert missing.returncode == 2
+
+
+def test_a_chain_needs_the_file_sink() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[audit]\nsink = "stderr"\nchain = true\n')
+    assert caught.value.problems[0].startswith("audit.chain: needs sink")

@@ -8,11 +8,18 @@ takes records off the queue in batches and gives each batch to the configured
 many concurrent requests share one fsync; ``stderr`` sends the lines to the journal; a
 custom sink is named as ``module:attribute``.
 
+``audit.durability = "before_response"`` makes a request wait, before its response starts,
+until its record is written and fsynced (group commit: one fsync for every record that
+arrived while the previous one ran). ``audit.chain = true`` links each record to the one
+before it (``seq`` and ``prev``, see :class:`ChainedRecord`), so that ``yoi-registryd audit
+verify`` (``audit_verify.py``) finds a record changed, removed or reordered.
+
 Records hold ids, names and numbers only: never a token, a URL, a path, a query or a body.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -61,12 +68,59 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     """From the request's arrival to the start of its response."""
 
 
+class ChainedRecord(AuditRecord, frozen=True, kw_only=True):
+    """A record with its place in the hash chain (``audit.chain = true``)."""
+
+    seq: int
+    """1, 2, 3... in the order written; continued across restarts and rotations."""
+    prev: str
+    """SHA-256 (hex) of the previous record's line as written: its JSON bytes, without the
+    newline. :data:`GENESIS` for the first record of a chain."""
+
+
+GENESIS: Final = "0" * 64
+
 _encoder: Final = msgspec.json.Encoder()
 
 
 def encode_lines(records: Sequence[AuditRecord]) -> bytes:
     """JSON lines: one record per line, each line complete."""
     return b"".join(_encoder.encode(r) + b"\n" for r in records)
+
+
+def line_hash(line: bytes) -> str:
+    """What the next record's ``prev`` holds: SHA-256 of a line without its newline."""
+    return hashlib.sha256(line).hexdigest()
+
+
+class Chain:
+    """The position the next record takes in the hash chain."""
+
+    def __init__(self, seq: int = 0, prev: str = GENESIS) -> None:
+        self.seq = seq
+        self.prev = prev
+
+    @classmethod
+    def after(cls, last_line: bytes | None) -> Chain:
+        """Continue the chain a file ends with (a file without records starts a new one;
+        records written before the chain was turned on count as number 0)."""
+        if not last_line:
+            return cls()
+        try:
+            seq = msgspec.json.decode(last_line, type=_Seq).seq
+        except msgspec.DecodeError:
+            seq = 0
+        return cls(seq, line_hash(last_line))
+
+    def link(self, record: AuditRecord) -> ChainedRecord:
+        self.seq += 1
+        chained = ChainedRecord(**msgspec.structs.asdict(record), seq=self.seq, prev=self.prev)
+        self.prev = line_hash(_encoder.encode(chained))
+        return chained
+
+
+class _Seq(msgspec.Struct):
+    seq: int = 0
 
 
 @runtime_checkable
@@ -122,6 +176,20 @@ class FileSink:
         request."""
         if self._fd is None:
             self._open()
+
+    def last_line(self) -> bytes | None:
+        """The file's last record, without its newline (None for an empty file): where a
+        hash chain continues after a restart."""
+        with self.path.open("rb") as file:
+            end = file.seek(0, os.SEEK_END)
+            start = end
+            tail = b""
+            while start > 0 and tail.count(b"\n") < 2:
+                start = max(0, start - 4096)
+                file.seek(start)
+                tail = file.read(end - start)
+        lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+        return lines[-1] or None
 
     def _append(self, data: bytes) -> None:
         if self._fd is None:
@@ -199,6 +267,7 @@ def build_sink(config: AuditConfig) -> AuditSink:
 
 
 OnFailure = Literal["refuse", "serve"]
+Durability = Literal["batched", "before_response"]
 
 
 class AuditUnavailable(RegistryError):
@@ -211,6 +280,24 @@ class AuditUnavailable(RegistryError):
     def __init__(self) -> None:
         super().__init__("the audit trail cannot record this request right now; retry later")
         self.headers["Retry-After"] = "1"
+
+
+class Ticket:
+    """A queued record, and (``durability = "before_response"``) whether it is on disk."""
+
+    __slots__ = ("chained", "done", "durable", "record")
+
+    def __init__(self, record: AuditRecord, waits: bool) -> None:
+        self.record = record
+        self.chained: AuditRecord | None = None
+        """The record as written: with its place in the chain when ``chain`` is on."""
+        self.done = trio.Event() if waits else None
+        self.durable = False
+
+    def settle(self, durable: bool) -> None:
+        self.durable = durable
+        if self.done is not None:
+            self.done.set()
 
 
 class AuditTrail:
@@ -227,8 +314,13 @@ class AuditTrail:
         queue_size: int = 1024,
         flush_interval: float = 0.1,
         on_failure: OnFailure = "refuse",
+        durability: Durability = "batched",
+        chain: Chain | None = None,
     ):
         self.sink = sink
+        self.durability: Durability = durability
+        self.chain = chain
+        """Links each record to the previous one (``audit.chain = true``); None: off."""
         self.queue_size = queue_size
         self.flush_interval = flush_interval
         self.on_failure: OnFailure = on_failure
@@ -238,12 +330,14 @@ class AuditTrail:
         """Requests answered 503 ``audit_unavailable`` (``on_failure = "refuse"``)."""
         self.records_dropped = 0
         """Records given up while the sink failed and the queue was full (``"serve"``)."""
-        self._send, self._receive = trio.open_memory_channel[AuditRecord](queue_size)
+        self._send, self._receive = trio.open_memory_channel[Ticket](queue_size)
         self._lock = trio.Lock()
         self._done = trio.Event()
         self._closing = False
         self._started = False
-        self._batch: list[AuditRecord] = []
+        self._batch: list[Ticket] = []
+        self._unsettled: set[Ticket] = set()
+        """``before_response`` tickets whose requests wait for the disk."""
         self._waiting_for_room: set[trio.CancelScope] = set()
         self._wake: trio.Event | None = None
         """Set while the writer waits for a batch to fill: ends the wait early."""
@@ -254,11 +348,18 @@ class AuditTrail:
 
     @classmethod
     def from_config(cls, config: AuditConfig) -> AuditTrail:
+        sink = build_sink(config)
+        chain = None
+        if config.chain:
+            last = sink.last_line() if isinstance(sink, FileSink) else None
+            chain = Chain.after(last)
         return cls(
-            build_sink(config),
+            sink,
             config.queue_size,
             config.flush_interval.total_seconds(),
             config.on_failure,
+            config.durability,
+            chain,
         )
 
     @property
@@ -291,8 +392,10 @@ class AuditTrail:
         """Requests waiting for room in a full queue."""
         return self._send.statistics().tasks_waiting_send
 
-    async def emit(self, record: AuditRecord) -> None:
+    async def emit(self, record: AuditRecord) -> Ticket | None:
         """Queue a record; while the queue is full and the sink works, wait for room.
+        Returns its ticket (None when the record was dropped): with ``before_response``,
+        hand it to :meth:`until_durable` before the response starts.
 
         With room in the queue it returns without yielding to the scheduler, so a request
         is not held up (nor its response reordered with others) by its audit record. With
@@ -301,9 +404,12 @@ class AuditTrail:
         the caller refuses the request with :meth:`refusal`), also for a request that began
         waiting before the sink failed.
         """
+        ticket = Ticket(record, waits=self.durability == "before_response")
+        if ticket.done is not None:
+            self._unsettled.add(ticket)
         while True:
             try:
-                self._send.send_nowait(record)
+                self._send.send_nowait(ticket)
             except trio.WouldBlock:
                 pass
             else:
@@ -311,18 +417,33 @@ class AuditTrail:
                     self._queued_while_waiting += 1
                     if self._queued_while_waiting * 2 >= self.queue_size:
                         self._wake.set()
-                return
+                return ticket
             if self.failing:
+                self._unsettled.discard(ticket)
                 self._give_up(record)
-                return
+                return None
             with trio.CancelScope() as waiting:
                 self._waiting_for_room.add(waiting)
                 try:
-                    await self._send.send(record)
-                    return
+                    await self._send.send(ticket)
+                    return ticket
                 finally:
                     self._waiting_for_room.discard(waiting)
             # Cancelled by :meth:`_start_failing`: decide again.
+
+    async def until_durable(self, ticket: Ticket | None) -> None:
+        """``durability = "before_response"``: wait until the record is written and fsynced
+        (at once otherwise). While the sink fails, ``refuse`` keeps waiting (the record is
+        written first when the sink is back), ``serve`` stops waiting. A record that could
+        not be written at all (shutdown with the sink failing) raises
+        :class:`AuditUnavailable` under ``refuse``: the response is not sent."""
+        if ticket is None or ticket.done is None:
+            return
+        if self.failing and self.on_failure == "serve":
+            return
+        await ticket.done.wait()
+        if not ticket.durable and self.on_failure == "refuse":
+            raise AuditUnavailable()
 
     def _give_up(self, record: AuditRecord) -> None:
         if self.on_failure == "refuse":
@@ -346,6 +467,10 @@ class AuditTrail:
         )
         for waiting in self._waiting_for_room:
             waiting.cancel()
+        if self.on_failure == "serve":  # degrade: stop holding responses for the disk
+            for ticket in self._unsettled:
+                ticket.settle(durable=False)
+            self._unsettled.clear()
 
     async def reopen(self) -> None:
         """Reopen the sink's output (wire to SIGHUP for logrotate). Waits for a batch being
@@ -386,7 +511,7 @@ class AuditTrail:
         and one wake-up of this task per batch rather than one per record (a request's
         record is then a plain append to the queue). The wait ends early once half the
         queue is used, so that requests do not wait for room while this task sleeps."""
-        if self.flush_interval > 0:
+        if self.flush_interval > 0 and self.durability == "batched":
             self._wake = trio.Event()
             self._queued_while_waiting = self.queue_depth
             with trio.move_on_after(self.flush_interval):
@@ -417,13 +542,19 @@ class AuditTrail:
         counts as lost. The batch is only let go once written, so a cancellation in between
         leaves it for the shielded drain."""
         batch = self._batch
+        for ticket in batch:
+            if ticket.chained is None:  # once: a retried batch keeps its place in the chain
+                ticket.chained = (
+                    ticket.record if self.chain is None else self.chain.link(ticket.record)
+                )
+        records = [ticket.chained for ticket in batch if ticket.chained is not None]
         delay = RETRY_INITIAL_S
         attempts = 0
         while True:
             attempts += 1
             try:
                 async with self._lock:
-                    await self.sink.write(batch)
+                    await self.sink.write(records)
             except Exception:
                 self.write_failures += 1
                 if not self.failing:
@@ -433,16 +564,23 @@ class AuditTrail:
                     self.records_lost += len(batch)
                     log.error("audit: %d records could not be written at shutdown", len(batch))
                     self._batch = []
+                    self._settle(batch, durable=False)
                     return
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
             else:
                 self.records_written += len(batch)
                 self._batch = []
+                self._settle(batch, durable=True)
                 if self.failing:
                     self.failing = False
                     log.warning("audit sink recovered: %d records written", len(batch))
                 return
+
+    def _settle(self, batch: list[Ticket], durable: bool) -> None:
+        for ticket in batch:
+            ticket.settle(durable)
+            self._unsettled.discard(ticket)
 
     async def aclose(self) -> None:
         """No more records: write what is queued, close the sink, wait until done."""

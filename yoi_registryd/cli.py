@@ -1,5 +1,5 @@
 """Command line: ``yoi-registryd [serve]``, ``check-config PATH``, ``status``, ``keygen PATH``,
-``version``."""
+``audit verify FILE...``, ``version``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from yoi_registryd import __version__, status_cli
+from yoi_registryd import __version__, audit_verify, status_cli
 from yoi_registryd.capability import SigningKey, write_key_file
 from yoi_registryd.config import (
     Config,
@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
     )
+    audit = sub.add_parser("audit", help="work with the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check the hash chain (audit.chain) of audit files, oldest first; exit 0 intact, "
+        "1 a record changed, removed or reordered, 2 unreadable",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
@@ -199,4 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status(args)
     if args.command == "keygen":
         return keygen(args.path, args.server_id)
+    if args.command == "audit":
+        return audit_verify.main(args.files)
     return serve(args.config, args.log_level, args.demo)

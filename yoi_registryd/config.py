@@ -222,6 +222,12 @@ class AuditConfig(_Section):
     on_failure: Literal["refuse", "serve"] = "refuse"
     """When the sink fails and ``queue_size`` records already wait: ``refuse`` answers new
     requests 503 ``audit_unavailable``; ``serve`` answers them and drops their records."""
+    durability: Literal["batched", "before_response"] = "batched"
+    """``before_response``: a response starts only once its record is written and fsynced
+    (group commit); ``batched``: the record is queued, written within ``flush_interval``."""
+    chain: bool = False
+    """Each record carries ``seq`` and ``prev`` (the SHA-256 of the line before it), checked
+    by ``yoi-registryd audit verify``. File sink only."""
 
     def resolved_path(self) -> Path:
         return Path(self.path) if self.path else default_state_dir() / "audit.jsonl"
@@ -727,6 +733,8 @@ def _validate_access(config: Config) -> list[str]:
         problems.append('audit.sink: expected "file", "stderr" or \'module:attribute\'')
     if audit.path is not None and not audit.path.startswith("/"):
         problems.append("audit.path: must be an absolute path")
+    if audit.chain and audit.sink != "file":
+        problems.append('audit.chain: needs sink = "file" (the chain continues from the file)')
     if audit.queue_size < 1:
         problems.append("audit.queue_size: must be at least 1")
     return problems

@@ -197,8 +197,6 @@ class BoundedH2Protocol(H2Protocol):
         if self.going_away:
             # REFUSED_STREAM: the peer knows it was not processed.
             with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.connection.reset_stream(
-                    request.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM
-                )
+                self.connection.reset_stream(request.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         await super()._create_stream(request)

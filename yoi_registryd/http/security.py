@@ -284,8 +284,9 @@ class SecurityMiddleware:
         return principal
 
     async def _record(self, exchange: _Exchange) -> None:
-        await self.audit.emit(exchange.record())
+        ticket = await self.audit.emit(exchange.record())
         exchange.recorded = True
+        await self.audit.until_durable(ticket)  # audit.durability = "before_response"
 
 
 def _echo_request_id(send: Send, request_id: str) -> Send:
