@@ -11,6 +11,8 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pytest
 import trio
 
 from tests.conftest import RunningDaemon, StartDaemon, wait_for
-from tests.daemon_process import clean_env, run_daemon
+from tests.daemon_process import DaemonProcess, clean_env, run_daemon
 from tests.policy_plugins import SINKS, MemorySink
 from yoi_registryd.audit import AuditRecord, AuditTrail, FileSink, StderrSink, build_sink
 from yoi_registryd.config import AuditConfig, ConfigError, parse_config
@@ -524,9 +526,24 @@ def _record(request_id: str) -> AuditRecord:
 # -- the real process: SIGHUP rotation and SIGTERM under load --------------------------------
 
 
+def unix_paths(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Where a daemon run by a test listens, writes its audit file and reads its config."""
+    return tmp_path / "registry.sock", tmp_path / "state" / "audit.jsonl", tmp_path / "config.toml"
+
+
 def uds_client(socket_path: Path) -> httpx.AsyncClient:
     transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
     return httpx.AsyncClient(transport=transport, base_url="http://registry", timeout=10)
+
+
+@asynccontextmanager
+async def unix_daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+    """The daemon of :func:`unix_paths`, once it answers on its socket."""
+    socket_path, _, config_path = unix_paths(tmp_path)
+    args = ["--config", str(config_path), "serve"]
+    async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
+        await wait_for(partial(listening, socket_path), deadline_s=15, message="the daemon")
+        yield daemon
 
 
 async def listening(socket_path: Path) -> bool:
@@ -544,9 +561,7 @@ async def test_sigterm_under_load_loses_no_record(tmp_path: Path) -> None:
     halfway, then SIGTERM arrives mid-load. After exit, both files together hold exactly
     one valid line per response the clients received, and none for anything else."""
     token = secrets.token_urlsafe(24)
-    socket_path = tmp_path / "registry.sock"
-    audit_path = tmp_path / "state" / "audit.jsonl"
-    config_path = tmp_path / "config.toml"
+    socket_path, audit_path, config_path = unix_paths(tmp_path)
     config_path.write_text(
         f"""
 sources = []
@@ -584,22 +599,19 @@ flush_interval = "5ms"
                     return  # the daemon stopped accepting
                 received[request_id] = response.status_code
 
-    args = ["--config", str(config_path), "serve"]
-    async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
-        await wait_for(partial(listening, socket_path), deadline_s=15, message="the daemon")
-        async with trio.open_nursery() as nursery:
-            for worker in range(12):
-                nursery.start_soon(hammer, worker)
-            await wait_for(lambda: len(received) >= 150, deadline_s=20, message="load")
-            rotated = audit_path.with_name("audit.jsonl.1")
-            audit_path.rename(rotated)
-            daemon.process.send_signal(signal.SIGHUP)
-            await wait_for(audit_path.exists, deadline_s=10, message="a reopened audit file")
-            count = len(received)
-            await wait_for(lambda: len(received) >= count + 150, deadline_s=20, message="load")
-            daemon.process.send_signal(signal.SIGTERM)
-            code = await daemon.wait_exit(deadline_s=20)
-            stop_sending.set()
+    async with unix_daemon(tmp_path) as daemon, trio.open_nursery() as nursery:
+        for worker in range(12):
+            nursery.start_soon(hammer, worker)
+        await wait_for(lambda: len(received) >= 150, deadline_s=20, message="load")
+        rotated = audit_path.with_name("audit.jsonl.1")
+        audit_path.rename(rotated)
+        daemon.process.send_signal(signal.SIGHUP)
+        await wait_for(audit_path.exists, deadline_s=10, message="a reopened audit file")
+        count = len(received)
+        await wait_for(lambda: len(received) >= count + 150, deadline_s=20, message="load")
+        daemon.process.send_signal(signal.SIGTERM)
+        code = await daemon.wait_exit(deadline_s=20)
+        stop_sending.set()
     assert code == 0, daemon.stderr
     before, after = read_records(rotated), read_records(audit_path)
     assert before and after
@@ -647,9 +659,7 @@ async def test_sigkill_under_load_with_before_response_loses_no_answered_record(
     the response and written per batch. With ``durability = "before_response"`` a response
     starts only once its record is fsynced: after SIGKILL mid-load, every request a client
     got an answer to has its record (flush_interval is long on purpose: it must not apply)."""
-    socket_path = tmp_path / "registry.sock"
-    audit_path = tmp_path / "state" / "audit.jsonl"
-    config_path = tmp_path / "config.toml"
+    socket_path, audit_path, config_path = unix_paths(tmp_path)
     config_path.write_text(
         f"""
 sources = []
@@ -677,15 +687,12 @@ flush_interval = "1s"
                 assert response.status_code == 200
                 answered.add(request_id)
 
-    args = ["--config", str(config_path), "serve"]
-    async with run_daemon(args, clean_env(tmp_path), tmp_path) as daemon:
-        await wait_for(partial(listening, socket_path), deadline_s=15, message="the daemon")
-        async with trio.open_nursery() as nursery:
-            for worker in range(8):
-                nursery.start_soon(hammer, worker)
-            await wait_for(lambda: len(answered) >= 300, deadline_s=30, message="load")
-            daemon.process.kill()
-            await daemon.wait_exit()
+    async with unix_daemon(tmp_path) as daemon, trio.open_nursery() as nursery:
+        for worker in range(8):
+            nursery.start_soon(hammer, worker)
+        await wait_for(lambda: len(answered) >= 300, deadline_s=30, message="load")
+        daemon.process.kill()
+        await daemon.wait_exit()
     recorded = {r.request_id for r in read_records(audit_path)}
     assert answered <= recorded, sorted(answered - recorded)[:10]
 
