@@ -42,7 +42,7 @@ from typing import Any, Final, cast
 import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import RawData
+from hypercorn.events import RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.trio.lifespan import Lifespan
@@ -323,6 +323,8 @@ class _TCPServer(TCPServer):
     def __init__(self, *args: Any, http2: Http2Limits | None) -> None:
         super().__init__(*args)
         self.http2 = http2
+        self.reading = True
+        """The read loop runs: the client may still send."""
 
     async def run(self) -> None:
         """As hypercorn's, without TLS, with :class:`_Protocols`."""
@@ -357,7 +359,16 @@ class _TCPServer(TCPServer):
         try:
             await super()._read_data()
         finally:
+            self.reading = False
             await self.idle_task.stop()
+
+    async def protocol_send(self, event: Any) -> None:
+        # A stream that ends after the client has gone (HTTP/2: the tasks released when
+        # its buffers are) reports the connection idle, which would start the keep-alive
+        # timer again and hold the dead connection for keep_alive_timeout.
+        if isinstance(event, Updated) and not self.reading:
+            return
+        await super().protocol_send(event)
 
 
 class _TrackedStream(trio.abc.HalfCloseableStream):
