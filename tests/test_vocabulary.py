@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from yoi_registryd.model import RuntimeStatus, SourceKind
+from yoi_registryd.sources.remote_projection import platform_word
 from yoi_registryd.vocabulary import host_status, runtime_status, worker_naming, worker_state
 
 STATUSES: tuple[RuntimeStatus, ...] = (
@@ -85,3 +86,9 @@ def test_worker_naming_follows_yoi() -> None:
     )
     assert worker_naming("w", None, "--", internal=False).display_name == "Worker w"
     assert worker_naming("w-1", None, None, internal=False) == ("Worker w-1", None, ())
+
+
+def test_a_remote_platform_is_served_only_as_a_short_lowercase_word() -> None:
+    assert (platform_word("linux"), platform_word("x86_64")) == ("linux", "x86_64")
+    for junk in (None, 7, "", "Linux", "/usr/lib", "x" * 40, ["linux"]):
+        assert platform_word(junk) == "unknown", junk

@@ -136,7 +136,9 @@ async def every_source(
             "w-named", display_name="review bot", profile={"kind": "builtin", "value": "coder"}
         ),
     )
-    server = await start_fake(nursery, ("/yoi", fake))
+    # A runtime of today's era reports its platform; one of the older era does not.
+    today = FakeRuntime("today", token=TOKEN, era="current", arch="aarch64")
+    server = await start_fake(nursery, ("/yoi", fake), ("/today", today))
     token = tmp_path / "remote.token"
     token.write_text(TOKEN + "\n")
     runtime_dir = tmp_path / "run"
@@ -146,6 +148,7 @@ async def every_source(
         (
             local_source_toml(data_dir, runtime_dir, watch=False),
             remote_source_toml("gpu-1", server.url("/yoi"), token_file=str(token), **FAST),
+            remote_source_toml("gpu-2", server.url("/today"), token_file=str(token), **FAST),
             remote_source_toml(
                 "gone", f"http://127.0.0.1:{free_port()}", token_file=str(token), **FAST
             ),
@@ -206,6 +209,7 @@ async def test_every_route_of_every_source_decodes_as_the_web_client_reads_it(
     assert statuses == {
         "local-worker-runtime": "available",
         "gpu-1": "running",
+        "gpu-2": "running",
         "gone": "configured",  # yoi's word for a remote it could not reach
         "embedded-worker-runtime": "running",
         "demo": "running",
@@ -215,8 +219,10 @@ async def test_every_route_of_every_source_decodes_as_the_web_client_reads_it(
         "embedded-worker-runtime-host",
         "remote-worker-runtime-host",
     }
-    for runtime in crawl.runtimes.values():
-        assert runtime.capabilities.os and runtime.capabilities.arch
+    platforms = {rid: (r.capabilities.os, r.capabilities.arch) for rid, r in crawl.runtimes.items()}
+    assert platforms["gpu-2"] == ("linux", "aarch64")  # as the runtime reports it
+    assert platforms["gpu-1"] == platforms["gone"] == ("unknown", "unknown")  # yoi's word
+    assert platforms["local-worker-runtime"] == platforms["demo"] != ("unknown", "unknown")
 
     # The Worker whose name has nothing printable: labelled (and displayed) by its id.
     unprintable = crawl.workers[("local-worker-runtime", local_worker_id(UNPRINTABLE))]

@@ -22,6 +22,7 @@ from yoi_registryd.config import RemoteSourceConfig
 from yoi_registryd.ids import REMOTE_HOST_PREFIX, derive_id, is_valid_identifier
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import (
+    UNKNOWN_PLATFORM,
     Capabilities,
     Diagnostic,
     HostSpec,
@@ -62,6 +63,15 @@ STATUS_UNRECOGNISED: Final = "remote_runtime_status_unrecognised"
 _STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
+def platform_word(value: object) -> str:
+    """A runtime's ``os`` or ``arch`` (``std::env::consts`` words such as ``linux``,
+    ``x86_64``) if it is a short lowercase token, else ``unknown``: nothing else a runtime
+    sends is served."""
+    if isinstance(value, str) and _STATUS_RE.fullmatch(value):
+        return value
+    return UNKNOWN_PLATFORM
+
+
 class MalformedAnswer(Exception):
     """The answer does not have the worker-runtime v1 shape."""
 
@@ -73,6 +83,10 @@ class RemoteRuntimeSummary(msgspec.Struct, frozen=True):
     status: str
     display_name: str | None = None
     worker_creation_available: bool = False
+    os: object = None
+    arch: object = None
+    """The runtime host's platform (today's runtimes; absent from older ones): any JSON here,
+    served only when it is a short lowercase token (:func:`platform_word`)."""
 
 
 class _RuntimeEnvelope(msgspec.Struct):
@@ -250,7 +264,11 @@ class Projector:
             can_accept_input=running and status not in TERMINAL_STATUSES,
         )
 
-    def runtime_capabilities(self, running: bool, creation: bool) -> Capabilities:
+    def runtime_capabilities(
+        self, running: bool, creation: bool, summary: RemoteRuntimeSummary | None = None
+    ) -> Capabilities:
+        """What the registry can do with the runtime; its ``os`` and ``arch`` as the runtime
+        reports them (``unknown`` when it does not, as yoi says)."""
         return Capabilities(
             can_list_hosts=True,
             can_list_workers=True,
@@ -260,6 +278,8 @@ class Projector:
             can_accept_input=running,
             local_pod_inspection="unavailable",
             workspace_scope=WORKSPACE_SCOPES["remote_http"],
+            os=platform_word(summary.os) if summary is not None else UNKNOWN_PLATFORM,
+            arch=platform_word(summary.arch) if summary is not None else UNKNOWN_PLATFORM,
             can_cancel_worker=running,
             registry_workspace_scope=self.workspace_scope,
         )
@@ -320,7 +340,9 @@ class Projector:
                 )
             )
         diagnostics.extend(worker_diagnostics)
-        capabilities = self.runtime_capabilities(running, summary.worker_creation_available)
+        capabilities = self.runtime_capabilities(
+            running, summary.worker_creation_available, summary
+        )
         label = self.label or safe_display(summary.display_name) or self.runtime_id
         descriptor = RuntimeDescriptor(
             label=label,
