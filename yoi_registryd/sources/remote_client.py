@@ -1,12 +1,13 @@
-"""HTTP plumbing of the remote source: a keep-alive client, bounded requests, typed failures.
+"""HTTP plumbing of the remote source: a keep-alive pool, bounded requests, typed failures.
 
-Each remote runtime gets its own small keep-alive ``httpx.AsyncClient`` (httpx runs on trio
-through anyio) for as long as its source runs; all of them share one TLS context.
+Each remote runtime gets its own small keep-alive ``httpcore.AsyncConnectionPool`` (httpx's
+connection layer, on trio through anyio) for as long as its source runs; all of them share
+one TLS context.
 
 Whatever goes wrong is reduced here to a :class:`RemoteFailure` carrying one of the typed
-codes of contract section 3. Its ``str`` is the code alone: the exception text of httpx
-(which names the URL) is kept apart in ``detail`` for DEBUG logs and never reaches a
-response, a diagnostic or a log line at INFO or above.
+codes of contract section 3. Its ``str`` is the code alone: the exception text (which may
+name the host) is kept apart in ``detail`` for DEBUG logs and never reaches a response, a
+diagnostic or a log line at INFO or above.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import functools
 import re
 import ssl
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
-import httpx
+import certifi
+import httpcore
 import msgspec
 import trio
 
+from yoi_registryd import __version__
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, check_depth
 from yoi_registryd.secrets import Secret
 
@@ -46,6 +49,8 @@ _KEEPALIVE_EXPIRY: Final = 60.0
 _MAX_CONNECTIONS: Final = 16
 """Polls use one connection; the rest serve concurrent worker operations."""
 _MAX_KEEPALIVE: Final = 2
+_MAX_PREPARED: Final = 16
+_USER_AGENT: Final = f"yoi-registryd/{__version__}".encode()
 
 
 _SAFE_MESSAGES: Final = {
@@ -151,21 +156,36 @@ class RemoteResponse(msgspec.Struct, frozen=True):
 
 
 class RemoteClient:
-    """One source's view of the shared client: its base URL, token, timeout and size cap."""
+    """One source's view of its connection pool: base URL, token, timeout and size cap.
+
+    Requests go straight to httpcore (the connection layer under httpx): a poll's GET is
+    built once and sent again as long as the token stays the same, where httpx would parse
+    the URL, merge headers and cookies and build a request and response model every time
+    (most of a poll's CPU, measured: ``benchmarks/remote_freshness.py``).
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        pool: httpcore.AsyncConnectionPool,
         base_url: Secret,
         timeout: float,
         max_bytes: int,
         credentials: RemoteCredentials,
     ) -> None:
-        self._http = http
-        self._base = Secret(base_url.reveal().rstrip("/"))
+        self._pool = pool
+        base = base_url.reveal().rstrip("/")
+        self._base = Secret(base)
+        netloc = base.split("://", 1)[1].split("/", 1)[0]
+        self._host_header = netloc.encode("ascii")
         self._timeout = timeout
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
         self._max_bytes = max_bytes
         self.credentials = credentials
+        self._prepared: dict[tuple[str, str, str], tuple[str | None, httpcore.Request]] = {}
+        """Bodiless requests built once per method, path and permission, with the
+        ``Authorization`` value they carry (rebuilt when the credentials give another)."""
 
     async def get(self, path: str, permission: str) -> bytes:
         """GET a 2xx body, or raise a typed :class:`RemoteFailure`."""
@@ -177,6 +197,45 @@ class RemoteClient:
     async def post(self, path: str, permission: str, body: bytes) -> RemoteResponse:
         return await self.request("POST", path, permission, body)
 
+    def _build(
+        self, method: str, path: str, authorization: str | None, body: bytes | None
+    ) -> httpcore.Request:
+        headers = [
+            (b"Host", self._host_header),
+            (b"Accept", b"application/json"),
+            (b"Accept-Encoding", ACCEPT_ENCODING.encode()),
+            (b"User-Agent", _USER_AGENT),
+        ]
+        if authorization is not None:
+            headers.append((b"Authorization", authorization.encode("latin-1")))
+        if body is not None:
+            headers.append((b"Content-Type", b"application/json"))
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        return httpcore.Request(
+            method,
+            self._base.reveal() + path,
+            headers=headers,
+            content=body,
+            extensions=self._extensions,
+        )
+
+    def _prepare(
+        self, method: str, path: str, permission: str, body: bytes | None
+    ) -> httpcore.Request:
+        secret = self.credentials.authorization(permission)
+        authorization = secret.reveal() if secret is not None else None
+        if body is not None:
+            return self._build(method, path, authorization, body)
+        key = (method, path, permission)
+        prepared = self._prepared.get(key)
+        if prepared is not None and prepared[0] == authorization:
+            return prepared[1]
+        if len(self._prepared) >= _MAX_PREPARED:
+            self._prepared.clear()
+        request = self._build(method, path, authorization, None)
+        self._prepared[key] = (authorization, request)
+        return request
+
     async def request(
         self, method: str, path: str, permission: str, body: bytes | None = None
     ) -> RemoteResponse:
@@ -185,38 +244,40 @@ class RemoteClient:
         ``permission`` is the one the route needs (``yoi_registryd.capability``): a minted
         capability token carries exactly it.
         """
-        headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
-        authorization = self.credentials.authorization(permission)
-        if authorization is not None:
-            headers["Authorization"] = authorization.reveal()
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        url = self._base.reveal() + path
+        request = self._prepare(method, path, permission, body)
         try:
             with trio.fail_after(self._timeout):
-                async with self._http.stream(
-                    method, url, headers=headers, content=body, timeout=self._timeout
-                ) as response:
-                    return RemoteResponse(response.status_code, await self._read(response))
+                response = await self._pool.handle_async_request(request)
+                try:
+                    return RemoteResponse(response.status, await self._read(response))
+                finally:
+                    await response.aclose()
         except trio.TooSlowError:
-            raise RemoteFailure(TIMEOUT, detail=f"{method} {url}: overall deadline") from None
-        except httpx.TimeoutException as exc:
-            raise RemoteFailure(TIMEOUT, detail=f"{method} {url}: {exc!r}") from None
-        except httpx.DecodingError as exc:
-            raise RemoteFailure(MALFORMED, detail=f"{method} {url}: {exc!r}") from None
-        except httpx.HTTPError as exc:
-            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {url}: {exc!r}") from None
+            raise RemoteFailure(TIMEOUT, detail=f"{method} {path}: overall deadline") from None
+        except httpcore.TimeoutException as exc:
+            raise RemoteFailure(TIMEOUT, detail=f"{method} {path}: {exc!r}") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {path}: {exc!r}") from None
+        except (httpcore.ConnectionNotAvailable, OSError) as exc:
+            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {path}: {exc!r}") from None
 
-    async def _read(self, response: httpx.Response) -> bytes:
+    async def _read(self, response: httpcore.Response) -> bytes:
         """The decoded body, refused as soon as it grows past ``max_bytes`` (decoded, as it
         streams in: a small compressed answer cannot inflate past the bound in memory) or
         nests JSON deeper than :data:`~yoi_registryd.json_depth.MAX_JSON_DEPTH`."""
         limit = self._max_bytes
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and (len(declared) > 19 or int(declared) > limit):
-            raise RemoteFailure(MALFORMED, reason=_TOO_LARGE)
-        body = BoundedBody(response.headers.get("content-encoding", ""), limit)
-        async for chunk in response.aiter_raw():
+        encoding = b""
+        for name, value in response.headers:
+            lowered = name.lower()
+            if lowered == b"content-length" and value.isdigit():
+                if len(value) > 19 or int(value) > limit:
+                    raise RemoteFailure(MALFORMED, reason=_TOO_LARGE)
+            elif lowered == b"content-encoding":
+                encoding = value
+        body = BoundedBody(encoding.decode("latin-1"), limit)
+        stream = response.stream
+        assert isinstance(stream, AsyncIterable)
+        async for chunk in stream:
             body.feed(chunk)
         data = body.finish()
         try:
@@ -240,9 +301,9 @@ _WBITS: Final = {
 class BoundedBody:
     """A response body decoded as it arrives, never holding more than ``limit`` bytes of it.
 
-    httpx inflates each compressed chunk whole, so 64 KiB of a gzip bomb become 64 MiB
-    before a size check could see them. Here the raw bytes are inflated with zlib's
-    ``max_length``: output past the limit is never produced.
+    A decoder that inflates each compressed chunk whole (httpx's does) turns 64 KiB of a gzip
+    bomb into 64 MiB before a size check could see them. Here the raw bytes are inflated with
+    zlib's ``max_length``: output past the limit is never produced.
     """
 
     def __init__(self, content_encoding: str, limit: int) -> None:
@@ -297,32 +358,31 @@ class BoundedBody:
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """One TLS context for every remote client of the process: loading CAs is the costly part."""
-    return httpx.create_ssl_context(trust_env=False)
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 @asynccontextmanager
-async def open_http_client() -> AsyncIterator[httpx.AsyncClient]:
-    """A keep-alive client for one remote runtime, closed when the source stops.
+async def open_http_client() -> AsyncIterator[httpcore.AsyncConnectionPool]:
+    """A keep-alive connection pool for one remote runtime, closed when the source stops.
 
-    One client per runtime rather than one for the whole daemon: httpcore's pool walks
-    every pooled connection on each request, and N runtimes are N origins, so one shared
-    pool costs O(N) per request. Measured with 200 runtimes polled every second
+    One pool per runtime rather than one for the whole daemon: httpcore's pool walks every
+    pooled connection on each request, and N runtimes are N origins, so one shared pool
+    costs O(N) per request. Measured with 200 runtimes polled every second
     (``benchmarks/remote_freshness.py``): a shared pool kept the daemon at a full core;
     one small pool per runtime, sharing one TLS context, costs far less (see
-    ``docs/remote-source.md``).
+    ``docs/remote-source.md``). No proxy variables, ``.netrc`` or redirects: httpcore
+    reads no environment and follows nothing.
     """
-    client = httpx.AsyncClient(
-        verify=tls_context(),
-        limits=httpx.Limits(
-            max_connections=_MAX_CONNECTIONS,
-            max_keepalive_connections=_MAX_KEEPALIVE,
-            keepalive_expiry=_KEEPALIVE_EXPIRY,
-        ),
-        follow_redirects=False,
-        trust_env=False,
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=tls_context(),
+        max_connections=_MAX_CONNECTIONS,
+        max_keepalive_connections=_MAX_KEEPALIVE,
+        keepalive_expiry=_KEEPALIVE_EXPIRY,
+        http1=True,
+        http2=False,
     )
     try:
-        yield client
+        yield pool
     finally:
         with trio.CancelScope(shield=True):
-            await client.aclose()
+            await pool.aclose()
