@@ -1,37 +1,54 @@
-"""CPU cost and freshness of the remote source with many runtimes (issue 3).
+"""CPU, memory and freshness of the remote source with many runtimes: subscribed vs polled.
 
 Usage, from the repository root::
 
     python benchmarks/remote_freshness.py [--runtimes 200] [--interval 1s] \\
-        [--cpu-seconds 30] [--changes 200] [--workers 2]
+        [--cpu-seconds 30] [--changes 200] [--workers 2] [--baseline 222707e|none] \\
+        [--only baseline,polled,subscribed] [--json PATH]
 
-Three processes: fake yoi runtimes (``tests/fake_runtime.py``: one hypercorn server, each
-runtime on its own loopback port as separate runtime processes would be, bearer token
-required), the daemon
-(``python -m yoi_registryd serve`` with a generated config polling every runtime at
-``--interval``), and this driver.
+One run measures, one after the other, three daemons against the same 200 fake runtimes:
 
-1. CPU: once every runtime is ``available`` and after a short warm-up, nobody queries the
-   daemon; its CPU time (utime + stime from ``/proc/<pid>/stat``) is read over
-   ``--cpu-seconds`` of wall time. The share is CPU seconds per wall second, in percent of
-   one core. The fake process is measured over the same window, for context.
+- ``baseline``: the daemon of the commit ``--baseline`` (default ``222707e``, ``main`` before
+  the subscription and the cheaper polling), exported with ``git archive`` into a temporary
+  directory and run from there, polling older runtimes (June 2026: no event subscription)
+  every ``--interval``;
+- ``polled``: this tree's daemon against the same older runtimes, polling every
+  ``--interval``;
+- ``subscribed``: this tree's daemon against current runtimes (``--subscription``: each
+  serves ``GET /v1/protocol/ws``), same configuration (``poll_interval`` included).
+
+Per daemon, three processes: the fake runtimes (``tests/fake_runtime.py``: one hypercorn
+server, each runtime on its own loopback port, as separate runtime processes would be; bearer
+token required), the daemon (``python -m yoi_registryd serve`` with a generated config), and
+this driver.
+
+1. CPU and RSS: once every runtime is ``available`` (and, for ``subscribed``, every source
+   reports ``mode: subscription``) and after a short warm-up, nobody queries the daemon; its
+   CPU time (utime + stime from ``/proc/<pid>/stat``) is read over ``--cpu-seconds`` of wall
+   time: the share is CPU seconds per wall second, in percent of one core. RSS is
+   ``VmRSS`` at the end of that window.
 2. Freshness: the driver adds a new worker to a random runtime every 20-80 ms (through the
-   fake's control route) and polls ``GET /api/workers?limit=1000`` every 10 ms. The delay
-   of a change is the time from just before the change was made to the first listing that
-   shows it (so it is over-estimated by the control request and the 10 ms listing period,
-   never under-estimated). Prints p50 / p90 / p99 / max.
+   fake's control route: a subscribed runtime publishes it as an event) while holding a
+   blocking query on the daemon (``GET /api/workers?index=<last X-Registry-Index>&wait=30s``),
+   as a backend watching the registry would. The delay of a change is the time from just
+   before the change was made to the answer that first holds it (over-estimated by the
+   control request and the driver's own parsing, never under-estimated). p50 / p90 / p99.
+
+The verdicts: subscribed idle CPU under 5% of a core; freshness p99 of ``subscribed`` under
+50 ms; polled idle CPU at most half the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -43,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fake_runtime import runtime_prefix  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = ("baseline", "polled", "subscribed")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,6 +68,13 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
 
 
 def free_port() -> int:
@@ -85,33 +110,62 @@ def write_config(
     path.write_text("\n".join(lines) + "\n")
 
 
+def export_baseline(rev: str, into: Path) -> Path:
+    """The tree of ``rev`` (``git archive``): its daemon runs from there, this tree's fake."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 @dataclass
-class Window:
-    wall: float
-    daemon_cpu: float
-    fake_cpu: float
-
-    def share(self, cpu: float) -> float:
-        return 100.0 * cpu / self.wall
-
-
-async def measure_cpu(daemon_pid: int, fake_pid: int, seconds: float) -> Window:
-    wall0, d0, f0 = trio.current_time(), cpu_seconds(daemon_pid), cpu_seconds(fake_pid)
-    await trio.sleep(seconds)
-    wall1, d1, f1 = trio.current_time(), cpu_seconds(daemon_pid), cpu_seconds(fake_pid)
-    return Window(wall1 - wall0, d1 - d0, f1 - f0)
+class Result:
+    mode: str
+    daemon_cpu_percent: float
+    fake_cpu_percent: float
+    rss_mib: float
+    fresh_p50_ms: float
+    fresh_p90_ms: float
+    fresh_p99_ms: float
+    fresh_max_ms: float
+    changes: int
+    ready_seconds: float
+    modes_seen: dict[str, int]
 
 
-async def wait_all_available(client: httpx.AsyncClient, n: int, deadline: float) -> None:
-    with trio.fail_after(deadline):
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+async def wait_ready(client: httpx.AsyncClient, n: int, mode: str | None) -> dict[str, int]:
+    """Until every runtime is available (and in ``mode``); the sources' modes."""
+    with trio.fail_after(180):
         while True:
             try:
-                body = (await client.get("/api/runtimes", params={"limit": 1000})).json()
-                ready = sum(1 for r in body["items"] if r["registry_status"] == "available")
-                if ready == n:
-                    return
+                runtimes = (await client.get("/api/runtimes", params={"limit": 1000})).json()
+                sources = (await client.get("/api/sources", params={"limit": 1000})).json()
             except httpx.HTTPError:
-                pass
+                await trio.sleep(0.2)
+                continue
+            # ``registry_status`` since the wire shapes of contract-v2; ``status`` before
+            # (the baseline daemon).
+            ready = sum(
+                1
+                for r in runtimes["items"]
+                if r.get("registry_status", r.get("status")) == "available"
+            )
+            modes: dict[str, int] = {}
+            for s in sources["items"]:
+                key = str(s.get("mode"))
+                modes[key] = modes.get(key, 0) + 1
+            if ready == n and (mode is None or modes.get(mode) == n):
+                return modes
             await trio.sleep(0.2)
 
 
@@ -133,33 +187,31 @@ async def freshness(
             response.raise_for_status()
             await trio.sleep(rng.uniform(0.02, 0.08))
 
-    async def watch() -> None:
+    async def watch(task_status: trio.TaskStatus[None]) -> None:
+        params = {"limit": "1000"}
+        response = await daemon.get("/api/workers", params=params)
+        task_status.started()
         while not done.is_set():
-            response = await daemon.get("/api/workers", params={"limit": 1000})
+            index = response.headers["X-Registry-Index"]
+            response = await daemon.get(
+                "/api/workers", params={**params, "index": index, "wait": "30s"}
+            )
             now = trio.current_time()
             body = response.json()
             assert body.get("next_cursor") is None, "more workers than one page"
             for item in body["items"]:
-                key = (item["runtime_id"], item["worker_id"])
-                made = pending.pop(key, None)
+                made = pending.pop((item["runtime_id"], item["worker_id"]), None)
                 if made is not None:
                     delays.append(now - made)
             if len(delays) == args.changes:
                 done.set()
-            await trio.sleep(0.01)
 
     with trio.fail_after(60 + args.changes):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
+            await nursery.start(watch)
             await change()
             await done.wait()
     return delays
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 @dataclass
@@ -168,86 +220,133 @@ class Processes:
     daemon: subprocess.Popen[bytes]
     fake_ports: list[int]
     daemon_port: int
-    tmp: Path
 
 
-def start_processes(args: argparse.Namespace) -> Processes:
-    tmp = Path(tempfile.mkdtemp(prefix="yoi-remote-bench-"))
+def start_processes(mode: str, args: argparse.Namespace, daemon_root: Path) -> Processes:
+    """The fake runtimes (current ones for ``subscribed``) and the daemon of ``daemon_root``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"yoi-remote-bench-{mode}-"))
     token_file = tmp / "token"
     token_file.write_text("bench-token-" + os.urandom(8).hex() + "\n")
     args.token_file = str(token_file)
-    daemon_port = free_port()
-    fake = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "tests.fake_runtime"),
-            *("--runtimes", str(args.runtimes), "--workers", str(args.workers)),
-            *("--token-file", str(token_file)),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    fake_cmd = [
+        *(sys.executable, "-m", "tests.fake_runtime"),
+        *("--runtimes", str(args.runtimes), "--workers", str(args.workers)),
+        *("--token-file", str(token_file)),
+    ]
+    if mode == "subscribed":
+        fake_cmd.append("--subscription")
+    fake = subprocess.Popen(fake_cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert fake.stdout is not None
-    ready = fake.stdout.readline().split()
-    assert ready and ready[0] == "READY", ready
-    fake_ports = [int(p) for p in ready[1:]]
+    ready_line = fake.stdout.readline().split()
+    assert ready_line and ready_line[0] == "READY", ready_line
+    fake_ports = [int(p) for p in ready_line[1:]]
+    daemon_port = free_port()
     config = tmp / "config.toml"
     write_config(config, fake_ports, daemon_port, args)
+    env = {**os.environ, "PYTHONPATH": str(daemon_root)}
     with (tmp / "daemon.log").open("w") as daemon_log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "yoi_registryd", "--config", str(config), "serve"],
-            cwd=ROOT,
+            cwd=daemon_root,
             stderr=daemon_log,
+            env=env,
         )
-    return Processes(fake, daemon, fake_ports, daemon_port, tmp)
+    return Processes(fake, daemon, fake_ports, daemon_port)
 
 
-async def run(args: argparse.Namespace, procs: Processes) -> None:
-    daemon_url = f"http://127.0.0.1:{procs.daemon_port}"
+async def measure(mode: str, args: argparse.Namespace, procs: Processes) -> Result:
+    daemon, fake = procs.daemon, procs.fake
     async with (
-        httpx.AsyncClient(base_url=daemon_url, timeout=10) as daemon,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{procs.fake_ports[0]}", timeout=10) as fake,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{procs.daemon_port}", timeout=60) as client,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{procs.fake_ports[0]}", timeout=10) as ctl,
     ):
         started = trio.current_time()
-        await wait_all_available(daemon, args.runtimes, deadline=120)
-        print(
-            f"all {args.runtimes} runtimes available after "
-            f"{trio.current_time() - started:.1f}s; warming up {args.warmup}s"
+        modes = await wait_ready(
+            client, args.runtimes, "subscription" if mode == "subscribed" else None
         )
+        ready_seconds = trio.current_time() - started
         await trio.sleep(args.warmup)
-        idle = await measure_cpu(procs.daemon.pid, procs.fake.pid, args.cpu_seconds)
-        busy_start = (trio.current_time(), cpu_seconds(procs.daemon.pid))
-        delays = await freshness(daemon, fake, args)
-        busy_wall = trio.current_time() - busy_start[0]
-        busy_cpu = cpu_seconds(procs.daemon.pid) - busy_start[1]
-        body = (await daemon.get("/api/runtimes", params={"limit": 1000})).json()
-        unavailable = [
-            r["runtime_id"] for r in body["items"] if r["registry_status"] != "available"
-        ]
-
+        wall0, d0, f0 = trio.current_time(), cpu_seconds(daemon.pid), cpu_seconds(fake.pid)
+        await trio.sleep(args.cpu_seconds)
+        wall = trio.current_time() - wall0
+        d_cpu, f_cpu = cpu_seconds(daemon.pid) - d0, cpu_seconds(fake.pid) - f0
+        rss = rss_mib(daemon.pid)
+        delays = await freshness(client, ctl, args)
     ms = [d * 1000 for d in delays]
-    print(f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(
-        f"runtimes: {args.runtimes} x {args.workers} workers, poll interval {args.interval}, "
-        f"one fake process, daemon as its own process"
+    result = Result(
+        mode=mode,
+        daemon_cpu_percent=100 * d_cpu / wall,
+        fake_cpu_percent=100 * f_cpu / wall,
+        rss_mib=rss,
+        fresh_p50_ms=statistics.median(ms),
+        fresh_p90_ms=percentile(ms, 90),
+        fresh_p99_ms=percentile(ms, 99),
+        fresh_max_ms=max(ms),
+        changes=len(ms),
+        ready_seconds=ready_seconds,
+        modes_seen=modes,
     )
     print(
-        f"daemon CPU (no API traffic, {idle.wall:.1f}s): {idle.share(idle.daemon_cpu):.1f}% "
-        f"of one core ({idle.daemon_cpu:.2f} CPU-s); fake runtimes process: "
-        f"{idle.share(idle.fake_cpu):.1f}%"
+        f"{mode:>10}: daemon CPU {result.daemon_cpu_percent:5.1f}% of a core "
+        f"(fake {result.fake_cpu_percent:.1f}%), RSS {rss:.0f} MiB, "
+        f"fresh p50 {result.fresh_p50_ms:.0f} ms p90 {result.fresh_p90_ms:.0f} ms "
+        f"p99 {result.fresh_p99_ms:.0f} ms max {result.fresh_max_ms:.0f} ms "
+        f"(ready after {ready_seconds:.1f}s; modes {modes})",
+        flush=True,
     )
-    print(
-        f"daemon CPU during the freshness phase (listing /api/workers every 10 ms): "
-        f"{100 * busy_cpu / busy_wall:.1f}%"
-    )
-    print(
-        f"change -> visible on /api/workers over {len(ms)} changes: "
-        f"p50 {statistics.median(ms):.0f} ms, p90 {percentile(ms, 90):.0f} ms, "
-        f"p99 {percentile(ms, 99):.0f} ms, max {max(ms):.0f} ms"
-    )
-    if unavailable:
-        print(f"WARNING: not available at the end: {unavailable[:10]}")
-    print(f"(config and daemon log in {procs.tmp})")
+    return result
+
+
+def verdicts(results: dict[str, Result]) -> list[tuple[str, str, bool]]:
+    out = []
+    sub = results.get("subscribed")
+    if sub is not None:
+        out.append(
+            (
+                f"subscribed idle CPU {sub.daemon_cpu_percent:.1f}% < 5% of a core",
+                "target",
+                sub.daemon_cpu_percent < 5,
+            )
+        )
+        out.append(
+            (
+                f"subscribed freshness p99 {sub.fresh_p99_ms:.0f} ms < 50 ms",
+                "target",
+                sub.fresh_p99_ms < 50,
+            )
+        )
+    base, polled = results.get("baseline"), results.get("polled")
+    if base is not None and polled is not None:
+        ratio = base.daemon_cpu_percent / polled.daemon_cpu_percent
+        out.append(
+            (
+                f"polled idle CPU {polled.daemon_cpu_percent:.1f}% vs baseline "
+                f"{base.daemon_cpu_percent:.1f}%: {ratio:.2f}x lower (>= 2x)",
+                "target",
+                ratio >= 2,
+            )
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Result]:
+    results: dict[str, Result] = {}
+    baseline_root: Path | None = None
+    if "baseline" in args.only:
+        baseline_root = export_baseline(
+            args.baseline, Path(tempfile.mkdtemp(prefix="yoi-bench-baseline-")) / "tree"
+        )
+    for mode in args.only:
+        root = baseline_root if mode == "baseline" else ROOT
+        assert root is not None
+        procs = start_processes(mode, args, root)
+        try:
+            results[mode] = trio.run(measure, mode, args, procs)
+        finally:
+            for proc in (procs.daemon, procs.fake):
+                proc.terminate()
+                proc.wait(10)
+    return results
 
 
 def main() -> None:
@@ -258,14 +357,31 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--changes", type=int, default=200)
+    parser.add_argument(
+        "--baseline", default="222707e", help="commit whose daemon is the polling baseline"
+    )
+    parser.add_argument("--only", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    procs = start_processes(args)
-    try:
-        trio.run(run, args, procs)
-    finally:
-        for proc in (procs.daemon, procs.fake):
-            proc.terminate()
-            proc.wait(10)
+    args.only = [m for m in args.only.split(",") if m]
+    if args.baseline == "none":
+        args.only = [m for m in args.only if m != "baseline"]
+    unknown = set(args.only) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
+    print(
+        f"host: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {args.runtimes} "
+        f"runtimes x {args.workers} workers, poll_interval {args.interval}, "
+        f"CPU over {args.cpu_seconds:g}s idle, {args.changes} changes",
+        flush=True,
+    )
+    results = run(args)
+    for text, _, ok in verdicts(results):
+        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({mode: asdict(r) for mode, r in results.items()}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

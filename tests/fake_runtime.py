@@ -37,12 +37,13 @@ current era the context each accepted request was authenticated as (``contexts``
 
 Run standalone (used by ``benchmarks/remote_freshness.py``)::
 
-    python -m tests.fake_runtime --runtimes 200 --workers 2 [--token-file PATH]
+    python -m tests.fake_runtime --runtimes 200 --workers 2 [--token-file PATH] [--subscription]
 
 serves runtime ``i`` at ``http://127.0.0.1:<port i>/rt-<i>`` (each on its own port, like
 separate runtime processes; every port serves every prefix) and prints ``READY <port 0>
 <port 1> ...``. Control routes ``PUT|DELETE /_control/<prefix>/workers/<worker_id>`` add or
-remove a worker.
+remove a worker (published as events with ``--subscription``, which makes every runtime a
+current one serving ``GET /v1/protocol/ws``).
 """
 
 from __future__ import annotations
@@ -594,10 +595,18 @@ class FakeRuntimeApp:
         runtime = self.runtimes.get(prefix)
         if not sep or runtime is None:
             return _error(404, "not_found", "no such runtime")
+        subscriptions = runtime.subscriptions
         if method == "PUT":
-            runtime.add(worker_id)
+            if subscriptions is not None:
+                subscriptions.upsert(worker_id)
+            else:
+                runtime.add(worker_id)
         elif method == "DELETE":
-            runtime.workers.pop(worker_id, None)
+            if subscriptions is not None:
+                if worker_id in runtime.workers:
+                    subscriptions.remove(worker_id)
+            else:
+                runtime.workers.pop(worker_id, None)
         else:
             return _error(405, "method_not_allowed", "PUT or DELETE")
         return _ok({"ok": True})
@@ -753,11 +762,15 @@ def runtime_prefix(index: int) -> str:
     return f"/rt-{index:03d}"
 
 
-async def _serve_standalone(runtimes: int, workers: int, token: str | None) -> None:
+async def _serve_standalone(
+    runtimes: int, workers: int, token: str | None, subscription: bool
+) -> None:
     server = FakeServer()
     for i in range(runtimes):
         runtime = FakeRuntime(runtime_id=f"bench-{i:03d}", token=token)
         runtime.add(*(f"w-{j}" for j in range(workers)))
+        if subscription:
+            with_subscription(runtime)
         runtime.requests = _Discard()
         runtime.auth_headers = _Discard()
         server.app.mount(runtime_prefix(i), runtime)
@@ -778,13 +791,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtimes", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--token-file", help="require the bearer token held in this file")
+    parser.add_argument(
+        "--subscription",
+        action="store_true",
+        help="current runtimes serving the event subscription (control routes publish)",
+    )
     args = parser.parse_args(argv)
     token = None
     if args.token_file:
         with open(args.token_file) as f:
             token = f.read().strip()
     try:
-        trio.run(_serve_standalone, args.runtimes, args.workers, token)
+        trio.run(_serve_standalone, args.runtimes, args.workers, token, args.subscription)
     except KeyboardInterrupt:
         sys.exit(0)
 
