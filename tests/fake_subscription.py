@@ -16,6 +16,7 @@ published, and can make the faults the registry must survive:
 - :meth:`~FakeSubscriptions.restart`: connections end and every revision restarts from 0;
 - :meth:`~FakeSubscriptions.lag`: ``subscription_closed`` ``lagged`` to every subscriber;
 - :meth:`~FakeSubscriptions.replay`: an earlier event is sent again (a duplicate);
+- :meth:`~FakeSubscriptions.send_raw`: any message at all (a protocol error);
 - ``available = False``: the upgrade is answered 404 (a runtime without the endpoint).
 """
 
@@ -140,6 +141,11 @@ class FakeSubscriptions:
         for conn in self.connections:
             if conn.subscription_id is not None:
                 conn.push(frame)
+
+    def send_raw(self, text: str) -> None:
+        """Send ``text`` as a message on every connection (a frame of the wrong shape...)."""
+        for conn in self.connections:
+            conn.push(text)
 
     # -- wire shapes ---------------------------------------------------------------------
 

@@ -230,6 +230,20 @@ async def test_a_lagged_close_resubscribes(
     assert "lagged" in crash["message"]
 
 
+async def test_a_protocol_error_resubscribes(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
+    for bad in ('{"protocol_version":1,"frame":"event","message":{}}', "[" * 5000 + "]" * 5000):
+        before = subs.subscribed
+        subs.send_raw(bad)
+        subs.upsert(W2, status=fake.workers.get(W2, FakeWorker(W2)).status)
+        await wait_for(lambda n=before: subs.subscribed > n, message="a fresh subscription")
+        await converged(d, fake, "the snapshot after the protocol error")
+        crash = (await source(d))["last_crash"]
+        assert crash["code"] == "remote_subscription_protocol_error", crash
+
+
 async def test_a_duplicate_event_is_dropped(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:

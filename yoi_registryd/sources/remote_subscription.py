@@ -35,6 +35,7 @@ import trio
 import trio_websocket
 
 from yoi_registryd.ids import is_valid_identifier
+from yoi_registryd.json_depth import TooDeep, decode_bounded
 from yoi_registryd.model import Diagnostic, WorkerRecord
 from yoi_registryd.registry import utcnow
 from yoi_registryd.sources.base import Reporter, SourceError
@@ -378,9 +379,11 @@ class SubscriptionSession:
         if isinstance(message, bytes):
             raise self._ended(PROTOCOL_ERROR, "a binary message")
         try:
-            frame = _FRAME_DECODER.decode(message)
+            frame = decode_bounded(_FRAME_DECODER.decode, message.encode())
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise self._ended(PROTOCOL_ERROR, "a message that is not a valid frame") from None
+        except TooDeep:
+            raise self._ended(PROTOCOL_ERROR, "a message nested too deeply") from None
         if frame.protocol_version != PROTOCOL_VERSION:
             raise self._ended(PROTOCOL_ERROR, "an unknown protocol_version")
         return frame
