@@ -159,7 +159,7 @@ class RemoteClient:
     """One source's view of its connection pool: base URL, token, timeout and size cap.
 
     Requests go straight to httpcore (the connection layer under httpx): a poll's GET is
-    built once and sent again as long as the token stays the same, where httpx would parse
+    built once and sent again as long as its credentials stay the same, where httpx would parse
     the URL, merge headers and cookies and build a request and response model every time
     (most of a poll's CPU, measured: ``benchmarks/remote_freshness.py``).
     """
@@ -183,7 +183,7 @@ class RemoteClient:
         }
         self._max_bytes = max_bytes
         self.credentials = credentials
-        self._prepared: dict[tuple[str, str, str], tuple[str | None, httpcore.Request]] = {}
+        self._prepared: dict[tuple[str, str, str], tuple[Secret | None, httpcore.Request]] = {}
         """Bodiless requests built once per method, path and permission, with the
         ``Authorization`` value they carry (rebuilt when the credentials give another)."""
 
@@ -198,7 +198,7 @@ class RemoteClient:
         return await self.request("POST", path, permission, body)
 
     def _build(
-        self, method: str, path: str, authorization: str | None, body: bytes | None
+        self, method: str, path: str, authorization: Secret | None, body: bytes | None
     ) -> httpcore.Request:
         headers = [
             (b"Host", self._host_header),
@@ -207,7 +207,7 @@ class RemoteClient:
             (b"User-Agent", _USER_AGENT),
         ]
         if authorization is not None:
-            headers.append((b"Authorization", authorization.encode("latin-1")))
+            headers.append((b"Authorization", authorization.reveal().encode("latin-1")))
         if body is not None:
             headers.append((b"Content-Type", b"application/json"))
             headers.append((b"Content-Length", str(len(body)).encode()))
@@ -222,13 +222,13 @@ class RemoteClient:
     def _prepare(
         self, method: str, path: str, permission: str, body: bytes | None
     ) -> httpcore.Request:
-        secret = self.credentials.authorization(permission)
-        authorization = secret.reveal() if secret is not None else None
+        authorization = self.credentials.authorization(permission)
         if body is not None:
             return self._build(method, path, authorization, body)
         key = (method, path, permission)
         prepared = self._prepared.get(key)
-        if prepared is not None and prepared[0] == authorization:
+        # The credentials hand out the same object while the value stays the same.
+        if prepared is not None and prepared[0] is authorization:
             return prepared[1]
         if len(self._prepared) >= _MAX_PREPARED:
             self._prepared.clear()
