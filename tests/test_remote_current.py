@@ -7,6 +7,7 @@ a bearer token, which the older-era tests in ``test_remote_source.py`` cover at 
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from pathlib import Path
@@ -47,16 +48,18 @@ async def start_current(
     nursery: trio.Nursery,
     tmp_path: Path,
     fake: FakeRuntime | None = None,
+    preamble: str = "",
     **extra: object,
 ) -> tuple[RunningDaemon, FakeRuntime, SigningKey]:
-    """A current runtime trusting a fresh registry key, and the daemon following it."""
+    """A current runtime trusting a fresh registry key, and the daemon following it
+    (``preamble``: TOML before the source, e.g. clients)."""
     key, key_path = registry_identity(tmp_path)
     fake = fake or current_runtime(RID)
     fake.trusted_servers = {SERVER_ID: key.public_key_string()}
     fake.default_workspace = WORKSPACE_ID
     server = await start_fake(nursery, ("/rt", fake))
     toml = capability_source_toml(RID, server.url("/rt"), key_path, **{**FAST, **extra})
-    return await start_daemon(toml), fake, key
+    return await start_daemon(preamble + toml), fake, key
 
 
 async def test_a_current_runtime_is_followed_with_capability_tokens(
@@ -87,6 +90,10 @@ async def test_a_current_runtime_is_followed_with_capability_tokens(
     }
     assert listed[ids[0]]["label"] == "review bot"
     assert listed[ids[0]]["profile"] == "builtin:coder"
+    # The workspace the runtime says owns each worker, which only it is shown to.
+    assert {w["workspace"]["workspace_id"] for w in listed.values()} == {WORKSPACE_ID}
+    assert {w["workspace"]["registry_visibility"] for w in listed.values()} == {"workspace"}
+    assert (record["capabilities"]["os"], record["capabilities"]["arch"]) == ("linux", "x86_64")
 
     # Every request carried a token the runtime verified, with only its route's permission.
     permissions = {route: set() for route in ("runtime", "workers")}
@@ -195,8 +202,14 @@ async def test_an_older_runtime_and_a_current_one_side_by_side(
     d = await start_daemon(toml)
     await wait_status(d, "old-1", "available")
     await wait_status(d, "new-1", "available")
-    assert [w["state"] for w in (await workers(d, "old-1")).values()] == ["running"]
-    assert [w["state"] for w in (await workers(d, "new-1")).values()] == ["paused"]
+    (old_worker,) = (await workers(d, "old-1")).values()
+    (new_worker,) = (await workers(d, "new-1")).values()
+    assert (old_worker["state"], new_worker["state"]) == ("running", "paused")
+    # An older runtime names no workspace and no platform: visible wherever it is.
+    assert old_worker["workspace"]["registry_visibility"] == "runtime"
+    assert new_worker["workspace"]["workspace_id"] == WORKSPACE_ID
+    old_caps = (await d.get_json("/api/runtimes/old-1"))["capabilities"]
+    assert (old_caps["os"], old_caps["arch"]) == ("unknown", "unknown")
     assert set(older.auth_headers) == {"Bearer older-token"}
 
 
@@ -326,3 +339,31 @@ async def test_a_runtimes_refusal_is_rejected_with_its_own_code(
 
 async def workers_count(d: RunningDaemon, count: int) -> bool:
     return len(await workers(d, RID)) == count
+
+
+async def test_a_workers_workspace_sees_it_and_another_does_not(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The runtime shows the registry one workspace's workers; the registry shows them to
+    that workspace's callers only."""
+    clients = "".join(
+        f'[[clients]]\nname = "{name}"\nworkspaces = ["{workspace}"]\n'
+        f'token_sha256 = "{hashlib.sha256(name.encode()).hexdigest()}"\n\n'
+        for name, workspace in (("ours", WORKSPACE_ID), ("theirs", "another-workspace"))
+    )
+    fake = current_runtime(RID)
+    worker = new_worker_id()
+    fake.add(FakeWorker(worker, status="idle"))
+    d, _, _ = await start_current(start_daemon, nursery, tmp_path, fake, preamble=clients)
+
+    async def listed(name: str) -> set[str]:
+        body = await d.get_json(
+            f"/api/runtimes/{RID}/workers", headers={"Authorization": f"Bearer {name}"}
+        )
+        return {w["worker_id"] for w in body["items"]}
+
+    async def ours_sees_it() -> bool:
+        return await listed("ours") == {worker}
+
+    await wait_for(ours_sees_it, message="our workspace to see its worker")
+    assert await listed("theirs") == set()

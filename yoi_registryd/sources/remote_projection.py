@@ -31,6 +31,7 @@ from yoi_registryd.model import (
     RegistryWorkspaceScope,
     WorkerCapabilities,
     WorkerRecord,
+    WorkspaceInfo,
 )
 from yoi_registryd.sources.local_metadata import safe_display
 from yoi_registryd.vocabulary import (
@@ -61,6 +62,7 @@ WORKER_DUPLICATE: Final = "remote_worker_id_duplicate"
 STATUS_UNRECOGNISED: Final = "remote_runtime_status_unrecognised"
 
 _STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_MAX_WORKSPACES: Final = 1024
 
 
 def platform_word(value: object) -> str:
@@ -108,6 +110,8 @@ class RemoteWorker(msgspec.Struct, frozen=True):
     display_name: str | None = None
     intent: dict[str, object] | None = None
     profile: dict[str, object] | None = None
+    workspace_id: str | None = None
+    """Current runtimes: the workspace that owns the worker (contract-v2 section 4.3)."""
 
 
 class RemoteAck(msgspec.Struct, frozen=True):
@@ -199,6 +203,8 @@ class WorkerFields(NamedTuple):
     display_name: str | None
     role: str | None
     profile: str | None
+    workspace_id: str | None = None
+    """The owning workspace, as a current runtime names it (None: it names none)."""
 
 
 def rest_worker_fields(raw: msgspec.Raw) -> WorkerFields | None:
@@ -218,6 +224,7 @@ def rest_worker_fields(raw: msgspec.Raw) -> WorkerFields | None:
         remote.display_name,
         _role(remote.intent),
         _profile(remote.profile),
+        remote.workspace_id,
     )
 
 
@@ -248,6 +255,9 @@ class Projector:
         self.workspace = worker_workspace(
             "remote_http", config.workspaces[0] if len(config.workspaces) == 1 else None
         )
+        self._bound = bool(config.workspaces)
+        self._workspaces: dict[str, WorkspaceInfo] = {}
+        """Per workspace a runtime named: the worker's ``workspace`` (shared, not rebuilt)."""
         self.workspace_scope: RegistryWorkspaceScope = (
             "current_workspace" if config.workspaces else "all_workspaces"
         )
@@ -263,6 +273,20 @@ class Projector:
             can_cancel=running,
             can_accept_input=running and status not in TERMINAL_STATUSES,
         )
+
+    def worker_workspace(self, named: str | None) -> WorkspaceInfo:
+        """A worker's ``workspace``: the configured binding when the source has one; else
+        the workspace a current runtime says owns the worker, which then only that
+        workspace's callers see (as the runtime itself shows it to that workspace only);
+        else visible wherever the runtime is (an older runtime names none)."""
+        if self._bound or named is None or not is_valid_identifier(named):
+            return self.workspace
+        info = self._workspaces.get(named)
+        if info is None:
+            if len(self._workspaces) >= _MAX_WORKSPACES:
+                self._workspaces.clear()
+            info = self._workspaces[named] = worker_workspace("remote_http", named)
+        return info
 
     def runtime_capabilities(
         self, running: bool, creation: bool, summary: RemoteRuntimeSummary | None = None
@@ -437,7 +461,7 @@ class Projector:
             profile=fields.profile,
             singleton_key=naming.singleton_key,
             tags=naming.tags,
-            workspace=self.workspace,
+            workspace=self.worker_workspace(fields.workspace_id),
             state=state,
             status=state,
             last_seen_at=previous.last_seen_at if previous is not None else now,

@@ -218,7 +218,14 @@ def subscription_fields(raw: msgspec.Raw) -> WorkerFields | None:
     worker = _decode_worker(raw)
     if worker is None:
         return None
-    return WorkerFields(worker.worker_id, worker.state, worker.display_name, None, worker.profile)
+    return WorkerFields(
+        worker.worker_id,
+        worker.state,
+        worker.display_name,
+        None,
+        worker.profile,
+        worker.workspace_id,
+    )
 
 
 def _decode_worker(raw: msgspec.Raw) -> SubscriptionWorker | None:
