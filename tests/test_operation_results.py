@@ -3,7 +3,7 @@
 One daemon serves the three kinds of runtime at once: the local compatibility source (which
 offers no operations), an embedded in-memory runtime and a remote fake runtime. Every answer
 is decoded into yoi's own types (contract-v2 sections 1.7.2 and 1.8.1,
-``tests/yoi_operation_types.py``): the console sends ``{kind: "user", content}`` (or no
+``tests/web_client_types.py``): the console sends ``{kind: "user", content}`` (or no
 ``kind``) and treats any ``state`` other than ``accepted`` as a failure to show.
 """
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,41 @@ async def test_every_route_of_every_source_decodes_as_the_web_client_reads_it(
     for worker in embedded.values():
         assert worker.workspace.visibility == "backend_internal"
         assert worker.workspace.workspace_id == WORKSPACE
+
+
+async def test_operations_and_errors_answer_in_the_clients_shape_on_every_source(
+    start_daemon: StartDaemon, nursery: trio.Nursery, data_dir: Path, tmp_path: Path
+) -> None:
+    """Input to every worker, unscoped and workspace-scoped, and the errors the console can
+    meet, decode into section 1.7.2's results and section 1.8.1's error body."""
+    d, _ = await every_source(start_daemon, nursery, data_dir, tmp_path)
+    crawl = await Crawl(d.client).everything()
+    states: Counter[str] = Counter()
+    prefixes = ("/api", f"/api/w/{WORKSPACE}")
+    for index, (rid, wid) in enumerate(sorted(crawl.workers)):
+        path = f"{prefixes[index % 2]}/runtimes/{rid}/workers/{wid}/input"
+        response = await d.client.post(path, json={"content": "hello"})
+        assert response.status_code in (200, 404, 503), (path, response.text)  # 404: hidden
+        if response.status_code != 200:
+            msgspec.json.decode(response.content, type=yoi.ErrorBody)
+            continue
+        result = msgspec.json.decode(response.content, type=yoi.WorkerInputResult)
+        assert (result.runtime_id, result.worker_id) == (rid, wid)
+        assert (result.state == "accepted") == (result.diagnostics == []), result
+        states[result.state] += 1
+    assert states["accepted"] and states["unsupported"] and states["rejected"], states
+    rid, wid = next(iter(sorted(crawl.workers)))
+    for path, status in (
+        (f"/api/runtimes/{rid}/workers/nobody/stop", 404),
+        (f"/api/runtimes/no-such-runtime/workers/{wid}/stop", 404),
+        (f"/api/runtimes/{rid}/workers/a.b/stop", 400),
+        (f"/api/w/{WORKSPACE}/runtimes/{rid}/workers/nobody/cancel", 404),
+    ):
+        response = await d.client.post(path, json={})
+        assert response.status_code == status, (path, response.text)
+        error = msgspec.json.decode(response.content, type=yoi.ErrorBody)
+        assert error.error == HTTPStatus(status).phrase
+        assert [x.code for x in error.diagnostics] == [response.json()["code"]]
 
 
 async def test_workspace_scoped_routes_decode_and_agree_with_the_header(

@@ -199,3 +199,39 @@ class WorkerDetail(Worker):
 RuntimeList = ListResponse[Runtime]
 HostList = ListResponse[Host]
 WorkerList = ListResponse[Worker]
+
+
+# -- operations and errors ------------------------------------------------------------------
+
+OperationState = Literal["accepted", "unsupported", "rejected"]
+"""Section 1.2 ``WorkerOperationState``."""
+
+
+class WorkerInputResult(msgspec.Struct):
+    """Section 1.7.2 (TS ``WorkerInputResult``): ``transcript_sequence`` and ``event_id`` are
+    integers (u64) when present; the console reads ``state`` and shows ``diagnostics``."""
+
+    state: OperationState
+    runtime_id: Id
+    worker_id: Id
+    diagnostics: list[Diagnostic]
+    transcript_sequence: Count | None = None
+    event_id: Count | None = None
+
+
+class WorkerLifecycleResult(msgspec.Struct):
+    """Section 1.7.2 ``WorkerLifecycleResult`` (stop, cancel)."""
+
+    state: OperationState
+    runtime_id: Id
+    worker_id: Id
+    diagnostics: list[Diagnostic]
+    event_id: Count | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """Section 1.8.1, B and HEAD: the status's reason phrase, a message, diagnostics."""
+
+    error: str
+    message: str
+    diagnostics: list[Diagnostic]

@@ -1,54 +1,20 @@
-"""yoi's operation and error shapes, written from contract-v2 sections 1.2, 1.7.2 and 1.8.1.
+"""Reading operation answers and errors with the yoi web client's types.
 
-Strict on purpose (no extra field is read, every field yoi's client reads is checked for its
-type and vocabulary), and written from the spec rather than imported from the daemon, so
-that a drift of the daemon's own types fails here. Fields only the registry has
-(``operation``, ``worker_status``, ``code``, details) are allowed: clients ignore them.
+The types are in ``tests/web_client_types.py`` (contract-v2 sections 1.7.2 and 1.8.1),
+written from the spec rather than imported from the daemon, so that a drift of the daemon's
+own types fails here. Fields only the registry has (``operation``, ``worker_status``,
+``code``, details) are allowed: clients ignore them.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import msgspec
 
-OperationState = Literal["accepted", "unsupported", "rejected"]
-
-
-class Diagnostic(msgspec.Struct):
-    code: str
-    severity: Literal["info", "warning", "error"]
-    message: str
-
-
-class WorkerInputResult(msgspec.Struct):
-    """TS ``WorkerInputResult`` (ts(B) 127-134): ``transcript_sequence`` and ``event_id`` are
-    integers when present."""
-
-    state: OperationState
-    runtime_id: str
-    worker_id: str
-    diagnostics: list[Diagnostic]
-    transcript_sequence: int | None = None
-    event_id: int | None = None
-
-
-class WorkerLifecycleResult(msgspec.Struct):
-    state: OperationState
-    runtime_id: str
-    worker_id: str
-    diagnostics: list[Diagnostic]
-    event_id: int | None = None
-
-
-class ErrorBody(msgspec.Struct):
-    """yoi's error body at B/HEAD: the reason phrase, a message, diagnostics."""
-
-    error: str
-    message: str
-    diagnostics: list[Diagnostic]
+from tests.web_client_types import ErrorBody, WorkerInputResult, WorkerLifecycleResult
 
 
 def input_result(response: httpx.Response) -> tuple[WorkerInputResult, dict[str, Any]]:
