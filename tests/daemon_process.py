@@ -250,3 +250,23 @@ async def ready_daemon(
         async with run_daemon(["--config", str(config)], env, workdir) as daemon:
             await manager.until(is_set("READY"), daemon)
             yield daemon, manager
+
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def logged_seconds(stderr: str, first: str, then: str) -> float:
+    """Seconds between the daemon's log lines containing ``first`` and (after it) ``then``,
+    by their timestamps: how long the daemon took, without the interpreter's own start-up
+    or exit (seconds of wall time on a machine busy with other work)."""
+    from datetime import datetime
+
+    times: list[datetime] = []
+    for line in stderr.splitlines():
+        wanted = then if times else first
+        match = _LOG_TIME.match(line)
+        if match and wanted in line:
+            times.append(datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f"))
+            if len(times) == 2:
+                return (times[1] - times[0]).total_seconds()
+    raise AssertionError(f"no log line {first!r} followed by {then!r} in:\n{stderr}")

@@ -22,6 +22,7 @@ from tests.conftest import copy_fixtures, wait_for
 from tests.daemon_process import (
     free_port,
     is_set,
+    logged_seconds,
     raw_get,
     ready_daemon,
     short_tmpdir,
@@ -322,3 +323,35 @@ async def sigterm_under_load(
         for record in map(json.loads, audit_path.read_text().splitlines())
     }
     return answered, failed, audited
+
+
+def server_send_queue(port: int) -> int:
+    """Bytes the daemon's established connections on ``port`` have queued but the peer has
+    not taken (``tx_queue`` in /proc/net/tcp)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        next(table)
+        return sum(
+            int(fields[4].split(":")[0], 16)
+            for fields in (line.split() for line in table)
+            if fields[1] == local and fields[3] == "01"  # ESTABLISHED
+        )
+
+
+async def test_sigterm_ends_the_daemon_within_the_grace_while_a_client_does_not_read(
+    tmp_path: Path,
+) -> None:
+    """A client that asks for large answers and never reads them blocks the server's sends
+    (hypercorn shields them): at the grace the connection is closed anyway."""
+    port = free_port()
+    config = serving_config(tmp_path, port, "1s")
+    async with ready_daemon(config, tmp_path) as (daemon, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: registry\r\n\r\n" * 50)
+        await wait_for(lambda: server_send_queue(port) > 0, deadline_s=10, message="a blocked send")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0, daemon.stderr
+        # shutdown_grace + 1 s (the old server never ended: its sends are shielded)
+        stopping = logged_seconds(daemon.stderr, "received SIGTERM", "yoi-registryd stopped")
+        assert stopping <= 1 + 1, daemon.stderr
+        await stream.aclose()
