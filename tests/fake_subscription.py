@@ -106,10 +106,13 @@ class FakeSubscriptions:
         return worker
 
     def remove(self, worker_id: str) -> None:
-        del self.runtime.workers[worker_id]
+        workspace = self.runtime.workspace_of(self.runtime.workers.pop(worker_id))
         revision = self._bump(worker_id)
         self._publish(
-            worker_id, revision, {"event": "worker_removed", "data": {"worker_id": worker_id}}
+            worker_id,
+            revision,
+            {"event": "worker_removed", "data": {"worker_id": worker_id}},
+            workspace,
         )
 
     def skip(self, worker_id: str) -> None:
@@ -177,13 +180,18 @@ class FakeSubscriptions:
         self.subject[worker_id] = self.subject.get(worker_id, 0) + 1
         return self.subject[worker_id]
 
-    def _publish(self, worker_id: str, revision: int, payload: dict[str, Any]) -> None:
+    def _publish(
+        self, worker_id: str, revision: int, payload: dict[str, Any], workspace: str | None = None
+    ) -> None:
+        """Send an event to every subscriber whose workspace holds the worker (current era;
+        ``workspace``: of a worker already removed)."""
         worker = self.runtime.workers.get(worker_id)
-        workspace = self.runtime.workspace_of(worker) if worker is not None else None
+        if worker is not None:
+            workspace = self.runtime.workspace_of(worker)
         for conn in list(self.connections):
             if conn.subscription_id is None:
                 continue
-            if conn.workspace is not None and workspace not in (None, conn.workspace):
+            if conn.workspace is not None and workspace != conn.workspace:
                 continue  # another workspace's worker: not in this connection's scope
             frame = _frame(
                 "event",

@@ -293,6 +293,10 @@ async def test_a_subscription_is_opened_with_a_workers_list_token_and_scoped(
     subs.upsert(theirs, status="running")  # not ours: never reaches the registry
     subs.upsert(mine, status="running")
     await wait_for(lambda: subscribed_with({mine: "running"}), message="the scoped event")
+    subs.remove(theirs)
+    subs.remove(mine)
+    await wait_for(lambda: subscribed_with({}), message="the scoped removal")
+    assert fake.workers == {}
 
 
 async def test_a_runtimes_refusal_is_rejected_with_its_own_code(
