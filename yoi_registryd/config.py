@@ -130,6 +130,10 @@ class ServerConfig(_Section):
     shutdown_grace: Duration = Duration(seconds=10)
     conceal_invisible_workers: bool = True
     """Answer a lookup of a worker the caller may not see as 404 ``unknown_worker``."""
+    cursor_key_file: str | None = None
+    """A file holding the key list cursors are sealed with (at least 32 bytes), so that
+    replicas behind one address accept each other's cursors; unset: a random key per
+    process (a restart invalidates the cursors in flight)."""
     # Limits on what one client can make the server hold (docs/reliability.md).
     max_connections: int = 1024
     """Open connections at most; past it a new connection is answered 503

@@ -37,6 +37,7 @@ from yoi_registryd.config import (
     parse_listen,
 )
 from yoi_registryd.http.app import ApiState, create_app
+from yoi_registryd.http.cursors import CursorKey
 from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
 from yoi_registryd.http.http2 import Http2Limits
 from yoi_registryd.http.middleware import PathGuard
@@ -213,6 +214,11 @@ class Daemon:
         # problem with any of them is a ConfigError before anything starts.
         check_signing_keys(self.config.sources)
         self.access = AccessControl.from_config(self.config)
+        self.cursor_key = (
+            CursorKey.random()
+            if self.config.server.cursor_key_file is None
+            else CursorKey.from_file(self.config.server.cursor_key_file)
+        )
         self.audit = AuditTrail.from_config(self.config.audit)
         """Queue depth and counters for the metrics; ``reopen()`` after log rotation."""
         self.metrics.audit_queue_depth = lambda: self.audit.queue_depth
@@ -247,6 +253,7 @@ class Daemon:
             conceal_invisible_workers=config.conceals_invisible_workers(),
             metrics=self.metrics,
             lifecycle=self.lifecycle,
+            cursor_key=self.cursor_key,
         )
         # An ASGI app; hypercorn's types are narrower. Metrics outermost: they count all.
         # Inside the metrics: request id -> authentication -> policy -> audit -> the app,

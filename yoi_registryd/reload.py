@@ -111,6 +111,7 @@ RESTART_ONLY: Final = (
     "server.http2_max_streams",
     "server.http2_stall_timeout",
     "server.http2_max_buffered_bytes",
+    "server.cursor_key_file",
     "registry.channel_capacity",
     "audit",
 )

@@ -27,12 +27,14 @@ from yoi_registryd.errors import (
 )
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
 from yoi_registryd.http import probes, reads, views
+from yoi_registryd.http.cursors import CursorKey
 from yoi_registryd.http.security import FILTERED_HEADER, new_request_id, request_id_var
 from yoi_registryd.http.source_status import sources_page
 from yoi_registryd.http.status_page import HEADERS as STATUS_PAGE_HEADERS
 from yoi_registryd.http.status_page import render_status_page
 from yoi_registryd.http.watch import (
     DEFAULT_MAX_HELD,
+    ViewHistory,
     ViewIndex,
     WatchGate,
     WatchQuery,
@@ -70,13 +72,18 @@ class ApiState:
         metrics: Metrics | None = None,
         lifecycle: probes.Lifecycle | None = None,
         max_held_requests: int = DEFAULT_MAX_HELD,
+        cursor_key: CursorKey | None = None,
     ) -> None:
         self.actor = actor
+        self.cursor_key = cursor_key or CursorKey.random()
+        """Seals list cursors; random per process unless ``server.cursor_key_file``."""
         self.router = router or OperationRouter()
         self.conceal_invisible_workers = conceal_invisible_workers
         self.cache = views.BodyCache()
         self.etags = views.BodyCache()
         """ETags of the cached bodies, same keys: a body is hashed once per revision."""
+        self.history = ViewHistory()
+        """Since when each view's body is what it is: blocking queries wait on that."""
         self.metrics = metrics or Metrics(actor, process=False)
         self.lifecycle = lifecycle or probes.Lifecycle(listening=True)
         self.watches = WatchGate(actor, max_held=max_held_requests, metrics=self.metrics)
@@ -147,7 +154,11 @@ def create_app(state: ApiState) -> QuartTrio:
         return await state.watches.snapshot_for(watch, view_index)
 
     def conditional(
-        rendered: views.Rendered, etag: str, snapshot: Snapshot, access: RequestAccess
+        template: str,
+        rendered: views.Rendered,
+        etag: str,
+        snapshot: Snapshot,
+        access: RequestAccess,
     ) -> Response:
         """The body, or ``304`` when the client already holds it (``If-None-Match``)."""
         if request.if_none_match.contains_weak(etag):
@@ -157,21 +168,24 @@ def create_app(state: ApiState) -> QuartTrio:
             response = _json(rendered.body, snapshot)
         response.set_etag(etag)
         if rendered.filtered:
-            access.note_filtered()
+            access.note_filtered()  # the audit says whether something was hidden
+        if reads.says_filtered(template, access.view):
             response.headers[FILTERED_HEADER] = "true"
         return response
 
     async def cached(template: str, **params: str) -> Response:
         """A read route, resolved and rendered by ``reads`` (which the fast path shares)."""
-        read, watch = reads.resolve(template, params, request.args.items(multi=True))
         access = _access()
-        snapshot = await current(watch, read.view_index)
+        args = request.args.items(multi=True)
+        read, watch = reads.resolve(template, params, args, state.cursor_key, access.principal)
+        snapshot = await current(watch, reads.view_index(state, read, access))
         answer = reads.render(state, read, snapshot, access)
-        return conditional(answer.rendered, answer.etag, snapshot, access)
+        return conditional(template, answer.rendered, answer.etag, snapshot, access)
 
-    def list_query() -> tuple[views.ListQuery, WatchQuery | None]:
+    def list_query(*list_id: str) -> tuple[views.ListQuery, WatchQuery | None]:
         watch, rest = split_watch_query(request.args.items(multi=True))
-        return views.parse_list_query(rest), watch
+        cursors = state.cursor_key.for_list(list_id, _access().principal)
+        return views.parse_list_query(rest).bound(cursors), watch
 
     def no_query() -> None:
         views.reject_query(request.args.items(multi=True))
@@ -217,16 +231,16 @@ def create_app(state: ApiState) -> QuartTrio:
             reads.scoped(template), f"scoped_{endpoint}", scoped_read(template), methods=["GET"]
         )
 
-    @app.get("/api/sources")
+    @app.get(reads.SOURCES)
     async def list_sources() -> Response:
         # Not cached per revision: ``ready`` moves with the clock, and the list is short.
-        q, watch = list_query()
+        q, watch = list_query("sources")
         access = _access()
         snapshot = await current(watch, reads.whole_registry)
         rendered = sources_page(
             snapshot, q, trio.current_time(), access.view, access.principal.workspace
         )
-        return conditional(rendered, etag_for(rendered.body), snapshot, access)
+        return conditional(reads.SOURCES, rendered, etag_for(rendered.body), snapshot, access)
 
     async def operate(runtime_id: str, worker_id: str, operation: Operation) -> Response:
         validate_identifier(runtime_id, "runtime_id")

@@ -139,7 +139,7 @@ class ReadFastPath:
         if revision != self._answers_revision:
             self._answers.clear()
             self._answers_revision = revision
-        key = (access.view.key, access.principal.workspace, path, query)
+        key = (access.view.key, access.principal, path, query)
         answer = self._answers.get(key)
         if answer is None:
             answer = self._render(path, query, access)
@@ -161,7 +161,7 @@ class ReadFastPath:
         state = self.state
         try:
             args = parse_qsl(query.decode("ascii"), keep_blank_values=True) if query else []
-            read, watch = reads.resolve(template, params, args)
+            read, watch = reads.resolve(template, params, args, state.cursor_key, access.principal)
             if watch is not None:
                 return None  # held requests are not hot: quart holds them
             snapshot = state.actor.snapshot
@@ -175,7 +175,7 @@ class ReadFastPath:
             (_REVISION, b"%d" % snapshot.revision),
             (b"etag", b'"%s"' % answer.etag.encode("ascii")),
         ]
-        if answer.rendered.filtered:
+        if reads.says_filtered(template, access.view):
             headers.append(_FILTERED)
         return _Answer(headers, body, answer.rendered.filtered, template)
 

@@ -154,6 +154,6 @@ def sources_page(
             filtered = filtered or hid
             yield status
 
-    page, cursor = views._take(items(), query.limit, lambda s: (s.runtime_id,))
+    page, cursor = views._take(items(), query, lambda s: (s.runtime_id,))
     body = views.encode(views.envelope(page, query, cursor, [], workspace_id))
     return views.Rendered(body, filtered)

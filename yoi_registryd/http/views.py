@@ -13,8 +13,6 @@ anything in its range.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Generic, NamedTuple, TypeVar, cast
@@ -27,6 +25,7 @@ from yoi_registryd.errors import (
     RuntimeNotVisible,
     WorkerNotVisible,
 )
+from yoi_registryd.http.cursors import CURSOR_REFUSED, MAX_CURSOR_CHARS, UNBOUND, ListCursors
 from yoi_registryd.model import (
     Diagnostic,
     HostRecord,
@@ -71,7 +70,6 @@ HostList = ListEnvelope[HostRecord]
 WorkerList = ListEnvelope[WorkerRecord]
 
 _encoder: Final = msgspec.json.Encoder()
-_cursor_decoder: Final = msgspec.json.Decoder(list[str])
 
 
 def encode(value: object) -> bytes:
@@ -181,32 +179,17 @@ def worker_detail(
     return Rendered(encode(WorkerDetail.of(visible_worker(snapshot, runtime_id, worker_id, view))))
 
 
-# -- cursors ---------------------------------------------------------------------------
-
-
-def encode_cursor(*position: str) -> str:
-    """An opaque cursor: the sort key of the last item served."""
-    raw = _encoder.encode(list(position))
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str, parts: int) -> tuple[str, ...]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        position = _cursor_decoder.decode(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (binascii.Error, msgspec.DecodeError, msgspec.ValidationError, UnicodeEncodeError):
-        raise InvalidQuery("cursor is not one this registry issued", "cursor") from None
-    if len(position) != parts:
-        raise InvalidQuery("cursor does not belong to this list", "cursor")
-    return tuple(position)
-
-
 # -- query parsing ---------------------------------------------------------------------
 
 
 class ListQuery(msgspec.Struct, frozen=True):
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    cursors: ListCursors = UNBOUND
+    """Seals and opens this list's cursors for the caller (``http/cursors.py``)."""
+
+    def bound(self, cursors: ListCursors) -> ListQuery:
+        return msgspec.structs.replace(self, cursors=cursors)
 
 
 def parse_list_query(args: Iterable[tuple[str, str]]) -> ListQuery:
@@ -229,8 +212,8 @@ def parse_list_query(args: Iterable[tuple[str, str]]) -> ListQuery:
             raise InvalidQuery(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
         limit = int(text)
     cursor = values.get("cursor")
-    if cursor is not None and (not cursor or len(cursor) > 1024):
-        raise InvalidQuery("cursor is not one this registry issued", "cursor")
+    if cursor is not None and (not cursor or len(cursor) > MAX_CURSOR_CHARS):
+        raise InvalidQuery(CURSOR_REFUSED, "cursor")
     return ListQuery(limit, cursor)
 
 
@@ -250,12 +233,12 @@ def _quoted(key: str) -> str:
 
 
 def _take(
-    items: Iterator[T], limit: int, key: Callable[[T], tuple[str, ...]]
+    items: Iterator[T], query: ListQuery, key: Callable[[T], tuple[str, ...]]
 ) -> tuple[list[T], str | None]:
     page: list[T] = []
     for item in items:
-        if len(page) == limit:
-            return page, encode_cursor(*key(page[-1]))
+        if len(page) == query.limit:
+            return page, query.cursors.seal(key(page[-1]))
         page.append(item)
     return page, None
 
@@ -277,14 +260,14 @@ def _cap(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 def _after(query: ListQuery) -> str | None:
     """The id a one-part cursor resumes after (lists within one runtime, runtimes)."""
-    return decode_cursor(query.cursor, 1)[0] if query.cursor else None
+    return query.cursors.open(query.cursor, 1)[0] if query.cursor else None
 
 
 def _after_pair(query: ListQuery) -> tuple[str, str] | None:
     """The ``(runtime_id, id)`` a two-part cursor resumes after (registry-wide lists)."""
     if not query.cursor:
         return None
-    runtime_id, item_id = decode_cursor(query.cursor, 2)
+    runtime_id, item_id = query.cursors.open(query.cursor, 2)
     return runtime_id, item_id
 
 
@@ -319,7 +302,7 @@ def _page(
 ) -> Rendered:
     """Encode one page of ``items`` (filtered through ``seen``, which is read only once the
     page is taken); ``key`` gives the cursor of the last item."""
-    page, cursor = _take(items, query.limit, key)
+    page, cursor = _take(items, query, key)
     return Rendered(encode(envelope(page, query, cursor, diagnostics, workspace_id)), seen.hid)
 
 

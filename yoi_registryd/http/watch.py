@@ -8,6 +8,12 @@ runs out. A client can therefore never miss a change between two of its requests
 published after the answer it holds has a revision above its index. An index above the
 current revision (the daemon restarted and counts from 1 again) answers at once.
 
+"Changed" means the caller's encoded body changed (:class:`ViewHistory`): a new revision that
+leaves it as it was (another workspace's worker moved, say) does not wake the request. And
+the view is rendered before anything is held, so a blocking query on something the caller
+may not see fails at once, exactly as one on something missing does, instead of being held
+for the whole wait (which told hidden from missing: issue 13).
+
 Plain pollers get an ``ETag`` (a hash of the body) and a ``304`` for ``If-None-Match``.
 
 Held requests cost a task and a connection each, so their number is bounded: past the bound
@@ -20,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -46,6 +53,35 @@ _NUMBER: Final = re.compile(r"^\d+(?:\.\d+)?$")
 
 ViewIndex = Callable[[Snapshot], int]
 """The revision at which a view last changed, in a snapshot; raises if the view is gone."""
+
+DEFAULT_VIEW_HISTORY: Final = 8192
+
+
+class ViewHistory:
+    """Since which revision each view's body has been the one it is now.
+
+    Noted whenever a view is rendered (every read goes through ``reads.render``), so a held
+    request can tell a revision that changed its body from one that did not. Bounded: a
+    view no longer remembered counts as changed at the revision it is next rendered at,
+    which can wake a watcher early (it then gets the same body), never late.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_VIEW_HISTORY) -> None:
+        self._since: OrderedDict[Hashable, tuple[str, int]] = OrderedDict()
+        self._max = max_entries
+
+    def note(self, key: Hashable, revision: int, etag: str) -> int:
+        """The revision since which ``key``'s body has had ``etag``, rendered at ``revision``."""
+        known = self._since.get(key)
+        if known is not None and known[0] == etag:
+            self._since.move_to_end(key)
+            return known[1]
+        since = revision if known is None else max(revision, known[1])
+        self._since[key] = (etag, since)
+        self._since.move_to_end(key)
+        if len(self._since) > self._max:
+            self._since.popitem(last=False)
+        return since
 
 
 class TooManyWatches(RegistryError):
@@ -153,7 +189,10 @@ class WatchGate:
         try:
             with scope:
                 while not self._answers_now(query, snapshot, view_index):
-                    snapshot = await self.actor.wait_for_change(snapshot.revision)
+                    await self.actor.wait_for_change(snapshot.revision)
+                    # The newest, not the one that woke us: a view is rendered (and cached)
+                    # for the current revision only.
+                    snapshot = self.actor.snapshot
         finally:
             self.held -= 1
             self._scopes.discard(scope)
