@@ -106,7 +106,8 @@ async def test_missing_and_wrong_tokens_are_401(
         assert wrong.json()["code"] == "unauthenticated"
         assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
     # Authentication comes first: an unknown route or a bad id is still 401 without a token.
-    for path in ("/api/nope", "/api/runtimes/bad.id", "/"):
+    # (The status page itself loads, without data: test_operator_endpoints.py.)
+    for path in ("/api/nope", "/api/runtimes/bad.id", "/api/sources", "/metrics"):
         assert (await d.client.get(path)).status_code == 401, path
 
 
@@ -141,10 +142,15 @@ async def test_probes_need_no_token(
     start_daemon: StartDaemon, tmp_path: Path, tokens: dict[str, str]
 ) -> None:
     d = await start_daemon(clients_toml(tmp_path, **tokens))
-    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+    for path in ("/healthz", "/livez", "/readyz"):
         response = await d.client.get(path)
         assert response.status_code in (200, 503), path
         assert HEX32.fullmatch(response.headers["x-request-id"])
+    # /metrics needs an operator's token (test_operator_endpoints.py); refused, it still
+    # carries a request id.
+    response = await d.client.get("/metrics")
+    assert response.status_code == 401
+    assert HEX32.fullmatch(response.headers["x-request-id"])
 
 
 def test_client_tokens_that_cannot_be_read_stop_the_start(

@@ -49,12 +49,20 @@ class Client:
     token_digest: bytes
     workspaces: frozenset[str] | None
     """None: any workspace (``"*"``)."""
+    operator: bool = False
+    """``operator = true`` in its config: see :attr:`is_operator`."""
 
     def __repr__(self) -> str:  # never print the digest
         return f"Client(name={self.name!r})"
 
     def may_act_for(self, workspace: str) -> bool:
         return self.workspaces is None or workspace in self.workspaces
+
+    @property
+    def is_operator(self) -> bool:
+        """May read what concerns every workspace at once (the operator endpoints): a client
+        allowed every workspace (``"*"``), or one marked ``operator = true``."""
+        return self.workspaces is None or self.operator
 
 
 def token_digest(token: str | bytes) -> bytes:
@@ -94,7 +102,7 @@ def load_clients(
             continue
         seen[digest] = cfg.name
         allowed = None if ANY_WORKSPACE in cfg.workspaces else frozenset(cfg.workspaces)
-        clients.append(Client(cfg.name, digest, allowed))
+        clients.append(Client(cfg.name, digest, allowed, cfg.operator))
     if problems:
         raise ConfigError(problems)
     return clients
@@ -176,6 +184,15 @@ class Authenticator:
         if client is None:
             raise Unauthenticated("the bearer token is not valid", invalid_token=True)
         return client
+
+    @staticmethod
+    def require_operator(client: Client | None) -> None:
+        """403 unless ``client`` is an operator (None, an anonymous caller of open mode, is)."""
+        if client is not None and not client.is_operator:
+            raise Forbidden(
+                f"client {client.name!r} is not an operator: this route concerns every "
+                'workspace (an operator has workspaces = ["*"] or operator = true)'
+            )
 
     def acting_workspace(
         self, client: Client | None, scope: Mapping[str, Any], in_path: str | None = None

@@ -192,6 +192,9 @@ class ClientConfig(_Section):
     token_env: str | None = None
     token_credential: str | None = None
     """Name of a systemd credential (``LoadCredential=``): ``$CREDENTIALS_DIRECTORY/<name>``."""
+    operator: bool = False
+    """May read the operator endpoints (``/metrics``, ``/api/sources``, ``/readyz?verbose``,
+    the status page's data) although bound to workspaces; a ``["*"]`` client always may."""
 
 
 class WorkspaceConfig(_Section):

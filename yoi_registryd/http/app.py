@@ -28,7 +28,13 @@ from yoi_registryd.errors import (
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
 from yoi_registryd.http import probes, reads, views
 from yoi_registryd.http.cursors import CursorKey
-from yoi_registryd.http.security import FILTERED_HEADER, new_request_id, request_id_var
+from yoi_registryd.http.security import (
+    FILTERED_HEADER,
+    OPERATOR_REFUSAL_KEY,
+    STATIC_PAGE_KEY,
+    new_request_id,
+    request_id_var,
+)
 from yoi_registryd.http.source_status import sources_page
 from yoi_registryd.http.status_page import HEADERS as STATUS_PAGE_HEADERS
 from yoi_registryd.http.status_page import render_status_page
@@ -286,6 +292,9 @@ def create_app(state: ApiState) -> QuartTrio:
 
     async def probe(kind: probes.ProbeKind) -> Response:
         query = probes.parse_probe_query(request.args.items(multi=True))
+        refusal = _scope().get(OPERATOR_REFUSAL_KEY)
+        if query.verbose and isinstance(refusal, RegistryError):
+            raise refusal  # each check's detail is for operators (security middleware)
         result = await probes.evaluate(kind, state.actor, state.lifecycle, query.exclude)
         response = Response(
             result.render(query.verbose),
@@ -338,8 +347,15 @@ def create_app(state: ApiState) -> QuartTrio:
     @app.get("/")
     async def status_page() -> Response:
         no_query()
-        access = _access()
         snapshot = state.actor.snapshot
+        if _scope().get(STATIC_PAGE_KEY):
+            # Clients are configured and this request went unauthenticated: the page alone.
+            empty: views.ListEnvelope[object] = views.envelope(
+                [], views.ListQuery(views.MAX_LIMIT), None, [], None
+            )
+            page = render_status_page(snapshot.revision, views.encode(empty))
+            return status_page_response(page, snapshot)
+        access = _access()
         sources = sources_page(
             snapshot,
             views.ListQuery(views.MAX_LIMIT),
@@ -347,10 +363,10 @@ def create_app(state: ApiState) -> QuartTrio:
             access.view,
             access.principal.workspace,
         )
-        response = Response(
-            render_status_page(snapshot.revision, sources.body),
-            content_type="text/html; charset=utf-8",
-        )
+        return status_page_response(render_status_page(snapshot.revision, sources.body), snapshot)
+
+    def status_page_response(page: bytes, snapshot: Snapshot) -> Response:
+        response = Response(page, content_type="text/html; charset=utf-8")
         response.headers[REVISION_HEADER] = str(snapshot.revision)
         for name, value in STATUS_PAGE_HEADERS.items():
             response.headers[name] = value

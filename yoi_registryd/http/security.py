@@ -14,8 +14,11 @@ One ASGI middleware, in that order, so that no handler has to remember any of it
    requests down instead of losing records). Its latency is the time to the response's
    start.
 
-Probe routes (``/healthz``, ``/livez``, ``/readyz``, ``/metrics``) need no token and are not
-audited: they are polled constantly and reveal nothing about workers.
+Probe routes (``/healthz``, ``/livez``, ``/readyz``) need no token and are not audited: they
+are polled constantly and reveal nothing about workers. What concerns every workspace at once
+(``/metrics``, ``/readyz?verbose``, ``/api/sources``) needs, once clients are configured, the
+token of an operator (``workspaces = ["*"]`` or ``operator = true``); the status page at
+``/`` then loads without a token but carries no data (its script asks the API, with one).
 """
 
 from __future__ import annotations
@@ -64,6 +67,18 @@ REQUEST_ID_HEADER: Final = "X-Request-Id"
 FILTERED_HEADER: Final = "X-Results-Filtered-By-Policy"
 """Set to ``true`` on a list response from which the policy hid something."""
 OPEN_PATHS: Final = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+"""Neither authenticated nor audited (``/metrics`` and ``/readyz?verbose`` aside: below)."""
+OPERATOR_PROBES: Final = frozenset({"/metrics", "/readyz"})
+"""Open paths that are, or have a form that is, for operators only once clients exist."""
+OPERATOR_ROUTES: Final = frozenset({"/api/sources"})
+"""Guarded routes for operators only: each source's health, across workspaces."""
+OPERATOR_REFUSAL_KEY: Final = "yoi_registryd.operator_refusal"
+"""Scope key: why this caller is not an operator (a ``RegistryError``), or None if it is.
+Set on ``/readyz``, whose handler refuses ``verbose`` by it: the app parses the query."""
+STATUS_PAGE: Final = "/"
+STATIC_PAGE_KEY: Final = "yoi_registryd.static_page"
+"""Scope key: serve the status page without data (clients are configured; the page's
+script asks the API for it, with a token)."""
 LATE_AUDIT_DEADLINE_S: Final = 10.0
 """How long a cancelled request may still wait to queue its audit record."""
 
@@ -188,12 +203,31 @@ class SecurityMiddleware:
         request_id = request_id_from(scope.get("headers", []))
         token = request_id_var.set(request_id)
         try:
-            if scope["path"] in OPEN_PATHS:
+            path = scope["path"]
+            if path in OPEN_PATHS:
+                await self._open(scope, receive, _echo_request_id(send, request_id))
+            elif path == STATUS_PAGE and not self.access.authenticator.open:
+                scope[STATIC_PAGE_KEY] = True
                 await self.app(scope, receive, _echo_request_id(send, request_id))
             else:
                 await self._guarded(scope, receive, send, request_id)
         finally:
             request_id_var.reset(token)
+
+    async def _open(self, scope: Scope, receive: Any, send: Send) -> None:
+        """A probe, or ``/metrics``: an operator's token first, once clients exist."""
+        if scope["path"] in OPERATOR_PROBES and not self.access.authenticator.open:
+            refusal: RegistryError | None = None
+            try:
+                authenticator = self.access.authenticator
+                authenticator.require_operator(authenticator.authenticate(scope))
+            except RegistryError as error:
+                refusal = error
+            if refusal is not None and scope["path"] == "/metrics":
+                await send_error(send, refusal)
+                return
+            scope[OPERATOR_REFUSAL_KEY] = refusal
+        await self.app(scope, receive, send)
 
     async def _guarded(self, scope: Scope, receive: Any, send: Send, request_id: str) -> None:
         try:
@@ -265,6 +299,8 @@ class SecurityMiddleware:
         """Authenticate, then ask the policy; the exchange learns who as soon as it is known."""
         client = access.authenticator.authenticate(scope)
         exchange.client = client.name if client is not None else None
+        if exchange.route in OPERATOR_ROUTES:
+            access.authenticator.require_operator(client)
         workspace = access.authenticator.acting_workspace(client, scope, exchange.path_workspace)
         exchange.workspace = workspace
         principal = Principal(exchange.client, workspace)
