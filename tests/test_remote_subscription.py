@@ -367,3 +367,22 @@ async def test_a_silent_peer_is_noticed_by_ping(
     await wait_for(noticed, message="the unanswered ping")
     proxy.thawed.set()
     await converged(d, fake, "the snapshot after the silence")
+
+
+async def test_a_message_nested_thousands_deep_is_a_protocol_error(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Issue 13, item 5: decoding it raised ``RecursionError``, which crashed the source."""
+    d, fake, subs = await subscribed(start_daemon, nursery, tmp_path, W1)
+    deep = '{"kind": "event", "message": ' + "[" * 5000 + "]" * 5000 + "}"
+    for conn in list(subs.connections):
+        conn.push(deep)
+
+    async def refused() -> bool:
+        crash = (await source(d))["last_crash"]
+        return bool(crash and crash["code"] == "remote_subscription_protocol_error")
+
+    await wait_for(refused, message="the deep message refused")
+    assert "nested too deeply" in (await source(d))["last_crash"]["message"]
+    subs.upsert(W2, status="running")
+    await converged(d, fake, "the snapshot after the refused message")
