@@ -22,12 +22,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import test_policy
 from tests.conftest import StartDaemon, local_source_toml, wait_for
 from tests.test_api import fixture_daemon
-from tests.test_policy import FILTERED, World, collect, keys, start_world
+from tests.test_policy import FILTERED, World, collect, keys
 from yoi_registryd.config import ConfigError, parse_config
 from yoi_registryd.daemon import Daemon
 from yoi_registryd.ids import local_worker_id
+
+world = test_policy.world
+"""test_policy.py's world: clients bound to workspaces, workers of several of them."""
 
 REFUSED = {
     "code": "invalid_query",
@@ -54,17 +58,6 @@ def forged_cursors(issued: str, position: list[str]) -> list[str]:
         f".{tag}",
         f"{payload}.{tag}.{tag}",
     ]
-
-
-@pytest.fixture
-async def world(
-    start_daemon: StartDaemon,
-    tmp_path: Path,
-    runtime_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> World:
-    """test_policy.py's world: clients bound to workspaces, workers of several of them."""
-    return await start_world(start_daemon, tmp_path, runtime_dir, monkeypatch)
 
 
 async def refused(response: httpx.Response) -> dict[str, Any]:
@@ -107,7 +100,9 @@ async def test_the_filtered_header_depends_on_the_caller_and_route_only(world: W
         "/api/runtimes/local-all/workers",
         "/api/sources",
     ]
-    for headers, restricted in ((world.headers(t.alpha), True), (world.headers(t.ops), False)):
+    # The operator client (the only kind that may read /api/sources), acting for alpha or not.
+    callers = ((world.headers(t.ops, "alpha"), True), (world.headers(t.ops), False))
+    for headers, restricted in callers:
         for path in lists:
             cursor = None
             pages = 0

@@ -34,14 +34,8 @@ class Tokens:
 
 
 def clients_toml(tokens: Tokens, tmp_path: Path) -> str:
-    key = secrets.token_hex(4)
     return (
-        embedded_source_toml(
-            runtime_id=HIDDEN_RUNTIME,
-            factory="tests.embedded_plugins:ThirdPartyRuntime",
-            options={"key": f"op-{key}", "workers": ["b1"]},
-            workspaces=["beta"],
-        )
+        hidden_runtime_toml(workspaces=["beta"])
         + f"""
 [[clients]]
 name = "alpha-backend"
@@ -59,6 +53,16 @@ operator = true
 [audit]
 path = "{tmp_path / "audit.jsonl"}"
 """
+    )
+
+
+def hidden_runtime_toml(**extra: object) -> str:
+    """An embedded runtime with one worker: bound to beta, hidden from alpha's client."""
+    return embedded_source_toml(
+        runtime_id=HIDDEN_RUNTIME,
+        factory="tests.embedded_plugins:ThirdPartyRuntime",
+        options={"key": f"op-{secrets.token_hex(4)}", "workers": ["b1"]},
+        **extra,
     )
 
 
@@ -126,12 +130,7 @@ async def test_without_clients_the_operator_endpoints_stay_as_they_were(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
     d = await start_daemon(
-        embedded_source_toml(
-            runtime_id=HIDDEN_RUNTIME,
-            factory="tests.embedded_plugins:ThirdPartyRuntime",
-            options={"key": f"open-{secrets.token_hex(4)}", "workers": ["b1"]},
-        )
-        + f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+        hidden_runtime_toml() + f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
     )
 
     async def listed() -> bool:
