@@ -36,14 +36,15 @@ from tests.test_canaries import Canaries, forbidden, planted_tree
 from yoi_registryd.errors import InvalidIdentifier
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.openapi import build_document, documented_rules
-from yoi_registryd.http.security import OPEN_PATHS
+from yoi_registryd.http.security import OPEN_PATHS, STATUS_PAGE
 from yoi_registryd.ids import MAX_ID_BYTES, is_valid_identifier, validate_identifier
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.sources import local_metadata
 from yoi_registryd.sources.local_metadata import LocalOptions, entry_worker_id, evaluate_entry
 
 REPO = Path(__file__).parent.parent
-OPEN = OPEN_PATHS
+OPEN = OPEN_PATHS | {STATUS_PAGE}
+"""Not audited once clients are configured (the status page then loads without data)."""
 SEED = 20261124
 MAX_EXAMPLES = 25
 ST_TIMEOUT_S = 120

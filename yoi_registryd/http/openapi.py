@@ -224,7 +224,9 @@ class Route:
     """The msgspec type of the request body, if any."""
     body_required: bool = False
     guarded: bool = True
-    """Token, policy and audit apply (every route but the probes and ``/metrics``)."""
+    """Token, policy and audit apply (every route but the probes, ``/metrics`` and ``/``)."""
+    operator: bool = False
+    """Needs an operator's token once clients are configured, without policy or audit."""
     conditional: bool = False
     """Carries an ``ETag``; ``If-None-Match`` may be answered with 304."""
     also: Mapping[int, str] = field(default_factory=dict)
@@ -274,6 +276,9 @@ ANY_ROUTE: Final = typed(
 """On every route: a query string that is not UTF-8 or a head over ``server.max_header_bytes``
 is refused before routing, and a connection over ``server.max_connections`` before any
 request is read."""
+OPERATOR: Final = typed(errors.Unauthenticated, errors.Forbidden)
+"""Once clients are configured: no or a wrong token, or one of a client that is no operator
+(not ``workspaces = ["*"]``, not ``operator = true``)."""
 GUARDED: Final = typed(
     errors.Unauthenticated, errors.Forbidden, errors.InvalidIdentifier, AuditUnavailable
 )
@@ -437,6 +442,7 @@ ROUTES: Final[dict[tuple[str, str], Route]] = {
         "Readiness probe",
         Text((PLAIN_TEXT,), "'ok', or with ?verbose one line per check."),
         PROBE_QUERY,
+        OPERATOR,  # ?verbose names every source: for operators once clients are configured
         guarded=False,
         also={503: "Not ready (starting, shutting down, or a source in its start-up grace)."},
     ),
@@ -451,10 +457,17 @@ ROUTES: Final[dict[tuple[str, str], Route]] = {
         "Prometheus metrics",
         Text((PROMETHEUS_TEXT, OPENMETRICS_TEXT), "A scrape, in the format Accept asks for."),
         guarded=False,
+        operator=True,
     ),
     ("GET", "/"): Route(
         "Status page",
-        Text(("text/html; charset=utf-8",), "A self-contained HTML page (strict CSP)."),
+        Text(
+            ("text/html; charset=utf-8",),
+            "A self-contained HTML page (strict CSP). With clients configured it loads without "
+            "a token and holds no data (its script asks /api/sources, with one).",
+        ),
+        errors=typed(errors.Forbidden),  # open mode: callers off loopback
+        guarded=False,
     ),
     ("GET", "/openapi.json"): Route(
         "This document",
@@ -726,10 +739,15 @@ def _operation_object(
     for status, text in route.also.items():
         responses[str(status)] = {**ok_response, "description": text}
         responses[str(status)].pop("links", None)
-    found = (*route.errors, *ANY_ROUTE, *(GUARDED if route.guarded else ()))
+    found = (
+        *route.errors,
+        *ANY_ROUTE,
+        *(GUARDED if route.guarded else ()),
+        *(OPERATOR if route.operator else ()),
+    )
     responses.update(_error_responses(found, route))
     operation["responses"] = dict(sorted(responses.items()))
-    if not route.guarded:
+    if not (route.guarded or route.operator):
         operation["security"] = []
     return operation, found
 
