@@ -229,7 +229,7 @@ async def test_fast_answers_are_audited_and_counted(
         200,
     )
     assert r["decision"] == "allowed"
-    metrics = (await d.client.get("/metrics")).text
+    metrics = (await d.client.get("/metrics", headers=auth(tokens.ops))).text
     label = 'route="/api/runtimes/<runtime_id>/workers/<worker_id>"'
     assert any(label in line and 'status="200"' in line for line in metrics.splitlines())
 

@@ -202,7 +202,8 @@ def test_deep_local_metadata_is_not_read_again_while_the_file_is_unchanged(
     path.write_bytes(b'{"worker_name": "deep", "active": ' + nested(DEEP) + b"}")
     options = LocalOptions(RID, data_dir / "pods", runtime_dir, None, True, None, 1 << 20)
     caplog.set_level(logging.DEBUG)
-    result = local_metadata.evaluate_entry("deep", options)
+    hosts = local_metadata.WorkspaceHosts()
+    result = local_metadata.evaluate_entry("deep", options, hosts=hosts)
     assert [d.code for d in result.diagnostics] == [local_metadata.METADATA_INVALID]
-    assert result.unchanged(options, local_metadata.WorkspaceHosts())
+    assert result.unchanged(options, hosts)
     assert not caplog.records

@@ -189,7 +189,9 @@ scrape_configs:
                         "/api/v1/query", params={"query": 'count({job="yoi-registryd"})'}
                     )
                 except httpx.TransportError:
-                    return False
+                    return False  # not listening yet
+                if response.status_code != 200:
+                    return False  # listening, not ready yet (503 and a text body)
                 result = response.json()["data"]["result"]
                 return bool(result) and float(result[0]["value"][1]) > 10
 
