@@ -20,8 +20,8 @@ from tests.conftest import StartDaemon, wait_for
 from tests.embedded_plugins import embedded_source_toml
 from tests.scripted_source import HOSTS, Script, descriptor, worker
 from tests.test_watch import held, index_of, scripted_daemon
-from yoi_registryd.model import WorkspaceInfo
 from yoi_registryd.sources.base import Reporter
+from yoi_registryd.vocabulary import worker_workspace
 
 WAIT = "60s"
 ANSWERED_WITHIN_S = 20.0
@@ -95,7 +95,8 @@ async def test_a_blocking_query_on_a_hidden_target_answers_as_a_missing_one_at_o
 
 def workspace_worker(runtime_id: str, worker_id: str, workspace: str, state: str) -> object:
     record = worker(runtime_id, worker_id, state)
-    return msgspec.structs.replace(record, workspace=WorkspaceInfo("workspace", workspace))
+    info = worker_workspace("embedded_worker_runtime", workspace)
+    return msgspec.structs.replace(record, workspace=info)
 
 
 async def observe(script: Script, **states: str) -> None:
