@@ -105,3 +105,62 @@ async def test_the_console_flow_on_local_embedded_and_remote_runtimes(
     )
     response = await d.client.post(path(EMBEDDED, "e-1", "input"), json={"content": ""})
     assert error_code(response, 400) == "invalid_request"
+
+
+async def test_todays_console_bodies_are_taken_and_the_kind_is_the_runtimes_call(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Today's console sends fields the registry has no use for (``ticket_assignment`` with
+    stop, ``segments`` with input) and the newer input kinds: yoi's backend ignores unknown
+    fields and passes the kind on, and so does the registry (contract-v2 section 1.7.1)."""
+    key = uuid.uuid4().hex
+    far = FakeRuntime("far-upstream", token=TOKEN)  # an older runtime: user and system only
+    far.add("w-1")
+    server = await start_fake(nursery, ("/far", far))
+    d = await start_daemon(
+        embedded_source_toml(
+            runtime_id=EMBEDDED,
+            factory="tests.embedded_plugins:tracked_memory",
+            options={"key": key},
+        )
+        + remote_source_toml(
+            REMOTE, server.url("/far"), token_file=token_file(tmp_path), **SLOW_POLL
+        )
+    )
+    await wait_for(lambda: key in INSTANCES)
+    INSTANCES[key].spawn("e-1")
+
+    async def both_listed() -> bool:
+        body = await d.get_json("/api/workers")
+        return {(w["runtime_id"], w["worker_id"]) for w in body["items"]} >= {
+            (EMBEDDED, "e-1"),
+            (REMOTE, "w-1"),
+        }
+
+    await wait_for(both_listed, deadline_s=5, message="a worker of each runtime")
+    segments = {"segments": [{"kind": "text", "text": "hi"}], "future_field": True}
+    for runtime_id, worker_id in ((EMBEDDED, "e-1"), (REMOTE, "w-1")):
+        url = f"/api/runtimes/{runtime_id}/workers/{worker_id}/input"
+        result, _ = input_result(await d.client.post(url, json={"content": "hi", **segments}))
+        assert result.state == "accepted", result
+
+    # The embedded memory runtime takes a notification; the older remote refuses the kind
+    # itself, which is the runtime's refusal (200 rejected), not an error blamed on the caller.
+    notify = {"kind": "notify", "content": "build finished"}
+    url = f"/api/runtimes/{EMBEDDED}/workers/e-1/input"
+    assert input_result(await d.client.post(url, json=notify))[0].state == "accepted"
+    assert [e.kind for e in INSTANCES[key].transcript("e-1")][-1] == "notify"
+    url = f"/api/runtimes/{REMOTE}/workers/w-1/input"
+    refused, _ = input_result(await d.client.post(url, json=notify))
+    assert refused.state == "rejected"
+    assert [t["kind"] for t in far.workers["w-1"].transcript] == ["user"]
+
+    # A kind of no yoi era is still the caller's mistake.
+    bad = await d.client.post(url, json={"kind": "shout", "content": "x"})
+    assert error_code(bad, 400) == "invalid_request"
+
+    ticket = {"reason": "done", "ticket_assignment": {"ticket_id": "T-1", "operation_id": "o"}}
+    for runtime_id, worker_id in ((EMBEDDED, "e-1"), (REMOTE, "w-1")):
+        url = f"/api/runtimes/{runtime_id}/workers/{worker_id}/stop"
+        stop, _ = lifecycle_result(await d.client.post(url, json=ticket))
+        assert stop.state == "accepted", stop

@@ -26,6 +26,7 @@ from yoi_registryd.errors import InvalidRequest, RuntimeUnavailable, WorkerNotVi
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import Diagnostic, WorkerRecord
 from yoi_registryd.registry import Snapshot
+from yoi_registryd.runtimes.protocol import InputKind
 
 Operation = Literal["stop", "cancel", "input"]
 OperationState = Literal["accepted", "unsupported", "rejected"]
@@ -99,19 +100,25 @@ def request_rejected(runtime_id: str, operation: str) -> OperationRefused:
     )
 
 
-class StopRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+# Operation bodies ignore fields they do not know, as yoi's backend does (no
+# ``deny_unknown_fields``): today's console may send ``ticket_assignment`` with stop or cancel
+# and ``segments`` with input, which the registry has no use for. The body's size and nesting
+# depth are bounded before it is decoded.
+
+
+class StopRequest(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class CancelRequest(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
-class InputRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class InputRequest(msgspec.Struct, frozen=True):
     content: Annotated[str, msgspec.Meta(min_length=1)]
     """Non-empty: runtimes refuse empty input, so the registry refuses it first (400)."""
-    kind: Literal["user", "system"] = "user"
-    """As in yoi, ``user`` when absent."""
+    kind: InputKind = "user"
+    """As in yoi, ``user`` when absent; which kinds a runtime accepts is the runtime's call."""
 
 
 OperationRequest = StopRequest | CancelRequest | InputRequest

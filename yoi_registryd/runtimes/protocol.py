@@ -28,7 +28,10 @@ import msgspec
 WorkerStatus = Literal["running", "stopped", "cancelled"]
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"stopped", "cancelled"})
 
-InputKind = Literal["user", "system"]
+InputKind = Literal["user", "system", "notify", "compact", "list_rewind_targets", "register_peer"]
+"""Input kinds of every yoi era (contract-v2 section 1.7.1): ``user`` and ``system`` until July,
+``user``, ``notify``, ``compact``, ``list_rewind_targets`` and ``register_peer`` since. The
+registry passes the kind on; a runtime that does not take it refuses the input."""
 
 
 class Intent(msgspec.Struct, frozen=True):
