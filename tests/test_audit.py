@@ -786,3 +786,28 @@ def test_a_chain_needs_the_file_sink() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config('[audit]\nsink = "stderr"\nchain = true\n')
     assert caught.value.problems[0].startswith("audit.chain: needs sink")
+
+
+async def test_before_response_holds_each_answer_for_its_record_and_commits_in_groups(
+    start_daemon: StartDaemon,
+) -> None:
+    """No answer leaves before its record is written; records that arrive while a write
+    runs share the next one (group commit: one fsync for many requests)."""
+    d, sink = await start_with_memory_sink(start_daemon, 'durability = "before_response"')
+    gate = sink.gate = trio.Event()
+    answered: list[int] = []
+
+    async def get(i: int) -> None:
+        response = await d.client.get("/api/workers", headers={"X-Request-Id": f"g{i}"})
+        answered.append(response.status_code)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get, 0)
+        await wait_for(lambda: sink.writes_started == 1, message="the first write")
+        for i in range(1, 21):
+            nursery.start_soon(get, i)
+        await wait_for(lambda: d.daemon.audit.queue_depth == 20, message="20 records queued")
+        assert answered == [], "an answer left before its record was written"
+        gate.set()
+    assert answered == [200] * 21
+    assert [len(batch) for batch in sink.batches] == [1, 20]
