@@ -39,6 +39,7 @@ REQUIRED_VALUES: Final[dict[str, dict[str, Any]]] = {
     "ClientConfig": {"name": "c", "workspaces": ["*"]},
     "WorkspaceConfig": {"id": "w"},
     "RemoteSourceConfig": {"runtime_id": "r", "base_url": "http://127.0.0.1:1"},
+    "FileDiscoveryConfig": {"name": "n", "path": "/x.json"},
 }
 """What each section needs besides the key under test, to build it with its defaults."""
 
@@ -68,6 +69,7 @@ def provide_tokens(config: Config, text: str, tmp_path: Path) -> tuple[str, dict
     environ = {CREDENTIALS_DIRECTORY_ENV: str(creds)}
     holders: list[Any] = [*config.clients]
     holders += [s for s in config.sources if isinstance(s, RemoteSourceConfig)]
+    holders += [e.remote_template(e.name, "http://x:1", None, ()) for e in config.discovery]
 
     def provide(text: str, named: str | None, made: Path, content: str) -> str:
         """Write ``content`` to ``made`` and point the text's ``named`` path at it."""

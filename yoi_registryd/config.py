@@ -372,6 +372,70 @@ class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
 SourceConfig = LocalSourceConfig | RemoteSourceConfig | EmbeddedSourceConfig
 
 
+class _DiscoveryBase(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="kind", frozen=True
+):
+    """What every ``[[discovery]]`` entry has: a name, how long its last good set stays
+    fresh, a bound, and the credentials every runtime it finds is called with (never taken
+    from what was discovered: see :meth:`remote_template`)."""
+
+    name: str
+    """Names the entry on ``/api/sources`` and ``/metrics`` ([A-Za-z0-9_:-])."""
+    stale_after: Duration = Duration(minutes=5)
+    """The last good set is marked stale after this long without a successful refresh
+    (it is kept: a failing backend never empties the registry)."""
+    max_runtimes: int = 10_000
+    """Runtimes one refresh may yield at most; records beyond are refused."""
+    auth: Literal["bearer", "capability"] = "bearer"
+    token_file: str | None = None
+    token_env: str | None = None
+    token_credential: str | None = None
+    server_id: str | None = None
+    signing_key_file: str | None = None
+    signing_key_credential: str | None = None
+    workspace_id: str | None = None
+    """``auth = "capability"``: the workspace every token is scoped to; a record naming
+    another workspace is refused."""
+    token_ttl: Duration = Duration(seconds=300)
+    token_reuse: Duration = Duration(seconds=60)
+    poll_interval: Duration = Duration(seconds=2)
+    """Passed to every discovered runtime's remote source, as in ``[[sources]]``."""
+
+    def remote_template(
+        self, runtime_id: str, base_url: str, label: str | None, workspaces: tuple[str, ...]
+    ) -> RemoteSourceConfig:
+        """The remote source of one discovered runtime: address and label from the record,
+        everything else from this entry."""
+        return RemoteSourceConfig(
+            runtime_id=runtime_id,
+            base_url=Secret(base_url),
+            label=label,
+            auth=self.auth,
+            token_file=self.token_file,
+            token_env=self.token_env,
+            token_credential=self.token_credential,
+            server_id=self.server_id,
+            signing_key_file=self.signing_key_file,
+            signing_key_credential=self.signing_key_credential,
+            workspace_id=self.workspace_id,
+            token_ttl=self.token_ttl,
+            token_reuse=self.token_reuse,
+            poll_interval=self.poll_interval,
+            workspaces=workspaces,
+        )
+
+
+class FileDiscoveryConfig(_DiscoveryBase, tag="file", frozen=True):
+    """Runtimes listed in a JSON or TOML file, watched (like Prometheus' ``file_sd``)."""
+
+    path: str
+    """Absolute path of the file; ``.toml`` is read as TOML, anything else as JSON."""
+    max_file_bytes: int = 8 * 1024 * 1024
+
+
+DiscoveryConfig = FileDiscoveryConfig
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
@@ -379,6 +443,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=lambda: [LocalSourceConfig()])
     """Omitted: one local source on the default data dir. ``sources = []``: none."""
+    discovery: list[DiscoveryConfig] = msgspec.field(default_factory=list)
+    """Backends whose runtimes become remote sources while the daemon runs."""
     clients: list[ClientConfig] = msgspec.field(default_factory=list)
     """None: unauthenticated requests are accepted on loopback and unix sockets only."""
     workspaces: list[WorkspaceConfig] = msgspec.field(default_factory=list)
@@ -512,6 +578,7 @@ def validate_config(config: Config) -> list[str]:
             problems.extend(_validate_remote(key, src))
         elif isinstance(src, EmbeddedSourceConfig):
             problems.extend(_validate_embedded(key, src))
+    problems.extend(_validate_discovery(config.discovery))
     problems.extend(_validate_access(config))
     return problems
 
@@ -604,6 +671,31 @@ def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
         problems.append(f"{key}.expire_after: must be longer than stale_after")
     if src.max_response_bytes < 1024:
         problems.append(f"{key}.max_response_bytes: must be at least 1024")
+    return problems
+
+
+def _validate_discovery(entries: list[DiscoveryConfig]) -> list[str]:
+    """Checks of ``[[discovery]]``: its credentials are checked as a remote source's are
+    (on the runtime every record becomes), plus the entry's own keys."""
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        key = f"discovery[{i}]"
+        if not is_valid_identifier(entry.name):
+            problems.append(f"{key}.name: {entry.name!r} is not a valid name ([A-Za-z0-9_:-])")
+        elif first := _earlier_use(names, entry.name, i, "discovery"):
+            problems.append(f"{key}.name: {entry.name!r} is already used by {first}")
+        template = entry.remote_template("discovered", "http://discovered.invalid:1", None, ())
+        problems.extend(_validate_remote(key, template))
+        if entry.stale_after <= timedelta(0):
+            problems.append(f"{key}.stale_after: must be greater than zero")
+        if entry.max_runtimes < 1:
+            problems.append(f"{key}.max_runtimes: must be at least 1")
+        if isinstance(entry, FileDiscoveryConfig):
+            if not entry.path.startswith("/"):
+                problems.append(f"{key}.path: must be an absolute path")
+            if entry.max_file_bytes < 1:
+                problems.append(f"{key}.max_file_bytes: must be at least 1")
     return problems
 
 

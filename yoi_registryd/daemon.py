@@ -36,6 +36,7 @@ from yoi_registryd.config import (
     SourceConfig,
     parse_listen,
 )
+from yoi_registryd.discovery.manager import Discoveries
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.cursors import CursorKey
 from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
@@ -84,6 +85,16 @@ def source_spec(config: SourceConfig) -> SourceSpec:
         factory=factory,
         key=config,
     )
+
+
+def check_config_keys(config: Config) -> None:
+    """The signing keys of capability sources and discovery entries load (ConfigError)."""
+    check_signing_keys(config.sources)
+    templates = [
+        entry.remote_template(entry.name, "http://discovered.invalid:1", None, ())
+        for entry in config.discovery
+    ]
+    check_signing_keys(templates, section="discovery")
 
 
 def open_listener(address: str, unix_mode: str = "0660") -> socket.socket:
@@ -212,7 +223,7 @@ class Daemon:
         self.router = OperationRouter()
         # Token files, signing keys, the custom policy and the audit file are read here: a
         # problem with any of them is a ConfigError before anything starts.
-        check_signing_keys(self.config.sources)
+        check_config_keys(self.config)
         self.access = AccessControl.from_config(self.config)
         self.cursor_key = (
             CursorKey.random()
@@ -225,6 +236,8 @@ class Daemon:
         self.supervisor = Supervisor(
             self.actor.send_channel, self.config.supervisor, router=self.router
         )
+        self.discoveries = Discoveries(self.supervisor, source_spec)
+        self.metrics.discoveries = self.discoveries.statuses
 
     async def run(
         self,
@@ -254,6 +267,7 @@ class Daemon:
             metrics=self.metrics,
             lifecycle=self.lifecycle,
             cursor_key=self.cursor_key,
+            discoveries=self.discoveries.statuses,
         )
         # An ASGI app; hypercorn's types are narrower. Metrics outermost: they count all.
         # Inside the metrics: request id -> authentication -> policy -> audit -> the app,
@@ -280,6 +294,7 @@ class Daemon:
                 )
             for source in config.sources:
                 await self.supervisor.start(nursery, source_spec(source))
+            await self.discoveries.apply(nursery, config.discovery)
             if handle_signals:
                 nursery.start_soon(self._handle_signals, nursery.cancel_scope)
             await nursery.start(self._serve, app, hconfig, socks, nursery.cancel_scope)
@@ -378,6 +393,7 @@ class Daemon:
         )
         if new is not None:
             self.config = new
+            await self.discoveries.apply(self._nursery, new.discovery)
         # SIGHUP is also logrotate's signal: the audit file is reopened either way.
         await self.audit.reopen()
         await self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
@@ -387,7 +403,7 @@ class Daemon:
         """Check the new config's signing keys and build its access control (reads token
         files: may raise ConfigError); the returned function swaps it in. Requests in
         flight keep theirs."""
-        check_signing_keys(new.sources)
+        check_config_keys(new)
         access = AccessControl.from_config(new)
 
         def swap_in() -> None:

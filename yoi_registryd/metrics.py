@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from yoi_registryd import __version__
+from yoi_registryd.discovery.runner import DiscoveryStatus
 from yoi_registryd.http.source_status import runtime_health
 from yoi_registryd.model import ObservationMode, RuntimeStatus
 from yoi_registryd.registry import RegistryActor
@@ -92,6 +93,8 @@ class Metrics:
         self.actor = actor
         self.reloads = reloads
         self.registry = CollectorRegistry()
+        self.discoveries: Callable[[], list[DiscoveryStatus]] = list
+        """Set by the daemon: the ``[[discovery]]`` entries' status."""
         self.audit_queue_depth: Callable[[], int] | None = None
         """Set by the audit sink: how many records wait to be written."""
         self.loaded_at = time.time()
@@ -256,6 +259,7 @@ class _SnapshotCollector:
                 metrics.audit_queue_depth(),
             )
         yield from _reload_metrics(metrics.reloads, metrics.loaded_at)
+        yield from _discovery_metrics(metrics.discoveries())
         info = GaugeMetricFamily(
             f"{PREFIX}_build_info", "The running yoi-registryd version.", labels=["version"]
         )
@@ -286,6 +290,47 @@ def _reload_metrics(reloads: ReloadOutcome | None, loaded_at: float) -> Iterator
     )
     failures.add_metric([], reloads.failures if reloads is not None else 0)
     yield failures
+
+
+def _discovery_metrics(statuses: list[DiscoveryStatus]) -> Iterator[Metric]:
+    """Per ``[[discovery]]`` entry: what it found, refused, when, and whether it is stale."""
+    labels = ["discovery", "kind"]
+    found = GaugeMetricFamily(
+        f"{PREFIX}_discovery_runtimes", "Runtimes the last good refresh found.", labels=labels
+    )
+    refused = GaugeMetricFamily(
+        f"{PREFIX}_discovery_refused_records",
+        "Records the last good refresh refused.",
+        labels=labels,
+    )
+    stale = GaugeMetricFamily(
+        f"{PREFIX}_discovery_stale",
+        "1 when no refresh succeeded for stale_after (the last good set is kept).",
+        labels=labels,
+    )
+    success = GaugeMetricFamily(
+        f"{PREFIX}_discovery_last_success_timestamp_seconds",
+        "Unix time of the last successful refresh (0: none yet).",
+        labels=labels,
+    )
+    refreshes = CounterMetricFamily(
+        f"{PREFIX}_discovery_refreshes", "Refreshes attempted.", labels=labels
+    )
+    failures = CounterMetricFamily(
+        f"{PREFIX}_discovery_refresh_failures",
+        "Refreshes that failed (the last good set was kept).",
+        labels=labels,
+    )
+    for status in statuses:
+        key = [status.name, status.kind]
+        found.add_metric(key, status.runtime_count)
+        refused.add_metric(key, status.refused_count)
+        stale.add_metric(key, 1.0 if status.stale else 0.0)
+        at = status.last_success_at
+        success.add_metric(key, at.timestamp() if at is not None else 0.0)
+        refreshes.add_metric(key, status.refreshes)
+        failures.add_metric(key, status.failures)
+    yield from (found, refused, stale, success, refreshes, failures)
 
 
 def _plain_gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

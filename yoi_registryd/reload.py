@@ -61,12 +61,29 @@ class SourcePlan:
     restart: tuple[SourceSpec, ...] = ()
     start: tuple[SourceSpec, ...] = ()
     unchanged: tuple[str, ...] = ()
+    taken: tuple[str, ...] = ()
+    """Wanted ids left alone because another owner runs them."""
 
 
-def plan_sources(running: Mapping[str, SourceSpec], wanted: Iterable[SourceSpec]) -> SourcePlan:
-    """Compare running and wanted sources by runtime id and by configuration (``key``)."""
+CONFIG_OWNER: Final = "config"
+"""The owner of ``[[sources]]``: it wins a runtime id another owner (discovery) holds."""
+
+
+def plan_sources(
+    running: Mapping[str, SourceSpec], wanted: Iterable[SourceSpec], owner: str = CONFIG_OWNER
+) -> SourcePlan:
+    """Compare running and wanted sources by runtime id and by configuration (``key``).
+
+    Only ``owner``'s running sources are stopped; a wanted id another owner runs is
+    taken over (restarted) by the configuration, and left to its owner otherwise.
+    """
     wanted_by_id = {spec.runtime_id: spec for spec in wanted}
-    stop = tuple(rid for rid in running if rid not in wanted_by_id)
+    held = {rid for rid, spec in running.items() if spec.owner != owner}
+    taken: tuple[str, ...] = ()
+    if owner != CONFIG_OWNER:
+        taken = tuple(rid for rid in wanted_by_id if rid in held)
+        wanted_by_id = {rid: spec for rid, spec in wanted_by_id.items() if rid not in held}
+    stop = tuple(rid for rid in running if rid not in wanted_by_id and rid not in held)
     restart: list[SourceSpec] = []
     start: list[SourceSpec] = []
     unchanged: list[str] = []
@@ -74,11 +91,22 @@ def plan_sources(running: Mapping[str, SourceSpec], wanted: Iterable[SourceSpec]
         current = running.get(rid)
         if current is None:
             start.append(spec)
-        elif current.key != spec.key:
+        elif current.key != spec.key or current.owner != spec.owner:
             restart.append(spec)
         else:
             unchanged.append(rid)
-    return SourcePlan(stop, tuple(restart), tuple(start), tuple(unchanged))
+    return SourcePlan(stop, tuple(restart), tuple(start), tuple(unchanged), taken)
+
+
+async def apply_sources(
+    supervisor: Supervisor, nursery: trio.Nursery, wanted: Iterable[SourceSpec], owner: str
+) -> SourcePlan:
+    """Make ``owner``'s running sources the ``wanted`` ones by the smallest change: the one
+    path by which reloads and discovery change what runs."""
+    async with supervisor.changing:
+        plan = plan_sources(supervisor.specs, wanted, owner)
+        await apply_source_plan(supervisor, nursery, plan)
+    return plan
 
 
 async def apply_source_plan(
@@ -179,9 +207,8 @@ async def reload_config(
         log.exception("reload failed, keeping the running configuration")
         status.failed(f"internal error ({type(exc).__name__})")
         return None
-    plan = plan_sources(supervisor.specs, specs)
     supervisor.config = new.supervisor
-    await apply_source_plan(supervisor, nursery, plan)
+    plan = await apply_sources(supervisor, nursery, specs, CONFIG_OWNER)
     if swap_in is not None:
         swap_in()
     level = log_level_override or new.logging.level

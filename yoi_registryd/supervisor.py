@@ -38,6 +38,9 @@ class SourceSpec:
     factory: Callable[[], Source]
     key: object = None
     """Compared on reload: a source whose key changed is restarted."""
+    owner: str = "config"
+    """Who manages the source: ``config`` (``[[sources]]``, reloads) or
+    ``discovery:<name>`` (a ``[[discovery]]`` entry); each changes only its own."""
 
 
 def backoff_ceiling(config: SupervisorConfig, attempt: int) -> float:
@@ -78,6 +81,8 @@ class Supervisor:
         self.config = config
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
+        self.changing = trio.Lock()
+        """Held while a set of sources is changed (a reload, a discovery refresh)."""
 
     @property
     def specs(self) -> dict[str, SourceSpec]:

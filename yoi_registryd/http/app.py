@@ -17,6 +17,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from yoi_registryd.discovery.runner import DiscoveryStatus
 from yoi_registryd.errors import (
     InternalError,
     InvalidQuery,
@@ -79,10 +80,13 @@ class ApiState:
         lifecycle: probes.Lifecycle | None = None,
         max_held_requests: int = DEFAULT_MAX_HELD,
         cursor_key: CursorKey | None = None,
+        discoveries: Callable[[], list[DiscoveryStatus]] | None = None,
     ) -> None:
         self.actor = actor
         self.cursor_key = cursor_key or CursorKey.random()
         """Seals list cursors; random per process unless ``server.cursor_key_file``."""
+        self.discoveries = discoveries or list
+        """The ``[[discovery]]`` entries' status, for ``/api/sources``."""
         self.router = router or OperationRouter()
         self.conceal_invisible_workers = conceal_invisible_workers
         self.cache = views.BodyCache()
@@ -244,7 +248,12 @@ def create_app(state: ApiState) -> QuartTrio:
         access = _access()
         snapshot = await current(watch, reads.whole_registry)
         rendered = sources_page(
-            snapshot, q, trio.current_time(), access.view, access.principal.workspace
+            snapshot,
+            q,
+            trio.current_time(),
+            access.view,
+            access.principal.workspace,
+            discovery=state.discoveries(),
         )
         return conditional(reads.SOURCES, rendered, etag_for(rendered.body), snapshot, access)
 

@@ -16,6 +16,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from yoi_registryd.discovery.runner import DiscoveryStatus
 from yoi_registryd.http import views
 from yoi_registryd.model import (
     ErrorInfo,
@@ -86,7 +87,11 @@ class SourceStatus(msgspec.Struct, frozen=True):
     subscription) or ``polling``; null for sources with only one way, or before it is known."""
 
 
-SourceList = views.ListEnvelope[SourceStatus]
+class SourceList(views.ListEnvelope[SourceStatus], kw_only=True):
+    """The sources, and what each ``[[discovery]]`` entry found (for an unrestricted view:
+    what a discovery refused names runtimes the caller might not see)."""
+
+    discovery: list[DiscoveryStatus] = msgspec.field(default_factory=list)
 
 
 def _visible_counts(entry: RuntimeEntry, view: Visibility) -> tuple[int, dict[str, int], bool]:
@@ -136,6 +141,7 @@ def sources_page(
     now: float,
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
+    discovery: list[DiscoveryStatus] | None = None,
 ) -> views.Rendered:
     """The sources of the runtimes ``view`` may see, with only visible workers counted."""
     after = views._after(query)
@@ -155,5 +161,16 @@ def sources_page(
             yield status
 
     page, cursor = views._take(items(), query, lambda s: (s.runtime_id,))
-    body = views.encode(views.envelope(page, query, cursor, [], workspace_id))
+    env = views.envelope(page, query, cursor, [], workspace_id)
+    found = [] if view.restricted or discovery is None else discovery
+    body = views.encode(
+        SourceList(
+            workspace_id=env.workspace_id,
+            limit=env.limit,
+            items=env.items,
+            diagnostics=env.diagnostics,
+            next_cursor=env.next_cursor,
+            discovery=found,
+        )
+    )
     return views.Rendered(body, filtered)

@@ -112,7 +112,7 @@ class RemoteCredentials:
         return cached[1]
 
 
-def check_signing_keys(sources: Sequence[SourceConfig]) -> None:
+def check_signing_keys(sources: Sequence[SourceConfig], section: str = "sources") -> None:
     """Read and parse the signing key of every ``auth = "capability"`` source, once per
     key: a key that cannot be is a :class:`ConfigError` at start and on reload, naming
     the source and the key's file path or credential name (never its content)."""
@@ -130,6 +130,6 @@ def check_signing_keys(sources: Sequence[SourceConfig]) -> None:
                 checked[where] = str(exc)
         if (problem := checked[where]) is not None:
             key = "signing_key_file" if src.signing_key_file else "signing_key_credential"
-            problems.append(f"sources[{i}].{key}: {problem}")
+            problems.append(f"{section}[{i}].{key}: {problem}")
     if problems:
         raise ConfigError(problems)

@@ -1,0 +1,1 @@
+"""Discovery: backends (``[[discovery]]``) whose runtimes become remote sources at run time."""

@@ -1,0 +1,126 @@
+"""``kind = "file"``: runtimes listed in a JSON or TOML file, watched with watchfiles.
+
+In the spirit of Prometheus' ``file_sd``: whatever writes the file (consul-template, a
+Kubernetes ConfigMap, a deploy script) owns the list. The file holds ``runtimes``, an array
+of runtime descriptions (in JSON a bare array is accepted too). Its directory is watched,
+so a file replaced by a rename is seen; every few seconds it is read again as a safety net
+(only a changed content is applied). A file that is missing, too large or not valid is a
+failed refresh: the last good set stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import msgspec
+import trio
+import watchfiles
+
+from yoi_registryd.config import FileDiscoveryConfig
+from yoi_registryd.discovery.runner import DiscoveryFailure, DiscoveryReporter
+
+log = logging.getLogger(__name__)
+
+_RESCAN_MS: Final = 5_000
+_DEBOUNCE_MS: Final = 50
+_STEP_MS: Final = 50
+
+FILE_MISSING: Final = "discovery_file_missing"
+FILE_UNREADABLE: Final = "discovery_file_unreadable"
+FILE_TOO_LARGE: Final = "discovery_file_too_large"
+FILE_INVALID: Final = "discovery_file_invalid"
+
+
+def parse_runtimes(data: bytes, toml: bool) -> list[tuple[str, Any]]:
+    """The records of a discovery file, each with its position; :class:`DiscoveryFailure`
+    when the file as a whole is not a list of runtimes."""
+    try:
+        decoded: Any = msgspec.toml.decode(data) if toml else msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        kind = "TOML" if toml else "JSON"
+        raise DiscoveryFailure(FILE_INVALID, f"the file is not valid {kind}: {exc}") from None
+    if isinstance(decoded, dict) and set(decoded) <= {"runtimes"}:
+        decoded = decoded.get("runtimes", [])
+    if not isinstance(decoded, list):
+        raise DiscoveryFailure(FILE_INVALID, "expected an array 'runtimes' of runtime tables")
+    return [(f"runtimes[{i}]", record) for i, record in enumerate(decoded)]
+
+
+class FileDiscovery:
+    """Reads the file at start and whenever it changes."""
+
+    def __init__(self, entry: FileDiscoveryConfig) -> None:
+        self.entry = entry
+        self.path = Path(entry.path)
+        self._last: bytes | None = None
+
+    def _read(self) -> bytes:
+        try:
+            with self.path.open("rb") as f:
+                data = f.read(self.entry.max_file_bytes + 1)
+        except FileNotFoundError:
+            raise DiscoveryFailure(FILE_MISSING, "the discovery file does not exist") from None
+        except OSError as exc:
+            raise DiscoveryFailure(
+                FILE_UNREADABLE, f"cannot read the discovery file: {exc.strerror}"
+            ) from None
+        if len(data) > self.entry.max_file_bytes:
+            raise DiscoveryFailure(
+                FILE_TOO_LARGE, f"the file is larger than {self.entry.max_file_bytes} bytes"
+            )
+        return data
+
+    async def refresh(self, reporter: DiscoveryReporter) -> None:
+        """Read the file and report it, unless its content is what was last applied."""
+        try:
+            data = await trio.to_thread.run_sync(self._read)
+            if data == self._last:
+                return
+            records = parse_runtimes(data, self.path.suffix.lower() == ".toml")
+        except DiscoveryFailure as failure:
+            self._last = None
+            reporter.failed(failure)
+            return
+        await reporter.found(records)
+        self._last = data
+
+    async def run(self, reporter: DiscoveryReporter) -> None:
+        await self.refresh(reporter)
+        stop = anyio.Event()
+        target = str(self.path)
+
+        def is_target(_change: watchfiles.Change, path: str) -> bool:
+            return path == target
+
+        async with trio.open_nursery() as nursery:
+
+            async def stopper() -> None:
+                # watchfiles waits in a thread that only notices ``stop``.
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    stop.set()
+
+            nursery.start_soon(stopper)
+            try:
+                async for _changes in watchfiles.awatch(
+                    self.path.parent,
+                    watch_filter=is_target,
+                    debounce=_DEBOUNCE_MS,
+                    step=_STEP_MS,
+                    stop_event=stop,
+                    rust_timeout=_RESCAN_MS,
+                    yield_on_timeout=True,
+                    recursive=False,
+                ):
+                    await self.refresh(reporter)
+            except* (OSError, RuntimeError) as group:
+                raise DiscoveryFailure(
+                    FILE_UNREADABLE,
+                    "cannot watch the discovery file's directory: "
+                    + "; ".join(type(e).__name__ for e in group.exceptions),
+                ) from None
+            nursery.cancel_scope.cancel()
