@@ -12,6 +12,9 @@ import os
 import stat
 from pathlib import Path
 
+import anyio
+import trio
+
 
 class FileTooLarge(Exception):
     """The file is larger than the limit it was read with."""
@@ -41,3 +44,18 @@ def read_regular_file(path: Path, max_bytes: int) -> tuple[bytes, os.stat_result
         return data, st
     finally:
         os.close(fd)
+
+
+def watch_stop_event(nursery: trio.Nursery) -> anyio.Event:
+    """An event set as soon as ``nursery`` is cancelled: watchfiles waits in a thread that
+    notices only its ``stop_event``, so shutdown and reload stay prompt."""
+    stop = anyio.Event()
+
+    async def stopper() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()
+
+    nursery.start_soon(stopper)
+    return stop

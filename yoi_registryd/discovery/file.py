@@ -2,8 +2,9 @@
 
 In the spirit of Prometheus' ``file_sd``: whatever writes the file (consul-template, a
 Kubernetes ConfigMap, a deploy script) owns the list. The file holds ``runtimes``, an array
-of runtime descriptions (in JSON a bare array is accepted too). Its directory is watched,
-so a file replaced by a rename is seen; every few seconds it is read again as a safety net
+of runtime descriptions (in JSON a bare array is accepted too). Its directory is watched
+(any change there rereads it), so a file replaced by a rename or a ConfigMap's symlink swap is
+seen; every few seconds it is read again as a safety net
 (only a changed content is applied). A file that is missing, too large or not valid is a
 failed refresh: the last good set stays.
 """
@@ -14,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
-import anyio
 import msgspec
 import trio
 import watchfiles
 
 from yoi_registryd.config import FileDiscoveryConfig
 from yoi_registryd.discovery.runner import DiscoveryFailure, DiscoveryReporter
+from yoi_registryd.files import watch_stop_event
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +90,13 @@ class FileDiscovery:
 
     async def run(self, reporter: DiscoveryReporter) -> None:
         await self.refresh(reporter)
-        stop = anyio.Event()
-        target = str(self.path)
-
-        def is_target(_change: watchfiles.Change, path: str) -> bool:
-            return path == target
-
         async with trio.open_nursery() as nursery:
-
-            async def stopper() -> None:
-                # watchfiles waits in a thread that only notices ``stop``.
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    stop.set()
-
-            nursery.start_soon(stopper)
+            stop = watch_stop_event(nursery)
             try:
                 async for _changes in watchfiles.awatch(
                     self.path.parent,
-                    watch_filter=is_target,
+                    # Any change in the directory: a ConfigMap swaps a symlink beside it.
+                    watch_filter=None,
                     debounce=_DEBOUNCE_MS,
                     step=_STEP_MS,
                     stop_event=stop,

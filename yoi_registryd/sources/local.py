@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-import anyio
 import trio
 import watchfiles
 
 from yoi_registryd.config import LocalSourceConfig
+from yoi_registryd.files import watch_stop_event
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import Capabilities, Diagnostic, HostSpec, SourceKind, WorkerRecord
 from yoi_registryd.sources.base import Reporter
@@ -390,18 +390,8 @@ class LocalCompatibilitySource:
     async def _watch_once(self, reporter: Reporter, present: tuple[Path, ...]) -> bool:
         """Watch ``present`` until the watch ends; True when it failed (rather than lost or
         gained a directory)."""
-        stop = anyio.Event()
         async with trio.open_nursery() as nursery:
-
-            async def stopper() -> None:
-                # watchfiles waits in a thread that only notices ``stop``; set it as soon
-                # as we are cancelled so shutdown and reload are prompt.
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    stop.set()
-
-            nursery.start_soon(stopper)
+            stop = watch_stop_event(nursery)
             caught_up = False
             failed = False
             paths, recursive = await trio.to_thread.run_sync(self._watch_plan, present)
