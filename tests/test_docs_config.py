@@ -40,6 +40,7 @@ REQUIRED_VALUES: Final[dict[str, dict[str, Any]]] = {
     "WorkspaceConfig": {"id": "w"},
     "RemoteSourceConfig": {"runtime_id": "r", "base_url": "http://127.0.0.1:1"},
     "FileDiscoveryConfig": {"name": "n", "path": "/x.json"},
+    "EtcdDiscoveryConfig": {"name": "n", "endpoints": ["http://127.0.0.1:2379"], "prefix": "/p/"},
 }
 """What each section needs besides the key under test, to build it with its defaults."""
 
@@ -129,9 +130,9 @@ def struct_info(cls: type[msgspec.Struct]) -> msgspec.inspect.StructType:
     return info
 
 
-def source_classes() -> dict[str, type[msgspec.Struct]]:
-    """Each source ``kind`` and its configuration class, from ``Config.sources``' union."""
-    (sources,) = [f for f in struct_info(Config).fields if f.name == "sources"]
+def source_classes(section: str = "sources") -> dict[str, type[msgspec.Struct]]:
+    """Each ``kind`` and its configuration class, from the union of ``Config.<section>``."""
+    (sources,) = [f for f in struct_info(Config).fields if f.name == section]
     assert isinstance(sources.type, msgspec.inspect.ListType)
     union = sources.type.item_type
     assert isinstance(union, msgspec.inspect.UnionType)
@@ -169,9 +170,9 @@ def expected_sections() -> list[tuple[str, str, type[msgspec.Struct]]]:
     sections = []
     for field in struct_info(Config).fields:
         t = field.type
-        if field.name == "sources":
-            for kind, cls in source_classes().items():
-                sections.append((f'### kind = "{kind}"', "sources", cls))
+        if field.name in ("sources", "discovery"):
+            for kind, cls in source_classes(field.name).items():
+                sections.append((f'### kind = "{kind}"', field.name, cls))
         elif isinstance(t, msgspec.inspect.ListType):
             assert isinstance(t.item_type, msgspec.inspect.StructType), field.name
             sections.append((f"## `[[{field.name}]]`", field.name, t.item_type.cls))
@@ -205,7 +206,9 @@ def test_the_reference_lists_every_key_with_its_default(
     heading: str, prefix: str, cls: type[msgspec.Struct]
 ) -> None:
     rows = {}
-    for row in section_table(heading):
+    # A discovery kind's keys: those every kind takes (under [[discovery]]), then its own.
+    shared = section_table("## `[[discovery]]`") if prefix == "discovery" else []
+    for row in shared + section_table(heading):
         match = KEY_CELL.match(row["key"])
         assert match is not None, f"{heading}: {row['key']!r} is not a key"
         rows[match.group(1)] = row

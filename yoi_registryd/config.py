@@ -433,7 +433,18 @@ class FileDiscoveryConfig(_DiscoveryBase, tag="file", frozen=True):
     max_file_bytes: int = 8 * 1024 * 1024
 
 
-DiscoveryConfig = FileDiscoveryConfig
+class EtcdDiscoveryConfig(_DiscoveryBase, tag="etcd", frozen=True):
+    """Runtimes described by the keys under a prefix in etcd, read then watched."""
+
+    endpoints: list[str]
+    """etcd client URLs (``http://host:2379``); one is used, the next after a failure."""
+    prefix: str
+    """Every key under it holds one runtime's JSON description."""
+    timeout: Duration = Duration(seconds=5)
+    """Deadline to connect and for the range request (the watch itself has none)."""
+
+
+DiscoveryConfig = FileDiscoveryConfig | EtcdDiscoveryConfig
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -696,6 +707,17 @@ def _validate_discovery(entries: list[DiscoveryConfig]) -> list[str]:
                 problems.append(f"{key}.path: must be an absolute path")
             if entry.max_file_bytes < 1:
                 problems.append(f"{key}.max_file_bytes: must be at least 1")
+        if isinstance(entry, EtcdDiscoveryConfig):
+            if not entry.endpoints:
+                problems.append(f"{key}.endpoints: at least one etcd URL is required")
+            for j, endpoint in enumerate(entry.endpoints):
+                parts = urlsplit(endpoint)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    problems.append(f"{key}.endpoints[{j}]: expected http://host:port")
+            if not entry.prefix:
+                problems.append(f"{key}.prefix: must not be empty")
+            if entry.timeout <= timedelta(0):
+                problems.append(f"{key}.timeout: must be greater than zero")
     return problems
 
 

@@ -6,7 +6,12 @@ from collections.abc import Callable
 
 import trio
 
-from yoi_registryd.config import DiscoveryConfig, FileDiscoveryConfig, SourceConfig
+from yoi_registryd.config import (
+    DiscoveryConfig,
+    EtcdDiscoveryConfig,
+    FileDiscoveryConfig,
+    SourceConfig,
+)
 from yoi_registryd.discovery.runner import Backend, DiscoveryRunner, DiscoveryStatus
 from yoi_registryd.supervisor import SourceSpec, Supervisor
 
@@ -17,6 +22,10 @@ def backend_factory(entry: DiscoveryConfig) -> Callable[[], Backend]:
         from yoi_registryd.discovery.file import FileDiscovery
 
         return lambda: FileDiscovery(entry)
+    if isinstance(entry, EtcdDiscoveryConfig):
+        from yoi_registryd.discovery.etcd import EtcdDiscovery
+
+        return lambda: EtcdDiscovery(entry)
     raise TypeError(f"unsupported discovery {type(entry).__name__}")
 
 

@@ -1,0 +1,188 @@
+"""``[[discovery]]`` with ``kind = "etcd"`` against a real etcd (Debian ``etcd-server``)
+started by the test on loopback ports in a temp dir; fake runtimes over loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import RunningDaemon, StartDaemon, wait_for
+from tests.daemon_process import free_port
+from tests.fake_runtime import (
+    SERVER_ID,
+    WORKSPACE_ID,
+    current_runtime,
+    registry_identity,
+    start_fake,
+)
+from yoi_registryd.discovery.etcd import prefix_range_end
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+pytestmark = pytest.mark.skipif(
+    not Path(ETCD).exists(), reason="etcd is not installed (Debian package etcd-server)"
+)
+
+
+class Etcd:
+    """One etcd member on loopback; ``kill`` and ``start`` again keep its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port, self.peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        peer = f"http://127.0.0.1:{self.peer}"
+        self.process = subprocess.Popen(
+            [
+                ETCD,
+                "--name=test",
+                f"--data-dir={self.directory}",
+                f"--listen-client-urls={self.url}",
+                f"--advertise-client-urls={self.url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def ready(self) -> None:
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.get(f"{self.url}/health", timeout=1)
+                return response.status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_for(healthy, deadline_s=20, interval=0.05, message="etcd healthy")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{self.url}{path}", json=body, timeout=5)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def put(self, key: str, value: Any, lease: str | None = None) -> None:
+        body = {"key": b64(key), "value": b64(json.dumps(value))}
+        await self.call("/v3/kv/put", {**body, **({"lease": lease} if lease else {})})
+
+    async def delete(self, key: str) -> None:
+        await self.call("/v3/kv/deleterange", {"key": b64(key)})
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    server = Etcd(tmp_path / "etcd")
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.kill()
+
+
+def etcd_toml(url: str, key_path: Path) -> str:
+    return f"""
+sources = []
+
+[supervisor]
+backoff_initial = "100ms"
+backoff_max = "500ms"
+
+[[discovery]]
+kind = "etcd"
+name = "etcd"
+endpoints = ["{url}"]
+prefix = "/yoi/runtimes/"
+auth = "capability"
+server_id = "{SERVER_ID}"
+signing_key_file = "{key_path}"
+workspace_id = "{WORKSPACE_ID}"
+poll_interval = "100ms"
+"""
+
+
+async def listed(d: RunningDaemon) -> dict[str, Any]:
+    response = await d.client.get("/api/runtimes")
+    assert response.status_code == 200, response.text
+    return {r["runtime_id"]: r for r in response.json()["items"]}
+
+
+async def wait_listed(d: RunningDaemon, expected: dict[str, str], deadline_s: float) -> float:
+    """Wait until the listed runtimes and labels are ``expected``; seconds it took."""
+    started = trio.current_time()
+
+    async def reached() -> bool:
+        return {rid: r["label"] for rid, r in (await listed(d)).items()} == expected
+
+    await wait_for(reached, deadline_s=deadline_s, interval=0.02, message=f"{expected}")
+    return trio.current_time() - started
+
+
+def test_prefix_range_end() -> None:
+    assert prefix_range_end(b"/yoi/") == b"/yoi0"
+    assert prefix_range_end(b"a\xff") == b"b"
+    assert prefix_range_end(b"\xff") == b"\0"
+
+
+async def test_runtimes_in_etcd_follow_puts_deletes_leases_and_an_etcd_restart(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, etcd: Etcd
+) -> None:
+    key, key_path = registry_identity(tmp_path)
+    a, b = current_runtime("rt-a", key), current_runtime("rt-b", key)
+    server = await start_fake(nursery, ("/a", a), ("/b", b))
+    await etcd.ready()
+    record_a = {"runtime_id": "rt-a", "base_url": server.url("/a"), "label": "A"}
+    await etcd.put("/yoi/runtimes/a", record_a)
+    d = await start_daemon(etcd_toml(etcd.url, key_path))
+    await wait_listed(d, {"rt-a": "A"}, deadline_s=10)
+
+    # Added under a 5 s lease: listed within 1 s; gone within TTL + 1 s of the revoke.
+    lease = (await etcd.call("/v3/lease/grant", {"TTL": 5}))["ID"]
+    record_b = {"runtime_id": "rt-b", "base_url": server.url("/b"), "label": "B"}
+    await etcd.put("/yoi/runtimes/b", record_b, lease)
+    took = await wait_listed(d, {"rt-a": "A", "rt-b": "B"}, deadline_s=5)
+    assert took < 1.0, f"listed after {took:.3f}s"
+    await etcd.call("/v3/kv/lease/revoke", {"ID": lease})
+    took = await wait_listed(d, {"rt-a": "A"}, deadline_s=10)
+    assert took < 6.0, f"gone after {took:.3f}s"
+
+    # Changed, then etcd killed mid-watch: the last good set stays; restarted, it recovers.
+    await etcd.put("/yoi/runtimes/a", {**record_a, "label": "A2"})
+    await wait_listed(d, {"rt-a": "A2"}, deadline_s=5)
+    etcd.kill()
+
+    async def failed() -> bool:
+        (entry,) = (await d.client.get("/api/sources")).json()["discovery"]
+        error = entry["last_error"]
+        return error is not None and error["code"] == "discovery_etcd_unavailable"
+
+    await wait_for(failed, deadline_s=10, message="the watch failure seen")
+    assert set(await listed(d)) == {"rt-a"}
+    etcd.start()
+    await etcd.ready()
+    await etcd.put("/yoi/runtimes/b", record_b)
+    await wait_listed(d, {"rt-a": "A2", "rt-b": "B"}, deadline_s=10)
+    await etcd.delete("/yoi/runtimes/a")
+    await wait_listed(d, {"rt-b": "B"}, deadline_s=5)
