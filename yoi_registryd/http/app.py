@@ -173,6 +173,8 @@ def create_app(state: ApiState) -> QuartTrio:
         """The body, or ``304`` when the client already holds it (``If-None-Match``)."""
         if request.if_none_match.contains_weak(etag):
             response = Response(b"", status=304)
+            # A 304 has no body, so no Content-Type (quart would add text/html).
+            del response.headers["Content-Type"]
             response.headers[REVISION_HEADER] = str(snapshot.revision)
         else:
             response = _json(rendered.body, snapshot)

@@ -53,6 +53,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
 
 from yoi_registryd.errors import RegistryError
+from yoi_registryd.http import reason_phrase
 from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refused, Http11Only
 
 log = logging.getLogger(__name__)
@@ -504,6 +505,7 @@ async def serve(
     socket unit. This process's descriptors for them are closed on return.
     ``max_connections``: a connection beyond it is answered 503 and closed at once.
     ``http2``: serve HTTP/2 within these limits; None: HTTP/1.1 only."""
+    reason_phrase.install()
     connections = _Connections()
     wrapped = wrap_app(_AppAdapter(app, connections), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
