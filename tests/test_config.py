@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from yoi_registryd import __version__
 from yoi_registryd import config as config_module
 from yoi_registryd.config import (
     CONFIG_ENV,
@@ -357,3 +358,104 @@ def test_check_config_cli(tmp_path: Path) -> None:
     missing = run_cli("check-config", str(tmp_path / "absent.toml"))
     assert missing.returncode == 1
     assert "cannot read" in missing.stderr
+
+
+FIVE_MISTAKES = """
+[server]
+lisen = ["127.0.0.1:1"]
+max_connections = "many"
+
+[[sources]]
+kind = "lokal"
+
+[[sources]]
+kind = "local"
+runtime_id = "a.b"
+
+[[clients]]
+name = "web"
+workspaces = ["*"]
+token = "not-here"
+"""
+
+
+def test_check_config_reports_five_mistakes_in_five_lines(tmp_path: Path) -> None:
+    """A typo, a type error, an unknown enum value (with the allowed ones), an invalid id (in
+    the source after the dropped one: named by its index in the file) and an inline client
+    token (named as such): one pass, one line each, exit 1."""
+    path = tmp_path / "five.toml"
+    path.write_text(FIVE_MISTAKES)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines == [
+        f"{path}: server.lisen: unknown key",
+        f"{path}: server.max_connections: Expected `int`, got `str`",
+        f'{path}: sources[0].kind: unknown kind "lokal"; expected one of "local", "remote", '
+        '"embedded"',
+        f"{path}: clients[0].token: tokens are never written inline; use token_sha256, "
+        "token_file, token_env or token_credential",
+        f"{path}: sources[1].runtime_id: 'a.b' is not a valid id (1 to 120 bytes of "
+        "[A-Za-z0-9_:-])",
+    ]
+    assert "not-here" not in result.stderr
+
+
+def test_enum_problems_list_the_allowed_values() -> None:
+    assert only_problem("[logging]\nlevel = 'loud'\n") == (
+        'logging.level: expected one of "debug", "info", "warning", "error", got "loud"'
+    )
+    assert only_problem("[audit]\non_failure = 'drop'\n") == (
+        'audit.on_failure: expected one of "refuse", "serve", got "drop"'
+    )
+
+
+def test_type_errors_in_several_sections_are_all_reported() -> None:
+    problems = problems_of(
+        "[server]\nmax_body_bytes = 'x'\n[registry]\nchannel_capacity = true\n"
+        "[[sources]]\nkind = 'local'\nrescan_interval = 'soon'\n"
+        "[[sources]]\nkind = 'remote'\nruntime_id = 'r'\n"
+    )
+    assert [p.split(":", 1)[0] for p in problems] == [
+        "server.max_body_bytes",
+        "registry.channel_capacity",
+        "sources[0].rescan_interval",
+        "sources[1].base_url",
+    ]
+    assert problems[3] == "sources[1].base_url: required key is missing"
+
+
+def test_check_config_knows_what_would_fail_at_start(tmp_path: Path) -> None:
+    """Without starting: an entry point that does not exist, a factory that does not import,
+    a token file that is not there, a custom policy that does not exist, and (with --demo)
+    a runtime id the demo runtime needs."""
+    path = tmp_path / "start.toml"
+    path.write_text(
+        '[[sources]]\nkind = "embedded"\nruntime_id = "embedded-demo"\nentry_point = "nope"\n'
+        '[[sources]]\nkind = "embedded"\nruntime_id = "f"\nfactory = "no_such_module:make"\n'
+        f'[[clients]]\nname = "web"\nworkspaces = ["*"]\ntoken_file = "{tmp_path}/absent"\n'
+        '[policy]\ncustom = "os:no_such_policy"\n'
+    )
+    result = run_cli("check-config", "--demo", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: sources[0].entry_point: no entry point 'nope' in the group "
+        "yoi_registryd.runtimes",
+        f"{path}: sources[1].factory: the runtime factory 'no_such_module:make': module not found",
+        f"{path}: clients[0].token_file: {tmp_path}/absent: does not exist",
+        f"{path}: policy.custom: 'os' has no attribute 'no_such_policy'",
+        "--demo: the demo runtime's runtime_id: 'embedded-demo' is already used by sources[0]",
+    ]
+
+
+def test_options_go_before_or_after_the_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[logging]\ncolour = true\n")
+    for args in (["--config", str(bad), "check-config"], ["check-config", "--config", str(bad)]):
+        result = run_cli(*args)
+        assert result.returncode == 1, args
+        assert "logging.colour: unknown key" in result.stderr
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout == f"yoi-registryd {__version__}\n"

@@ -143,23 +143,40 @@ def source_classes(section: str = "sources") -> dict[str, type[msgspec.Struct]]:
     return kinds
 
 
-def test_check_config_accepts_the_full_example(tmp_path: Path) -> None:
-    """The annotated example (the longest block), through the real command line."""
-    full = max(toml_blocks(REFERENCE), key=len)
-    config = parse_config(full)
-    assert {type(s) for s in config.sources} == set(source_classes().values())
-    assert config.clients and config.workspaces
-    path = tmp_path / "config.toml"
-    path.write_text(full, encoding="utf-8")
-    result = subprocess.run(
+def run_check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "yoi_registryd", "check-config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_check_config_accepts_the_full_example(tmp_path: Path) -> None:
+    """The annotated example (the longest block), through the real command line: as written
+    it names a token file this machine does not have (check-config says so); with its files
+    provided it passes."""
+    full = max(toml_blocks(REFERENCE), key=len)
+    config = parse_config(full)
+    assert {type(s) for s in config.sources} == set(source_classes().values())
+    assert config.clients and config.workspaces
+    path = tmp_path / "config.toml"
+    path.write_text(full, encoding="utf-8")
+    result = run_check_config(path)
+    assert result.returncode == 1
+    [token_file] = [c.token_file for c in config.clients if c.token_file]
+    assert result.stderr == f"{path}: clients[0].token_file: {token_file}: does not exist\n"
+
+    text, _ = provide_tokens(config, full, tmp_path)
+    audit = tmp_path / "audit" / "audit.jsonl"
+    assert config.audit.path is not None
+    path.write_text(text.replace(config.audit.path, str(audit)), encoding="utf-8")
+    result = run_check_config(path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{path}: OK ({len(config.sources)} sources)"
+    assert result.stdout.strip() == (
+        f"{path}: OK ({len(config.sources)} sources; audit records go to {audit})"
+    )
 
 
 # -- the reference tables ---------------------------------------------------------------------

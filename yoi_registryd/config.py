@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from yoi_registryd.config_walk import MISSING, KeyHints, Walker
 from yoi_registryd.ids import is_valid_identifier
 from yoi_registryd.secrets import Secret
 
@@ -469,18 +470,42 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.server.conceal_invisible_workers
 
 
+_INLINE_TOKEN: Final = "tokens are never written inline; use "
+KEY_HINTS: Final[KeyHints] = {
+    (ClientConfig, "token"): _INLINE_TOKEN + "token_sha256, token_file, token_env or "
+    "token_credential",
+}
+"""Unknown keys that deserve more than "unknown key": what was probably meant."""
+
+
 def parse_config(data: bytes | str, source: str | None = None) -> Config:
-    """Decode and validate TOML text; raise :class:`ConfigError` naming each bad key."""
+    """Decode and validate TOML text; raise :class:`ConfigError` naming every bad key.
+
+    Type problems are found by walking the raw table (``config_walk``: all of them, not the
+    first); the cross-key checks then run over what was well typed."""
     try:
-        config = msgspec.toml.decode(data, type=Config, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
-        raise ConfigError([_describe_validation_error(str(exc))], source) from None
+        raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError([f"not valid TOML: {exc}"], source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"not valid TOML: not UTF-8 at byte {exc.start}"], source) from None
-    problems = validate_config(config)
-    if problems:
+    walker = Walker(_dec_hook, KEY_HINTS)
+    cleaned = walker.walk(raw, Config, "")
+    problems = list(walker.problems)
+    config: Config | None = None
+    if cleaned is not MISSING:
+        try:
+            config = msgspec.convert(cleaned, Config, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:  # the walk should have caught it; say so anyway
+            problems.append(_describe_validation_error(str(exc)))
+    if config is not None:
+        inline = {p.partition(".token:")[0] for p in problems if ".token: " + _INLINE_TOKEN in p}
+        for problem in validate_config(config):
+            problem = walker.original_paths(problem)
+            # "give exactly one of token_..." only repeats what an inline token was told.
+            if not any(problem.startswith(f"{key}: give exactly one of") for key in inline):
+                problems.append(problem)
+    if problems or config is None:
         raise ConfigError(problems, source)
     return config
 
