@@ -129,7 +129,10 @@ async def test_port_in_use_exits_1(tmp_path: Path) -> None:
         )
         async with run_daemon(["--config", str(config)], clean_env(tmp_path), tmp_path) as d:
             assert await d.wait_exit() == 1
-    assert "cannot start" in d.stderr, d.stderr
+    assert (
+        f"cannot start: [Errno 98] cannot listen on 127.0.0.1:{port}: Address already in use"
+        in (d.stderr)
+    ), d.stderr
     assert "Traceback" not in d.stderr
 
 

@@ -37,6 +37,7 @@ from yoi_registryd.config import (
     parse_listen,
 )
 from yoi_registryd.discovery.manager import Discoveries
+from yoi_registryd.http import probes
 from yoi_registryd.http.app import ApiState, create_app
 from yoi_registryd.http.cursors import CursorKey
 from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
@@ -98,7 +99,17 @@ def check_config_keys(config: Config) -> None:
 
 
 def open_listener(address: str, unix_mode: str = "0660") -> socket.socket:
-    """Bind and listen on ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+    """Bind and listen on ``host:port``, ``[v6]:port`` or ``unix:/path``.
+
+    An ``OSError`` names the address at fault (``cannot listen on 127.0.0.1:38790: Address
+    already in use``): with several listen addresses, the bare error would not say which."""
+    try:
+        return _open_listener(address, unix_mode)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+def _open_listener(address: str, unix_mode: str) -> socket.socket:
     kind, host, port = parse_listen(address)
     if kind == "unix":
         path = Path(host)
@@ -114,10 +125,14 @@ def open_listener(address: str, unix_mode: str = "0660") -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, type_, proto, _, sockaddr = infos[0]
         sock = socket.socket(family, type_, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        except OSError:
+            sock.close()
+            raise
     sock.listen(1024)
     return sock
 
@@ -301,8 +316,8 @@ class Daemon:
             self.lifecycle.listening = True
             for address in self.addresses:
                 log.info("listening on %s", address)
-            log.info("yoi-registryd ready: %d sources", len(config.sources))
             self._log_access_mode()
+            nursery.start_soon(self._log_when_ready)
             status = self.status_line()
             await self.notifier.notify("READY=1", f"STATUS={status}")
             self._ready.set()
@@ -343,6 +358,23 @@ class Daemon:
         # before the sources and the actor are cancelled.
         await self.audit.aclose()
         scope.cancel()
+
+    async def _log_when_ready(self) -> None:
+        """Log "ready" once ``/readyz`` would answer 200 (every source observed once or out of
+        start-up grace), not merely when listening: an operator reading the log can trust it."""
+        while True:
+            revision = self.actor.snapshot.revision
+            result = await probes.evaluate("readyz", self.actor, self.lifecycle)
+            if result.ok:
+                log.info("yoi-registryd ready: %d sources", len(self.config.sources))
+                return
+            if self.lifecycle.shutting_down:
+                return
+            # Readiness changes with the registry (a first observation) or the clock (a
+            # grace ending): wait for whichever comes first.
+            grace = probes.next_grace_end(self.actor.snapshot, trio.current_time())
+            with trio.move_on_after(grace + 0.01):
+                await self.actor.wait_for_change(revision)
 
     def _log_access_mode(self) -> None:
         """Say at start-up who may call, so an open daemon is never a surprise."""

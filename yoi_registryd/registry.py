@@ -286,6 +286,83 @@ def _derive_status(st: _RuntimeState, now_mono: float) -> RuntimeStatus:
     return "available"
 
 
+BAD_STATUSES: Final[frozenset[RuntimeStatus]] = frozenset({"degraded", "unavailable", "stale"})
+
+
+def status_reason(st: _RuntimeState, status: RuntimeStatus, now_mono: float) -> str:
+    """Why a runtime has ``status``, in words safe to log (typed codes and safe messages)."""
+    if status == "stale" and st.last_ok_mono is not None:
+        return f"nothing succeeded for {now_mono - st.last_ok_mono:.0f}s"
+    if status == "unavailable":
+        if st.last_error is not None:
+            return f"{st.last_error.code}: {st.last_error.message}"
+        crash = st.supervisor.last_error
+        if crash is not None:
+            return f"the source task failed: {crash.code}: {crash.message}"
+        return f"the source task is {st.supervisor.state}"
+    if status == "degraded":
+        problems = sorted(
+            {
+                f"{d.code}: {d.message}"
+                for items in st.diagnostics.values()
+                for d in items
+                if d.severity != "info"
+            }
+        )
+        if len(problems) > 3:
+            problems[3:] = [f"and {len(problems) - 3} more"]
+        return "; ".join(problems) or "the runtime reports a problem"
+    return ""
+
+
+def log_status_change(st: _RuntimeState, status: RuntimeStatus, now_mono: float) -> None:
+    """One line per transition: WARNING with the reason when it gets worse, INFO otherwise."""
+    if status in BAD_STATUSES:
+        reason = status_reason(st, status, now_mono)
+        log.warning("runtime %s: %s -> %s: %s", st.runtime_id, st.status, status, reason)
+    else:
+        log.info("runtime %s: %s -> %s", st.runtime_id, st.status, status)
+
+
+def _diagnostic_codes(
+    diagnostics: Mapping[str, tuple[Diagnostic, ...]],
+) -> dict[tuple[str, str], tuple[Diagnostic, list[str]]]:
+    """``(code, severity)`` -> one of its diagnostics and the subjects that have it."""
+    found: dict[tuple[str, str], tuple[Diagnostic, list[str]]] = {}
+    for subject, items in diagnostics.items():
+        for d in items:
+            found.setdefault((d.code, d.severity), (d, []))[1].append(d.worker_id or subject)
+    return found
+
+
+def log_diagnostic_changes(
+    runtime_id: str,
+    before: Mapping[str, tuple[Diagnostic, ...]],
+    after: Mapping[str, tuple[Diagnostic, ...]],
+) -> None:
+    """Log a diagnostic code once when it appears on a runtime and once when it clears, not on
+    every rescan that reports it again. Messages are safe to serve, so safe to log."""
+    if before == after:
+        return
+    old, new = _diagnostic_codes(before), _diagnostic_codes(after)
+    for key in sorted(new.keys() - old.keys()):
+        diagnostic, subjects = new[key]
+        where = ", ".join(sorted(s for s in subjects if s)[:3])
+        more = f" (+{len(subjects) - 3} more)" if len(subjects) > 3 else ""
+        level = logging.INFO if diagnostic.severity == "info" else logging.WARNING
+        log.log(
+            level,
+            "runtime %s: %s %s%s: %s",
+            runtime_id,
+            diagnostic.severity,
+            diagnostic.code,
+            f" on {where}{more}" if where else "",
+            diagnostic.message,
+        )
+    for key in sorted(old.keys() - new.keys()):
+        log.info("runtime %s: %s cleared", runtime_id, key[0])
+
+
 def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else value.total_seconds()
 
@@ -396,7 +473,9 @@ class RegistryActor:
             workers = {w.worker_id: w for w in msg.workers}
             st.workers = MappingProxyType(workers)
             st.workers_stale = False
-            st.diagnostics = MappingProxyType({k: v for k, v in msg.diagnostics.items() if v})
+            diagnostics = MappingProxyType({k: v for k, v in msg.diagnostics.items() if v})
+            log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
+            st.diagnostics = diagnostics
             st.workers_revision = -1  # set at publish
             self._succeeded(st)
         elif isinstance(msg, WorkersChanged):
@@ -419,6 +498,7 @@ class RegistryActor:
                         diags[subject] = items
                     else:
                         diags.pop(subject, None)
+                log_diagnostic_changes(st.runtime_id, st.diagnostics, diags)
                 st.diagnostics = MappingProxyType(diags)
             self._succeeded(st)
         elif isinstance(msg, ObservationSucceeded):
@@ -539,7 +619,7 @@ class RegistryActor:
                 st.workers_revision = -1
             self._dirty.add(rid)
         if status != st.status:
-            log.info("runtime %s: %s -> %s", rid, st.status, status)
+            log_status_change(st, status, now)
             st.status = status
             st.last_transition_at = utcnow()
             self._dirty.add(rid)

@@ -128,6 +128,13 @@ def source_checks(snapshot: Snapshot, now: float) -> list[Check]:
     return checks
 
 
+def next_grace_end(snapshot: Snapshot, now: float) -> float:
+    """Seconds until the first source's start-up grace ends (when readiness may change
+    without a new revision); ``inf`` when none is waiting."""
+    lefts = [startup_grace_left(snapshot.runtimes[rid].stats, now) for rid in snapshot.runtimes]
+    return min((left for left in lefts if left is not None), default=float("inf"))
+
+
 async def evaluate(
     kind: ProbeKind,
     actor: RegistryActor,

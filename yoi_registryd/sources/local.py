@@ -265,6 +265,20 @@ class LocalCompatibilitySource:
             self._descriptor(), self._hosts, self._worker_map(), diagnostics, duration=duration
         )
 
+    def _log_registry_problem(self, problem: Diagnostic | None) -> None:
+        """The data dir's problem (or its end) once, naming the directory: the served
+        diagnostic cannot say which path, the operator's log must."""
+        if problem is None:
+            log.info("local source %s: %s is readable again", self.runtime_id, self.pods_dir)
+        else:
+            log.warning(
+                "local source %s: %s: %s (%s)",
+                self.runtime_id,
+                problem.code,
+                problem.message,
+                self.pods_dir,
+            )
+
     async def _apply(
         self,
         reporter: Reporter,
@@ -275,6 +289,8 @@ class LocalCompatibilitySource:
     ) -> None:
         """Fold a change into the source's view and send the delta (or a heartbeat)."""
         registry_changed = problem != self._registry_problem
+        if registry_changed:
+            self._log_registry_problem(problem)
         self._registry_problem = problem
         upserts: list[WorkerRecord] = []
         removals: list[str] = []
@@ -345,6 +361,8 @@ class LocalCompatibilitySource:
             self._registry_problem = problem
             self._entries = dict(changed)
             await self._report_full(reporter, trio.current_time() - started)
+        if problem is not None:
+            self._log_registry_problem(problem)
         log.info(
             "local source %s: %d worker entries under %s",
             self.runtime_id,
