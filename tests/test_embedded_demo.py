@@ -45,7 +45,8 @@ async def test_demo_flag_serves_a_live_demo_runtime(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'sources = []\n[server]\nlisten = ["127.0.0.1:{port}"]\n')
     env = clean_env(tmp_path)
-    async with run_daemon(["--demo", "--config", str(config)], env, tmp_path) as daemon:
+    # Options go after the command as well as before it.
+    async with run_daemon(["serve", "--demo", "--config", str(config)], env, tmp_path) as daemon:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             await wait_ready(client, daemon)
             await check_demo(client)

@@ -1,4 +1,4 @@
-"""Command line: ``yoi-registryd [serve]``, ``check-config PATH``, ``status``, ``keygen PATH``,
+"""Command line: ``yoi-registryd [serve]``, ``check-config [PATH]``, ``status``, ``keygen PATH``,
 ``audit verify FILE...``, ``version``."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -23,9 +24,38 @@ from yoi_registryd.config import (
 )
 from yoi_registryd.daemon import Daemon, activated_listeners
 from yoi_registryd.logs import setup_logging
+from yoi_registryd.preflight import preflight
 from yoi_registryd.systemd import Notifier, SocketActivationError, watchdog_interval
 
 log = logging.getLogger("yoi_registryd")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes; accepted before or after the command's name.
+
+    On a subcommand they default to "not given" (``SUPPRESS``) so that ``--demo serve``
+    and ``serve --demo`` both work and neither position overrides the other with a default.
+    """
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="config file (default: $YOI_REGISTRYD_CONFIG, else /etc/yoi-registryd/config.toml "
+        "if it exists, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="also run an embedded demo runtime whose workers change state every few seconds",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default,
+        help="override logging.level from the config",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,25 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="yoi-registryd",
         description="Runtime Registry daemon for yoi workspaces.",
     )
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config file (default: $YOI_REGISTRYD_CONFIG, else /etc/yoi-registryd/config.toml "
-        "if it exists, else built-in defaults)",
-    )
-    parser.add_argument(
-        "--demo",
-        action="store_true",
-        help="also run an embedded demo runtime whose workers change state every few seconds",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="override logging.level from the config",
-    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("serve", help="run the daemon (the default)")
-    check = sub.add_parser("check-config", help="validate a config file and exit 0 or 1")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub.add_parser("serve", parents=[common], help="run the daemon (the default)")
+    check = sub.add_parser(
+        "check-config", parents=[common], help="validate a config file and exit 0 or 1"
+    )
     check.add_argument("path", nargs="?", help="the file to check (default: as --config)")
     sub.add_parser("version", help="print the version")
     keygen = sub.add_parser(
@@ -65,16 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = sub.add_parser(
         "status",
-        help="ask the running daemon how it is; exit 0 ready, 1 not ready, 2 unreachable",
+        parents=[common],
+        help="ask the running daemon how it is; exit 0 ready, 1 not ready, "
+        "2 unreachable, 3 refused (token)",
     )
-    status.add_argument(
-        "--address",
-        help="where the daemon listens (default: the first server.listen entry of the config)",
-    )
-    status.add_argument("--workers", action="store_true", help="also list every worker")
-    status.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
-    )
+    status_cli.add_arguments(status)
     audit = sub.add_parser("audit", help="work with the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = audit_sub.add_parser(
@@ -87,17 +102,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def status(args: argparse.Namespace) -> int:
+    try:
+        token = status_cli.resolve_token(args.token_file, args.token_env)
+    except ValueError as exc:
+        print(f"yoi-registryd status: {exc}", file=sys.stderr)
+        return status_cli.EXIT_USAGE
     address = args.address
     if address is None:
         try:
             config, _ = _load(args.config)
         except ConfigError as exc:
-            where = f"{exc.source}: " if exc.source else ""
-            for problem in exc.problems:
-                print(f"{where}{problem}", file=sys.stderr)
-            return status_cli.EXIT_UNREACHABLE
+            _print_problems(exc)
+            return status_cli.EXIT_USAGE
         address = config.server.listen[0]
-    return status_cli.show_status(address, workers=args.workers, timeout=args.timeout)
+    return status_cli.show_status(
+        address, workers=args.workers, timeout=args.timeout, token=token, as_json=args.json
+    )
+
+
+def _print_problems(exc: ConfigError) -> None:
+    where = f"{exc.source}: " if exc.source else ""
+    for problem in exc.problems:
+        print(f"{where}{problem}", file=sys.stderr)
 
 
 def _load(path_arg: str | None) -> tuple[Config, str]:
@@ -107,15 +133,28 @@ def _load(path_arg: str | None) -> tuple[Config, str]:
     return load_config(path), str(path)
 
 
-def check_config(path_arg: str | None) -> int:
+def check_config(path_arg: str | None, demo: bool = False) -> int:
+    """Every problem of the file in one pass: its shape, the rules between keys, and what
+    can be known without starting (``preflight``); with ``--demo``, as ``--demo`` runs it."""
     try:
         config, where = _load(path_arg)
     except ConfigError as exc:
-        where = f"{exc.source}: " if exc.source else ""
-        for problem in exc.problems:
-            print(f"{where}{problem}", file=sys.stderr)
+        _print_problems(exc)
         return 1
-    print(f"{where}: OK ({len(config.sources)} sources)")
+    problems = preflight(config)
+    if problems:
+        _print_problems(ConfigError(problems, where))
+    if demo:
+        try:
+            config = _with_demo(config)
+        except ConfigError as exc:
+            _print_problems(exc)
+            return 1
+    if problems:
+        return 1
+    audit = config.audit
+    sink = str(audit.resolved_path()) if audit.sink == "file" else audit.sink
+    print(f"{where}: OK ({len(config.sources)} sources; audit records go to {sink})")
     return 0
 
 
@@ -151,7 +190,9 @@ def _with_demo(config: Config) -> Config:
     demo = msgspec.structs.replace(config, sources=[*config.sources, demo_source_config()])
     problems = validate_config(demo)
     if problems:
-        raise ConfigError(problems, "--demo")
+        key = f"sources[{len(config.sources)}]"
+        named = [p.replace(f"{key}.", "the demo runtime's ") for p in problems]
+        raise ConfigError(named, "--demo")
     return demo
 
 
@@ -175,7 +216,7 @@ def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> in
         return 1
     except ConfigError as exc:  # found while starting: token files, plugins, the audit file
         for problem in exc.problems:
-            log.error("cannot start: %s", problem)
+            log.error("cannot start: %s: %s", where, problem)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -202,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     if args.command == "check-config":
-        return check_config(args.path or args.config)
+        return check_config(args.path or args.config, args.demo)
     if args.command == "status":
         return status(args)
     if args.command == "keygen":

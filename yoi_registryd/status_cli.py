@@ -1,16 +1,26 @@
-"""``yoi-registryd status``: ask a running daemon how it is, and print it as a table.
+"""``yoi-registryd status``: ask a running daemon how it is, and say why when it is not well.
 
 The daemon is found where the configuration says it listens (the first ``server.listen``
-entry; a wildcard address is asked on loopback, a ``unix:`` socket directly). The exit
-code is for scripts: 0 ready, 1 answering but not ready, 2 not reachable or not usable.
+entry; a wildcard address is asked on loopback, a ``unix:`` socket directly), or at
+``--address`` (a listen address or an ``http://`` URL). With ``[[clients]]`` configured the
+daemon wants an operator's bearer token: ``--token-file``, ``--token-env NAME`` or
+``$YOI_REGISTRYD_TOKEN``.
+
+It prints every runtime's status and source task, then a line per unhealthy runtime or
+source with the reason (its diagnostics, last error, last crash), then the diagnostics by
+code; ``--json`` prints the same as one JSON document. The exit code is for scripts.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, TextIO
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -20,6 +30,15 @@ from yoi_registryd.config import parse_listen
 EXIT_READY: Final = 0
 EXIT_NOT_READY: Final = 1
 EXIT_UNREACHABLE: Final = 2
+"""Nothing answered, or what answered is not a registry daemon."""
+EXIT_REFUSED: Final = 3
+"""The daemon answered 401 or 403: no token, a wrong one, or not an operator's."""
+EXIT_USAGE: Final = 4
+"""The question could not be asked: a bad config file, token file or address."""
+
+TOKEN_ENV: Final = "YOI_REGISTRYD_TOKEN"
+HEALTHY_STATUSES: Final = frozenset({"available"})
+HEALTHY_TASKS: Final = frozenset({"running"})
 
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -28,23 +47,106 @@ class StatusError(Exception):
     """The daemon could not be asked, or did not answer as a registry daemon does."""
 
 
-def client_for(address: str, timeout: float) -> tuple[httpx.Client, str]:
-    """An HTTP client for a listen address, and how to name that address to a person."""
+class Refused(Exception):
+    """The daemon refused the request (401/403): says what to do about it."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        help="where the daemon listens: host:port, [v6]:port, unix:/path or an http:// URL "
+        "(default: the first server.listen entry of the config)",
+    )
+    parser.add_argument("--workers", action="store_true", help="also list every worker")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", metavar="PATH", help="read the bearer token from this file")
+    tokens.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help=f"read the bearer token from this environment variable (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)"
+    )
+
+
+def resolve_token(token_file: str | None, token_env: str | None) -> str | None:
+    """The bearer token to send: from ``--token-file``, ``--token-env`` or ``$YOI_REGISTRYD_TOKEN``.
+
+    Raises ``ValueError`` naming the file or variable at fault (never the token)."""
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ValueError(f"cannot read the token file {token_file}: {why}") from None
+        token = text.strip()
+        if not token:
+            raise ValueError(f"the token file {token_file} is empty")
+        return token
+    name = token_env or TOKEN_ENV
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        if token_env is not None:
+            raise ValueError(f"the environment variable {token_env} is not set or empty")
+        return None
+    return value.strip()
+
+
+def client_for(address: str, timeout: float, token: str | None = None) -> tuple[httpx.Client, str]:
+    """An HTTP client for a listen address or URL, and how to name that address to a person."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if address.startswith(("http://", "https://")):
+        url = urlsplit(address)
+        if not url.hostname or url.query or url.fragment or url.username:
+            raise ValueError("expected http://host:port[/prefix]")
+        base = address.rstrip("/")
+        client = httpx.Client(base_url=base, timeout=timeout, trust_env=False, headers=headers)
+        return client, base
     kind, host, port = parse_listen(address)
     if kind == "unix":
         transport = httpx.HTTPTransport(uds=host)
         client = httpx.Client(
-            transport=transport, base_url="http://localhost", timeout=timeout, trust_env=False
+            transport=transport,
+            base_url="http://localhost",
+            timeout=timeout,
+            trust_env=False,
+            headers=headers,
         )
         return client, address
     host = _WILDCARDS.get(host, host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    client = httpx.Client(base_url=f"http://{netloc}", timeout=timeout, trust_env=False)
+    client = httpx.Client(
+        base_url=f"http://{netloc}", timeout=timeout, trust_env=False, headers=headers
+    )
     return client, netloc
 
 
-def _get_json(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+def _refusal(response: httpx.Response, path: str, token: bool) -> Refused:
+    try:
+        error = msgspec.json.decode(response.content)["error"]
+        code, message = error["code"], error["message"]
+    except (msgspec.DecodeError, KeyError, TypeError):
+        code, message = str(response.status_code), response.reason_phrase
+    if response.status_code == 401 and not token:
+        hint = f"give an operator's token: --token-file, --token-env or ${TOKEN_ENV}"
+    elif response.status_code == 401:
+        hint = "the token is not one the daemon knows"
+    else:
+        hint = 'an operator\'s token is needed (a client with workspaces = ["*"])'
+    return Refused(f"GET {path} answered {response.status_code} {code}: {message} ({hint})")
+
+
+def _get(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> httpx.Response:
     response = client.get(path, params=params)
+    if response.status_code in (401, 403):
+        raise _refusal(response, path, "authorization" in client.headers)
+    return response
+
+
+def _get_json(client: httpx.Client, path: str, params: dict[str, str] | None = None) -> Any:
+    response = _get(client, path, params)
     if response.status_code != 200:
         raise StatusError(f"GET {path} answered {response.status_code}")
     try:
@@ -87,6 +189,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def worker_state(worker: dict[str, Any]) -> str:
+    """The registry's word for a worker's state (``registry_state`` where served)."""
+    return str(worker.get("registry_state") or worker["state"])
+
+
+def runtime_status(runtime: dict[str, Any]) -> str:
+    """The registry's word for a runtime's status (``registry_status`` where served)."""
+    return str(runtime.get("registry_status") or runtime["status"])
+
+
 def render_sources(sources: list[dict[str, Any]], now: datetime) -> str:
     if not sources:
         return "no sources are configured"
@@ -113,11 +225,152 @@ def render_sources(sources: list[dict[str, Any]], now: datetime) -> str:
 def render_workers(workers: list[dict[str, Any]]) -> str:
     if not workers:
         return "no workers"
-    rows = [
-        [w["runtime_id"], w["worker_id"], w.get("label") or "-", w["state"], w.get("status", "-")]
-        for w in workers
+    rows = []
+    for w in workers:
+        codes = ",".join(sorted({d["code"] for d in w.get("diagnostics", ())})) or "-"
+        rows.append(
+            [
+                w["runtime_id"],
+                w["worker_id"],
+                w.get("label") or "-",
+                worker_state(w),
+                w.get("status") or "-",
+                codes,
+            ]
+        )
+    return table(["RUNTIME", "WORKER", "LABEL", "STATE", "STATUS", "DIAGNOSTICS"], rows)
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """Why one runtime or its source is not well: each reason on its own line."""
+
+    runtime_id: str
+    status: str
+    task: str
+    reasons: list[str]
+
+
+class DiagnosticCount(msgspec.Struct, frozen=True):
+    """One diagnostic code across runtimes: how often, where, and one message."""
+
+    code: str
+    severity: str
+    count: int
+    runtimes: list[str]
+    message: str
+
+
+def problems_of(sources: list[dict[str, Any]], runtimes: list[dict[str, Any]]) -> list[Problem]:
+    """A problem for every runtime that is not ``available`` or whose task is not running."""
+    by_id = {r["runtime_id"]: r for r in runtimes}
+    problems = []
+    for s in sources:
+        status, task = s["runtime_status"], s["state"]
+        if status in HEALTHY_STATUSES and task in HEALTHY_TASKS:
+            continue
+        runtime = by_id.get(s["runtime_id"], {})
+        reasons = [
+            f"{d['severity']} {d['code']}: {d['message']}"
+            for d in runtime.get("diagnostics", ())
+            if d["severity"] != "info" and not d.get("worker_id")
+        ]
+        worker_codes = sorted(
+            {
+                d["code"]
+                for d in runtime.get("diagnostics", ())
+                if d["severity"] != "info" and d.get("worker_id")
+            }
+        )
+        if worker_codes:
+            reasons.append(f"worker diagnostics: {', '.join(worker_codes)}")
+        if error := s.get("last_error"):
+            reasons.append(f"last error {error['code']}: {error['message']}")
+        if crash := s.get("last_crash"):
+            restarts = s.get("restarts", 0)
+            reasons.append(
+                f"task restarted {restarts}x; last crash {crash['code']}: {crash['message']}"
+            )
+        if not reasons:
+            reasons.append(f"status {status}, task {task}; no reason reported")
+        problems.append(Problem(s["runtime_id"], status, task, reasons))
+    return problems
+
+
+def diagnostics_by_code(runtimes: list[dict[str, Any]]) -> list[DiagnosticCount]:
+    """Every runtime diagnostic (the runtime's own and its workers'), grouped by code."""
+    found: dict[tuple[str, str], tuple[int, set[str], str]] = {}
+    for runtime in runtimes:
+        for d in runtime.get("diagnostics", ()):
+            count, where, message = found.get((d["code"], d["severity"]), (0, set(), d["message"]))
+            where.add(runtime["runtime_id"])
+            found[(d["code"], d["severity"])] = (count + 1, where, message)
+    order = {"error": 0, "warning": 1, "info": 2}
+    return [
+        DiagnosticCount(code, severity, count, sorted(where), message)
+        for (code, severity), (count, where, message) in sorted(
+            found.items(), key=lambda item: (order.get(item[0][1], 3), item[0][0])
+        )
     ]
-    return table(["RUNTIME", "WORKER", "LABEL", "STATE", "STATUS"], rows)
+
+
+class StatusReport(msgspec.Struct):
+    """What ``status`` learned; printed as text or, with ``--json``, as this document."""
+
+    address: str
+    ready: bool
+    revision: int | None
+    readiness: list[str]
+    """The failed ``/readyz`` checks, as ``[-]name failed: reason`` lines."""
+    sources: list[dict[str, Any]]
+    problems: list[Problem]
+    diagnostics: list[DiagnosticCount]
+    workers: list[dict[str, Any]] | None = None
+
+
+def render_text(report: StatusReport, now: datetime) -> str:
+    state = "ready" if report.ready else "NOT READY"
+    revision = "?" if report.revision is None else str(report.revision)
+    lines = [f"yoi-registryd at {report.address}: {state} (revision {revision})"]
+    lines.extend(f"  {line}" for line in report.readiness)
+    lines += ["", render_sources(report.sources, now)]
+    if report.problems:
+        lines += ["", "PROBLEMS"]
+        for p in report.problems:
+            lines.append(f"{p.runtime_id}: {p.status} (task {p.task})")
+            lines.extend(f"  {reason}" for reason in p.reasons)
+    if report.diagnostics:
+        rows = [
+            [d.code, d.severity, str(d.count), ",".join(d.runtimes), d.message]
+            for d in report.diagnostics
+        ]
+        lines += ["", table(["DIAGNOSTIC", "SEVERITY", "COUNT", "RUNTIMES", "MESSAGE"], rows)]
+    if report.workers is not None:
+        lines += ["", render_workers(report.workers)]
+    return "\n".join(lines)
+
+
+def ask(client: httpx.Client, where: str, *, workers: bool) -> StatusReport:
+    """Ask the daemon everything ``status`` shows; raises httpx errors, StatusError, Refused."""
+    readyz = _get(client, "/readyz", params={"verbose": "1"})
+    if readyz.status_code not in (200, 503):
+        raise StatusError(f"GET /readyz answered {readyz.status_code}")
+    index = readyz.headers.get("X-Registry-Index", "")
+    sources = list(_pages(client, "/api/sources"))
+    runtimes = list(_pages(client, "/api/runtimes"))
+    worker_list = list(_pages(client, "/api/workers")) if workers else None
+    try:
+        return StatusReport(
+            address=where,
+            ready=readyz.status_code == 200,
+            revision=int(index) if index.isdigit() else None,
+            readiness=[line for line in readyz.text.splitlines() if line.startswith("[-]")],
+            sources=sources,
+            problems=problems_of(sources, runtimes),
+            diagnostics=diagnostics_by_code(runtimes),
+            workers=worker_list,
+        )
+    except (KeyError, TypeError) as exc:
+        raise StatusError(f"an answer lacks a field: {exc}") from None
 
 
 def show_status(
@@ -125,40 +378,33 @@ def show_status(
     *,
     workers: bool = False,
     timeout: float = 5.0,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    token: str | None = None,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Ask the daemon at ``address`` and print its status; returns the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
     try:
-        client, where = client_for(address, timeout)
+        client, where = client_for(address, timeout, token)
     except ValueError as exc:
-        print(f"yoi-registryd status: bad listen address {address!r}: {exc}", file=err)
-        return EXIT_UNREACHABLE
+        print(f"yoi-registryd status: bad address {address!r}: {exc}", file=err)
+        return EXIT_USAGE
     with client:
         try:
-            readyz = client.get("/readyz", params={"verbose": "1"})
-            if readyz.status_code not in (200, 503):
-                raise StatusError(f"GET /readyz answered {readyz.status_code}")
-            revision = readyz.headers.get("X-Registry-Index", "?")
-            sources = list(_pages(client, "/api/sources"))
-            worker_list = list(_pages(client, "/api/workers")) if workers else []
+            report = ask(client, where, workers=workers)
         except httpx.HTTPError as exc:
             print(f"yoi-registryd status: cannot reach {where}: {exc}", file=err)
             return EXIT_UNREACHABLE
+        except Refused as exc:
+            print(f"yoi-registryd status: {where} refused: {exc}", file=err)
+            return EXIT_REFUSED
         except (StatusError, KeyError, TypeError) as exc:
             print(f"yoi-registryd status: {where} did not answer as expected: {exc}", file=err)
             return EXIT_UNREACHABLE
-    ready = readyz.status_code == 200
-    now = datetime.now(UTC)
-    state = "ready" if ready else "NOT READY"
-    print(f"yoi-registryd at {where}: {state} (revision {revision})", file=out)
-    if not ready:
-        for line in readyz.text.splitlines():
-            if line.startswith("[-]"):
-                print(f"  {line}", file=out)
-    print(file=out)
-    print(render_sources(sources, now), file=out)
-    if workers:
-        print(file=out)
-        print(render_workers(worker_list), file=out)
-    return EXIT_READY if ready else EXIT_NOT_READY
+    if as_json:
+        out.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    else:
+        print(render_text(report, datetime.now(UTC)), file=out)
+    return EXIT_READY if report.ready else EXIT_NOT_READY
