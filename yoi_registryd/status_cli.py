@@ -125,8 +125,8 @@ def client_for(address: str, timeout: float, token: str | None = None) -> tuple[
 
 def _refusal(response: httpx.Response, path: str, token: bool) -> Refused:
     try:
-        error = msgspec.json.decode(response.content)["error"]
-        code, message = error["code"], error["message"]
+        body = msgspec.json.decode(response.content)
+        code, message = str(body["code"]), str(body["message"])
     except (msgspec.DecodeError, KeyError, TypeError):
         code, message = str(response.status_code), response.reason_phrase
     if response.status_code == 401 and not token:
