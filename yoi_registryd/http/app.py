@@ -38,7 +38,7 @@ from yoi_registryd.http.security import (
 )
 from yoi_registryd.http.source_status import sources_page
 from yoi_registryd.http.status_page import HEADERS as STATUS_PAGE_HEADERS
-from yoi_registryd.http.status_page import render_status_page
+from yoi_registryd.http.status_page import render_status_page, render_token_page
 from yoi_registryd.http.watch import (
     DEFAULT_MAX_HELD,
     ViewHistory,
@@ -361,20 +361,17 @@ def create_app(state: ApiState) -> QuartTrio:
         snapshot = state.actor.snapshot
         if _scope().get(STATIC_PAGE_KEY):
             # Clients are configured and this request went unauthenticated: the page alone.
-            empty: views.ListEnvelope[object] = views.envelope(
-                [], views.ListQuery(views.MAX_LIMIT), None, [], None
-            )
-            page = render_status_page(snapshot.revision, views.encode(empty))
-            return status_page_response(page, snapshot)
+            return status_page_response(render_token_page(), snapshot)
         access = _access()
-        sources = sources_page(
-            snapshot,
-            views.ListQuery(views.MAX_LIMIT),
-            trio.current_time(),
-            access.view,
-            access.principal.workspace,
+        everything = views.ListQuery(views.MAX_LIMIT)
+        view, workspace = access.view, access.principal.workspace
+        page = render_status_page(
+            snapshot.revision,
+            sources_page(snapshot, everything, trio.current_time(), view, workspace).body,
+            views.runtimes_page(snapshot, everything, view, workspace).body,
+            views.workers_page(snapshot, views.ListQuery(50), view, workspace).body,
         )
-        return status_page_response(render_status_page(snapshot.revision, sources.body), snapshot)
+        return status_page_response(page, snapshot)
 
     def status_page_response(page: bytes, snapshot: Snapshot) -> Response:
         response = Response(page, content_type="text/html; charset=utf-8")
