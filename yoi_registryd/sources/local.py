@@ -269,14 +269,14 @@ class LocalCompatibilitySource:
         """The data dir's problem (or its end) once, naming the directory: the served
         diagnostic cannot say which path, the operator's log must."""
         if problem is None:
-            log.info("local source %s: %s is readable again", self.runtime_id, self.pods_dir)
+            log.info("local source %s: %s is readable again", self.runtime_id, self.data_dir)
         else:
             log.warning(
                 "local source %s: %s: %s (%s)",
                 self.runtime_id,
                 problem.code,
                 problem.message,
-                self.pods_dir,
+                self.data_dir,
             )
 
     async def _apply(
