@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -13,7 +12,8 @@ import pytest
 import trio
 
 from tests.conftest import RunningDaemon, StartDaemon, listen_socket, local_source_toml, wait_for
-from tests.scripted_source import Script, failing_spec
+from tests.scripted_source import Script
+from tests.unwell_daemon import OPERATOR_TOKEN, clients_toml, unwell_daemon
 from yoi_registryd import cli
 from yoi_registryd.config import parse_config
 from yoi_registryd.daemon import Daemon, open_listener
@@ -134,51 +134,6 @@ async def test_status_over_a_unix_socket(
         daemon.shutdown.set()
 
 
-OPERATOR_TOKEN = "status-operator-token-0123456789"
-WORKSPACE_TOKEN = "status-workspace-token-0123456789"
-
-
-def clients_toml() -> str:
-    def sha(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
-    return (
-        f'[[clients]]\nname = "ops"\nworkspaces = ["*"]\ntoken_sha256 = "{sha(OPERATOR_TOKEN)}"\n'
-        f'[[clients]]\nname = "web"\nworkspaces = ["ws1"]\n'
-        f'token_sha256 = "{sha(WORKSPACE_TOKEN)}"\n'
-    )
-
-
-async def unwell_daemon(
-    start_daemon: StartDaemon,
-    nursery: trio.Nursery,
-    data_dir: Path,
-    runtime_dir: Path,
-    tmp_path: Path,
-    tokens: bool,
-) -> RunningDaemon:
-    """The fixture workers (one malformed metadata file), a runtime whose data dir is
-    missing (degraded), and a source that keeps failing (unavailable)."""
-    body = local_source_toml(data_dir, runtime_dir)
-    body += (
-        f'[[sources]]\nkind = "local"\nruntime_id = "no-data"\ndata_dir = "{tmp_path / "absent"}"\n'
-    )
-    d = await start_daemon(body + (clients_toml() if tokens else ""))
-    await d.daemon.supervisor.start(nursery, failing_spec("unreachable-runtime", stale_after=60))
-
-    def settled() -> bool:
-        runtimes = d.daemon.actor.snapshot.runtimes
-        return (
-            len(runtimes) == 3
-            and runtimes["unreachable-runtime"].record.supervisor.restarts >= 1
-            and runtimes["no-data"].record.status == "degraded"
-            and runtimes["local-worker-runtime"].record.worker_count > 0
-        )
-
-    await wait_for(settled)
-    return d
-
-
 @pytest.mark.parametrize("tokens", [False, True], ids=["open", "tokens"])
 async def test_status_explains_every_unhealthy_runtime(
     start_daemon: StartDaemon,
@@ -222,7 +177,10 @@ async def test_status_explains_every_unhealthy_runtime(
     assert {p["runtime_id"] for p in report["problems"]} == {"no-data", "unreachable-runtime"}
     codes = {d["code"] for d in report["diagnostics"]}
     assert {"local_pod_registry_unavailable", "local_pod_metadata_invalid"} <= codes
-    assert {w["runtime_id"] for w in report["workers"]} == {"local-worker-runtime"}
+    assert {w["runtime_id"] for w in report["workers"]} == {
+        "local-worker-runtime",
+        "scripted-runtime",
+    }
 
 
 async def test_status_with_tokens_on(

@@ -15,6 +15,7 @@ import trio
 from tests import browser
 from tests.conftest import RunningDaemon, StartDaemon, local_source_toml, wait_for
 from tests.scripted_source import Script, failing_spec
+from tests.unwell_daemon import OPERATOR_TOKEN, clients_toml, unwell_daemon
 
 FIXTURE_SECRETS = (
     "01973a4e-8c1f-7b2a-9d3e-4f5a6b7c8d9e",  # session id in the coder fixture
@@ -117,56 +118,6 @@ async def test_the_page_takes_no_parameters(start_daemon: StartDaemon) -> None:
     assert embedded(page)["runtimes"] == (await d.get_json("/api/runtimes?limit=1000"))
 
 
-OPERATOR_TOKEN = "status-page-operator-token-0123456789"
-WORKSPACE_TOKEN = "status-page-workspace-token-0123456789"
-
-
-def clients_toml() -> str:
-    def sha(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
-    return (
-        f'[[clients]]\nname = "ops"\nworkspaces = ["*"]\ntoken_sha256 = "{sha(OPERATOR_TOKEN)}"\n'
-        f'[[clients]]\nname = "web"\nworkspaces = ["ws1"]\n'
-        f'token_sha256 = "{sha(WORKSPACE_TOKEN)}"\n'
-    )
-
-
-async def console_daemon(
-    start_daemon: StartDaemon,
-    data_dir: Path,
-    runtime_dir: Path,
-    tmp_path: Path,
-    nursery: trio.Nursery,
-    tokens: bool,
-) -> RunningDaemon:
-    """The fixture workers (with a malformed metadata file), a runtime whose data dir is
-    missing (degraded, with the reason), a scripted runtime and a source that keeps failing;
-    with ``tokens``, clients are configured (an operator and a workspace client)."""
-    body = local_source_toml(data_dir, runtime_dir) + (
-        '[[sources]]\nkind = "local"\nruntime_id = "no-data"\nlabel = "Missing data dir"\n'
-        f'data_dir = "{tmp_path / "absent"}"\nruntime_dir = "{runtime_dir}"\n'
-    )
-    d = await start_daemon(body + (clients_toml() if tokens else ""))
-    script = Script("scripted-runtime", label="Embedded build runtime")
-    await d.daemon.supervisor.start(nursery, script.spec())
-    await script.observe("builder", "tester", "planner", state="idle", duration=0.012)
-    await d.daemon.supervisor.start(nursery, failing_spec("unreachable-runtime", stale_after=60))
-
-    def settled() -> bool:
-        runtimes = d.daemon.actor.snapshot.runtimes
-        return (
-            len(runtimes) == 4
-            and runtimes["unreachable-runtime"].record.supervisor.restarts >= 1
-            and runtimes["no-data"].record.status == "degraded"
-            and runtimes["scripted-runtime"].record.worker_count == 3
-            and runtimes["local-worker-runtime"].record.worker_count > 0
-        )
-
-    await wait_for(settled)
-    return d
-
-
 async def test_without_javascript_the_page_is_a_plain_summary(
     start_daemon: StartDaemon,
     data_dir: Path,
@@ -174,7 +125,7 @@ async def test_without_javascript_the_page_is_a_plain_summary(
     tmp_path: Path,
     nursery: trio.Nursery,
 ) -> None:
-    d = await console_daemon(start_daemon, data_dir, runtime_dir, tmp_path, nursery, False)
+    d = await unwell_daemon(start_daemon, nursery, data_dir, runtime_dir, tmp_path, False)
     page = (await d.client.get("/")).text
     noscript = page[page.index("<noscript>") : page.index("</noscript>")]
     assert "<td>no-data</td><td>degraded</td><td>running</td><td>0</td>" in noscript
@@ -192,7 +143,7 @@ async def test_with_tokens_the_page_loads_without_a_token_and_without_data(
     tmp_path: Path,
     nursery: trio.Nursery,
 ) -> None:
-    d = await console_daemon(start_daemon, data_dir, runtime_dir, tmp_path, nursery, True)
+    d = await unwell_daemon(start_daemon, nursery, data_dir, runtime_dir, tmp_path, True)
     response = await d.client.get("/")
     assert response.status_code == 200
     page = response.text
@@ -227,7 +178,7 @@ async def test_a_headless_browser_shows_why_with_tokens_on_and_off(
     binary = browser.chromium()
     if binary is None:
         pytest.skip("chromium is not installed (Debian package: chromium; .ci/run installs it)")
-    d = await console_daemon(start_daemon, data_dir, runtime_dir, tmp_path, nursery, tokens)
+    d = await unwell_daemon(start_daemon, nursery, data_dir, runtime_dir, tmp_path, tokens)
     profile = tmp_path / "chromium-profile"
     async with browser.open_page(binary, profile) as page:
         await page.navigate(d.base_url + "/")
