@@ -657,3 +657,16 @@ async def test_host_workers_pagination(start_daemon: StartDaemon, tmp_path: Path
         assert {w["host_id"] for page in pages for w in page} == {host["host_id"]}
         seen.extend(ids)
     assert sorted(seen) == sorted(local_worker_id(f"h{i:02d}") for i in range(20))
+
+
+async def test_a_worker_is_stale_exactly_when_its_registry_state_or_runtime_says_so(
+    start_daemon: StartDaemon, data_dir: Path, runtime_dir: Path
+) -> None:
+    """A local Worker that claims to be active without its liveness hint is ``registry_state:
+    "stale"``, and then ``stale: true`` as well (they said different things before)."""
+    d = await start_daemon(local_source_toml(data_dir, runtime_dir))
+    workers = await d.listed_workers()
+    assert any(w["registry_state"] == "stale" for w in workers)
+    assert any(w["registry_state"] != "stale" for w in workers)
+    for w in workers:
+        assert w["stale"] == (w["registry_state"] == "stale"), w["worker_id"]

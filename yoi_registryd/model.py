@@ -201,7 +201,9 @@ class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
     local Worker that claims to be active without a liveness hint (or whose metadata is
     too old), and a runtime's status as it reported it when yoi has no word for it."""
     stale: bool = False
-    """True while the runtime is ``stale``: the record is the last one known."""
+    """The record may not say how the worker is now: its runtime is ``stale`` (the record is
+    the last one known), or its own ``registry_state`` is ``stale`` (a local Worker that
+    claims to be active without a liveness hint, or whose metadata is too old)."""
 
 
 class WorkerDetail(WorkerRecord, frozen=True, kw_only=True):

@@ -727,7 +727,11 @@ def _copy(mapping: Mapping[str, _V]) -> dict[str, _V]:
 
 
 def _mark_stale(workers: Mapping[str, WorkerRecord], stale: bool) -> Mapping[str, WorkerRecord]:
-    """A copy of ``workers`` with every record's ``stale`` flag set to ``stale``."""
+    """A copy of ``workers`` with every record's ``stale`` flag set to ``stale``; a worker
+    whose own ``registry_state`` is ``stale`` (a local Worker without liveness) stays so."""
     return MappingProxyType(
-        {k: msgspec.structs.replace(w, stale=stale) for k, w in workers.items()}
+        {
+            k: msgspec.structs.replace(w, stale=stale or w.registry_state == "stale")
+            for k, w in workers.items()
+        }
     )

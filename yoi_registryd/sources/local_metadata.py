@@ -507,6 +507,7 @@ def _evaluate_entry(
         capabilities=NO_CAPABILITIES,
         diagnostics=tuple(diagnostics),
         registry_state=state,
+        stale=state == "stale",
     )
     volatile = active is not None and (options.liveness_check or aged is not None)
     fingerprint = (*stat_key, live, aged, host_id, host_note)
