@@ -73,10 +73,10 @@ async def test_status_of_a_ready_daemon(
     ]
     for state, count in by_state.items():
         assert f"{state}={count}" in runtime_row
-    # --workers lists every worker with its state.
+    # --workers lists every worker with its state (the registry's word: registry_state).
     for worker in workers:
         row = next(line for line in lines if f" {worker['worker_id']} " in line)
-        assert worker["state"] in row.split()
+        assert worker["registry_state"] in row.split()
     assert str(data_dir) not in out
 
 

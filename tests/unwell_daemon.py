@@ -54,7 +54,7 @@ async def unwell_daemon(
         return (
             len(runtimes) == 4
             and runtimes["unreachable-runtime"].record.supervisor.restarts >= 1
-            and runtimes["no-data"].record.status == "degraded"
+            and runtimes["no-data"].record.registry_status == "degraded"
             and runtimes["scripted-runtime"].record.worker_count == 3
             and runtimes["local-worker-runtime"].record.worker_count > 0
         )
