@@ -58,10 +58,12 @@ def test_every_documented_error_code_exists_with_its_status() -> None:
             assert classes[code].status == int(status), code
 
 
-def test_every_documented_diagnostic_code_exists() -> None:
+def test_every_documented_diagnostic_code_or_field_exists() -> None:
     for path in documents():
         for code in set(DIAGNOSTIC_CODE.findall(path.read_text(encoding="utf-8"))):
-            assert f'"{code}' in SOURCE_TEXT, f"{path.name} quotes {code!r}, the code has none"
+            # A code (quoted in the source) or a field of that name (``local_pod_inspection``).
+            found = re.search(rf"\b{code}\b", SOURCE_TEXT)
+            assert found, f"{path.name} quotes {code!r}, the code has none"
 
 
 def test_runtime_kinds_are_the_ones_served() -> None:
