@@ -15,7 +15,7 @@ import trio
 from tests import browser
 from tests.conftest import RunningDaemon, StartDaemon, local_source_toml, wait_for
 from tests.scripted_source import Script, failing_spec
-from tests.unwell_daemon import OPERATOR_TOKEN, clients_toml, unwell_daemon
+from tests.unwell_daemon import OPERATOR_TOKEN, unwell_daemon
 
 FIXTURE_SECRETS = (
     "01973a4e-8c1f-7b2a-9d3e-4f5a6b7c8d9e",  # session id in the coder fixture
