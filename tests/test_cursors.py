@@ -40,6 +40,9 @@ REFUSED = {
 }
 
 
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -48,11 +51,16 @@ def forged_cursors(issued: str, position: list[str]) -> list[str]:
     """Every way to make up a cursor for ``position``, given one the caller was issued."""
     payload, _, tag = issued.partition(".")
     chosen = b64(json.dumps(position).encode())
-    flipped = tag[:-1] + ("A" if tag[-1] != "A" else "B")
+    # A 16-byte tag is 22 base64 characters whose last carries 2 bits and 4 unused ones:
+    # flip one of the 2 to edit the tag, one of the 4 to respell the same bytes.
+    last = ALPHABET.index(tag[-1])
+    flipped = tag[:-1] + ALPHABET[last ^ 0b010000]
+    respelled = ALPHABET[last ^ 0b000001]
     return [
         chosen,  # the old format: a bare position
         f"{chosen}.{tag}",  # a chosen position under a real tag
         f"{payload}.{flipped}",  # a real position, the tag edited
+        f"{payload}.{tag[:-1]}{respelled}",  # the same tag bytes, spelled another way
         f"{chosen}.{b64(secrets.token_bytes(16))}",  # a guessed tag
         f"{payload}.",
         f".{tag}",
