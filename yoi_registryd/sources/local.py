@@ -53,7 +53,11 @@ REGISTRY_SUBJECT: Final = ""
 """Diagnostics subject of the registry directory itself (entries use their worker id)."""
 
 _WATCH_DEBOUNCE_MS: Final = 400
-_WATCH_STEP_MS: Final = 15
+_WATCH_STEP_MS: Final = 2
+"""watchfiles checks for events every ``step`` and reports them once a step passes without a
+new one, so a write shows ``step`` to ``2 * step`` after it happened (15 ms made that most
+of the local freshness p99). Each check takes the GIL for a few microseconds: 2 ms costs
+about 0.4% of a core more than 15 ms on an idle daemon (measured with 100 Workers)."""
 _WATCH_TIMEOUT_MS: Final = 1000
 """A quiet watch still yields this often; its first yield starts the catch-up rescan of what
 changed while the watch was being set up, so this bounds how late such a change shows."""
