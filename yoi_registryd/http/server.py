@@ -160,8 +160,11 @@ class _Connections:
         self._changed = trio.Event()
 
     def changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        """Wake :meth:`close_when_idle`. Only it waits, and only once closing has begun: while
+        serving this costs nothing (it runs for every response and every closed peer)."""
+        if self.closing:
+            self._changed.set()
+            self._changed = trio.Event()
 
     async def close_when_idle(self, fresh_grace: float) -> None:
         """Close each connection once it is idle; return when none is left open."""
@@ -224,11 +227,14 @@ class _AppAdapter:
     spawned from the connection's task, so the context variable is inherited), and once
     the server is closing it marks every response ``Connection: close``.
 
-    It also shields the app's ``send``: hypercorn finishes a response inside the app's last
-    send (recycling the connection for keep-alive, or closing it), and quart-trio cancels
+    It also shields the app's body sends: hypercorn finishes a response inside the last
+    one (recycling the connection for keep-alive, or closing it), and quart-trio cancels
     that very task as soon as the disconnect this causes reaches it, so unshielded that
     bookkeeping is cut short and the connection is left open. Writing to the socket itself
-    is shielded by hypercorn already.
+    is shielded by hypercorn already. A shielded send is registered with its connection so
+    that a forced close can still end it (an HTTP/2 stream waiting for flow control). The
+    start message is only noted by hypercorn: it is passed on as it is. This runs for every
+    request: what only the shutdown needs is done once it has begun.
     """
 
     def __init__(self, app: Any, connections: _Connections) -> None:
@@ -252,8 +258,14 @@ class _AppAdapter:
                 self.connections.changed()
 
         async def tracked_send(message: Any) -> None:
-            if message["type"] == "http.response.start" and self.connections.closing:
-                message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+            if message["type"] == "http.response.start":
+                # hypercorn only takes note of it (the head goes out with the first body
+                # message): nothing to shield, nothing to finish.
+                if self.connections.closing:
+                    headers = [*message["headers"], (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+                await send(message)
+                return
             final = message["type"] == "http.response.body" and not message.get("more_body")
             receives_before = conn.receives
             with trio.CancelScope(shield=True) as sending:
