@@ -46,7 +46,7 @@ from yoi_registryd.http.middleware import PathGuard
 from yoi_registryd.http.probes import Lifecycle
 from yoi_registryd.http.security import AccessControl, SecurityMiddleware
 from yoi_registryd.http.server import serve
-from yoi_registryd.metrics import HttpMetrics, Metrics
+from yoi_registryd.metrics import Metrics
 from yoi_registryd.model import SourceKind
 from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import RegistryActor, Snapshot
@@ -284,9 +284,9 @@ class Daemon:
             cursor_key=self.cursor_key,
             discoveries=self.discoveries.statuses,
         )
-        # An ASGI app; hypercorn's types are narrower. Metrics outermost: they count all.
-        # Inside the metrics: request id -> authentication -> policy -> audit -> the app,
-        # whose plain reads the fast path answers before quart (http/fastpath.py).
+        # An ASGI app; hypercorn's types are narrower. One middleware frame counts every
+        # request (metrics), then: request id -> authentication -> policy -> audit -> the
+        # app, whose plain reads the fast path answers before quart (http/fastpath.py).
         quart_app = create_app(api)
         quart_app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
         quart_app.config["BODY_TIMEOUT"] = config.server.body_timeout.total_seconds()
@@ -296,8 +296,9 @@ class Daemon:
             routes=MemoizedRouteTable(quart_app.url_map),
             access=self.access,
             audit=self.audit,
+            metrics=self.metrics,
         )
-        app: Any = HttpMetrics(self.security, self.metrics)
+        app: Any = self.security
         self._ready = trio.Event()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

@@ -344,39 +344,3 @@ def _bounded_counts(items: Any) -> dict[str, int]:
         label = bounded_label(value)
         out[label] = out.get(label, 0) + count
     return out
-
-
-class HttpMetrics:
-    """ASGI middleware: counts every request by route template and status, and times it.
-
-    The app names the matched route template in the scope (``ROUTE_SCOPE_KEY``); requests
-    that match no route (or are refused before routing) count as ``unmatched``, so a scan
-    of random paths cannot create new label values.
-    """
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | None = None
-
-        async def send_and_note(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            # A request whose client left before any answer (a held watch, typically) was
-            # not answered: it is not counted.
-            if status is not None:
-                seconds = None if scope.get(HELD_SCOPE_KEY) else time.perf_counter() - started
-                route = scope.get(ROUTE_SCOPE_KEY) or UNMATCHED_ROUTE
-                self.metrics.observe_request(route, scope.get("method", ""), status, seconds)

@@ -27,6 +27,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from contextvars import ContextVar
@@ -44,7 +45,7 @@ from yoi_registryd.config import Config
 from yoi_registryd.errors import Forbidden, InternalError, RegistryError
 from yoi_registryd.http.views import encode
 from yoi_registryd.ids import is_valid_identifier
-from yoi_registryd.metrics import ROUTE_SCOPE_KEY
+from yoi_registryd.metrics import HELD_SCOPE_KEY, ROUTE_SCOPE_KEY, UNMATCHED_ROUTE, Metrics
 from yoi_registryd.policy import (
     ACCESS_SCOPE_KEY,
     ANONYMOUS,
@@ -181,7 +182,60 @@ class _Exchange:
         )
 
 
+async def _record(audit: AuditTrail, exchange: _Exchange) -> None:
+    """Queue the exchange's record; with ``durability = "before_response"``, wait until it
+    is on disk (:class:`AuditUnavailable` when it cannot be)."""
+    ticket = await audit.emit(exchange.record())
+    exchange.recorded = True
+    await audit.until_durable(ticket)  # audit.durability = "before_response"
+
+
+class _Reply:
+    """A request's one ``send`` wrapper, for everything the middleware does to a response:
+    the status for the metrics, the echoed request id and, for an audited request, its
+    record queued before the response starts (with a Content-Length, a client holds the
+    whole response before the final, empty, body message). One object and one frame per
+    message, where a wrapper per concern cost a frame and a copy of the message each."""
+
+    __slots__ = ("audit", "exchange", "header", "send", "status")
+
+    def __init__(self, send: Send, request_id: str, audit: AuditTrail) -> None:
+        self.send = send
+        self.header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
+        self.audit = audit
+        self.exchange: _Exchange | None = None
+        """Set for an audited request."""
+        self.status: int | None = None
+        """The status sent, once the response has started."""
+
+    async def __call__(self, message: Message) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.refused:
+                return  # a 503 went out in place of the app's response
+            if message["type"] == "http.response.start":
+                exchange.status = int(message["status"])
+                try:
+                    await _record(self.audit, exchange)
+                except AuditUnavailable:
+                    # The sink began failing while this record waited for room: refused
+                    # like the requests after it, unrecorded.
+                    exchange.refused = True
+                    await send_error(self.deliver, self.audit.refusal())
+                    return
+        await self.deliver(message)
+
+    async def deliver(self, message: Message) -> None:
+        """To the server, with the request id, noting the status."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), self.header]}
+        await self.send(message)
+
+
 class SecurityMiddleware:
+    """Request id, authentication, policy, audit, and the HTTP metrics, in one frame."""
+
     def __init__(
         self,
         app: Any,
@@ -189,30 +243,44 @@ class SecurityMiddleware:
         routes: RouteTable,
         access: AccessControl,
         audit: AuditTrail,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.access = access
         """Replace with a new :class:`AccessControl` to apply a reloaded config."""
         self.audit = audit
+        self.metrics = metrics
+        """Counts every request by route template and status, and times it. The app names
+        the matched route template in the scope (``ROUTE_SCOPE_KEY``); requests that match
+        no route (or are refused before routing) count as ``unmatched``, so a scan of random
+        paths cannot create new label values."""
 
     async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request_id = request_id_from(scope.get("headers", []))
         token = request_id_var.set(request_id)
+        reply = _Reply(send, request_id, self.audit)
         try:
             path = scope["path"]
             if path in OPEN_PATHS:
-                await self._open(scope, receive, _echo_request_id(send, request_id))
+                await self._open(scope, receive, reply.deliver)
             elif path == STATUS_PAGE and not self.access.authenticator.open:
                 scope[STATIC_PAGE_KEY] = True
-                await self.app(scope, receive, _echo_request_id(send, request_id))
+                await self.app(scope, receive, reply.deliver)
             else:
-                await self._guarded(scope, receive, send, request_id)
+                await self._guarded(scope, receive, reply, request_id)
         finally:
             request_id_var.reset(token)
+            # A request whose client left before any answer (a held watch, typically) was
+            # not answered: it is not counted.
+            if reply.status is not None and self.metrics is not None:
+                seconds = None if scope.get(HELD_SCOPE_KEY) else time.perf_counter() - started
+                route = scope.get(ROUTE_SCOPE_KEY) or UNMATCHED_ROUTE
+                self.metrics.observe_request(route, scope.get("method", ""), reply.status, seconds)
 
     async def _open(self, scope: Scope, receive: Any, send: Send) -> None:
         """A probe, or ``/metrics``: an operator's token first, once clients exist."""
@@ -229,13 +297,13 @@ class SecurityMiddleware:
             scope[OPERATOR_REFUSAL_KEY] = refusal
         await self.app(scope, receive, send)
 
-    async def _guarded(self, scope: Scope, receive: Any, send: Send, request_id: str) -> None:
+    async def _guarded(self, scope: Scope, receive: Any, reply: _Reply, request_id: str) -> None:
         try:
             self.audit.admit()
         except AuditUnavailable as error:
             # Its record could not be kept either: refused before anything runs, unrecorded
             # (counted in ``audit.requests_refused``).
-            await send_error(_echo_request_id(send, request_id), error)
+            await send_error(reply.deliver, error)
             return
         access = self.access  # one configuration for the whole request, even across a reload
         method = scope["method"]
@@ -251,36 +319,18 @@ class SecurityMiddleware:
             targets={k: v for k in _TARGETS if is_valid_identifier(v := params.get(k, ""))},
             path_workspace=params.get(PATH_WORKSPACE),
         )
-        echo = _echo_request_id(send, request_id)
-
-        async def send_audited(message: Message) -> None:
-            # The record is queued before the response starts: with a Content-Length, a
-            # client holds the whole response before the final (empty) body message.
-            if exchange.refused:
-                return  # a 503 went out in place of the app's response
-            if message["type"] == "http.response.start":
-                exchange.status = int(message["status"])
-                try:
-                    await self._record(exchange)
-                except AuditUnavailable:
-                    # The sink began failing while this record waited for room: refused
-                    # like the requests after it, unrecorded.
-                    exchange.refused = True
-                    await send_error(echo, self.audit.refusal())
-                    return
-            await echo(message)
-
+        reply.exchange = exchange
         try:
             try:
                 principal = self._admit(scope, access, exchange)
             except RegistryError as error:
                 exchange.decision = "denied"
                 log.debug("request %s refused: %s", request_id, error.code)
-                await send_error(send_audited, error)
+                await send_error(reply, error)
                 return
             exchange.access = RequestAccess(request_id, principal, access.policy.view(principal))
             scope[ACCESS_SCOPE_KEY] = exchange.access
-            await self.app(scope, receive, send_audited)
+            await self.app(scope, receive, reply)
         except Exception:
             if exchange.status is None:
                 exchange.status = 500
@@ -290,7 +340,7 @@ class SecurityMiddleware:
                 with trio.CancelScope(shield=True) as late:
                     late.deadline = trio.current_time() + LATE_AUDIT_DEADLINE_S
                     with suppress(AuditUnavailable):
-                        await self._record(exchange)
+                        await _record(self.audit, exchange)
                 if not exchange.recorded:
                     self.audit.records_lost += 1
                     log.error("request %s: its audit record could not be queued", request_id)
@@ -318,22 +368,6 @@ class SecurityMiddleware:
         if not allowed:
             raise Forbidden("the policy does not allow this request")
         return principal
-
-    async def _record(self, exchange: _Exchange) -> None:
-        ticket = await self.audit.emit(exchange.record())
-        exchange.recorded = True
-        await self.audit.until_durable(ticket)  # audit.durability = "before_response"
-
-
-def _echo_request_id(send: Send, request_id: str) -> Send:
-    header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
-
-    async def echo(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), header]}
-        await send(message)
-
-    return echo
 
 
 async def send_error(send: Send, error: RegistryError) -> None:
