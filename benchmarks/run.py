@@ -50,7 +50,7 @@ def run_scale(quick: bool) -> dict[str, Any]:
     if quick:
         argv = ["--sources", "200", "--workers-per-source", "5", "--idle-seconds", "0.5"]
         argv += ["--settle", "0", "--churn-rate", "200", "--churn-seconds", "0.5"]
-        argv += ["--apply-samples", "20"]
+        argv += ["--apply-samples", "20", "--default-runs", "1"]
     else:
         argv = []
     return scale.measure(parser.parse_args(argv))
@@ -184,21 +184,38 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 )
             )
 
-        add("start-up to /readyz", "ready_s", "s")
+        d = s["default_config"]
+        out.append(
+            (
+                "start-up to /readyz (default configuration)",
+                _fmt(d["ready_s"], "s"),
+                _fmt(d["stock_serving_s"], "s") + " hypercorn-trio",
+                f"{d['ready_s'] / d['stock_serving_s']:.2f}",
+                f"<= {targets['default_ready_s']} s",
+                _verdict(d["ready_s"] <= targets["default_ready_s"]),
+            )
+        )
+        add(
+            "start-up to /readyz",
+            "ready_s",
+            "s",
+            f"<= {targets['ready_s']} s",
+            full["ready_s"] <= targets["ready_s"],
+        )
         add("start-up to every worker", "all_workers_s", "s")
         add(
             "RSS",
             "rss_mb",
             "MB",
-            f"< {targets['rss_mb']} MB",
-            full["peak_rss_mb"] < targets["rss_mb"],
+            f"<= {targets['rss_mb']} MB",
+            full["peak_rss_mb"] <= targets["rss_mb"],
         )
         add(
             "idle CPU",
             "idle_cpu_pct",
             "%",
-            f"< {targets['idle_cpu_pct']}%",
-            full["idle_cpu_pct"] < targets["idle_cpu_pct"],
+            f"<= {targets['idle_cpu_pct']}%",
+            full["idle_cpu_pct"] <= targets["idle_cpu_pct"],
         )
         out.append(
             (
@@ -212,15 +229,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
         )
         add(f"CPU under {full['churn_rate_achieved']} changes/s", "churn_cpu_pct", "%")
         target = targets["apply_ratio_100k_vs_1k"]
+        add("apply one change p50", "apply_p50_us", "us")
         add(
-            "apply one change p50",
-            "apply_p50_us",
+            "apply one change p99",
+            "apply_p99_us",
             "us",
-            f"ratio < {target}",
-            ratios["apply_p50_us"] < target,
+            f"ratio <= {target}",
+            ratios["apply_p99_us"] <= target,
         )
-        add("apply one change p99", "apply_p99_us", "us")
-        add("snapshot publish mean", "publish_mean_us", "us")
+        add(
+            "snapshot publish mean",
+            "publish_mean_us",
+            "us",
+            f"ratio <= {target}",
+            ratios["publish_mean_us"] <= target,
+        )
     return out
 
 

@@ -22,6 +22,9 @@ Measured, per scale:
 * the time to apply one change: a worker is renamed in an embedded runtime and the clock
   stops when a published snapshot holds it (sequentially, one change at a time); p50/p99.
 
+And once: the default configuration's start-up to ``/readyz``, against stock
+hypercorn-trio's start-up to its first answer.
+
 The daemon's process is driven over stdin/stdout with one JSON object per line.
 """
 
@@ -41,7 +44,9 @@ import httpx
 from harness import (
     ROOT,
     CpuWindow,
+    DaemonProcess,
     FakeRemotes,
+    StockHypercorn,
     free_port,
     percentile,
     rss_mb,
@@ -339,6 +344,35 @@ def run_scale(
         daemon.close()
 
 
+def default_startup(runs: int) -> dict[str, Any]:
+    """Start-up of the default configuration (no ``[[sources]]``: one local source on the
+    default data dir, here an empty temporary ``$HOME``) to ``/readyz`` answering 200,
+    against stock hypercorn-trio's start-up to its first answer (the bare app), alternating;
+    the median of ``runs`` each."""
+    import shutil
+    import tempfile
+
+    daemon_s: list[float] = []
+    stock_s: list[float] = []
+    for _ in range(runs):
+        with StockHypercorn() as stock:
+            stock_s.append(stock.serving_after)
+        home = Path(tempfile.mkdtemp(prefix="yoi-bench-home-"))
+        env = {"HOME": str(home), "YOI_DATA_DIR": "", "YOI_HOME": "", "YOI_RUNTIME_DIR": ""}
+        try:
+            with DaemonProcess("", env=env) as daemon:
+                daemon_s.append(daemon.wait_ready())
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+    return {
+        "runs": runs,
+        "ready_s": round(statistics.median(daemon_s), 2),
+        "rounds_ready_s": [round(x, 2) for x in daemon_s],
+        "stock_serving_s": round(statistics.median(stock_s), 2),
+        "rounds_stock_serving_s": [round(x, 2) for x in stock_s],
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
@@ -361,7 +395,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     def ratio(key: str) -> float | None:
         return round(full[key] / base[key], 2) if base[key] else None
 
+    default = default_startup(args.default_runs)
     return {
+        "default_config": default,
         "baseline": base,
         "full": full,
         "ratios": {
@@ -379,9 +415,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "poll_interval": args.poll_interval,
         "targets": {
-            "rss_mb": 300,
+            "rss_mb": 200,
             "idle_cpu_pct": 5,
             "apply_ratio_100k_vs_1k": 2,
+            "ready_s": 3,
+            "default_ready_s": 1,
         },
     }
 
@@ -397,6 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--churn-seconds", type=float, default=10)
     parser.add_argument("--apply-samples", type=int, default=300)
     parser.add_argument("--startup-deadline", type=float, default=240)
+    parser.add_argument("--default-runs", type=int, default=3, help="default-config start-ups")
 
 
 def main() -> None:

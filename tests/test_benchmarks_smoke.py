@@ -71,6 +71,8 @@ def test_quick_run_reports_every_figure_with_its_baseline(tmp_path: Path) -> Non
     for key in ("apply_p50_us", "apply_p99_us"):
         assert finite(scale["ratios"][key]) and scale["ratios"][key] > 0, key
     assert full["churn_rate_achieved"] > 0
+    default = scale["default_config"]
+    assert finite(default["ready_s"]) and finite(default["stock_serving_s"])
 
     lines = run.stdout.splitlines()
     assert any(line.startswith("figure") and "baseline (same run)" in line for line in lines)
