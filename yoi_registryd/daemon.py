@@ -396,7 +396,10 @@ class Daemon:
         return line
 
     async def _report_status(self, sent: str) -> None:
-        """Keep ``STATUS=`` current: only on change, and at most a few times a second."""
+        """Keep ``STATUS=`` current: only on change, and at most a few times a second.
+
+        The line counts every runtime, so it is derived at most every 200 ms, never once per
+        change (which would make each change cost work proportional to the registry)."""
         revision = self.actor.snapshot.revision
         while True:
             revision = (await self.actor.wait_for_change(revision)).revision
@@ -406,7 +409,7 @@ class Daemon:
             if line != sent:
                 await self.notifier.notify(f"STATUS={line}")
                 sent = line
-                await trio.sleep(0.2)
+            await trio.sleep(0.2)
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it (SIGHUP); False when it was rejected."""

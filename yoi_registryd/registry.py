@@ -5,8 +5,10 @@ applies them, derives each runtime's status (including staleness, on its own tim
 a monotonic revision and publishes an immutable :class:`Snapshot`. HTTP handlers read the
 current snapshot without locks and see one consistent state for a whole request.
 
-Snapshots are copy-on-write per runtime: a change to one runtime rebuilds that runtime's
-entry only, so applying a change costs work proportional to that runtime, not the registry.
+Snapshots share structure: a change to one runtime rebuilds that runtime's entry only, and
+both the map of entries and each runtime's worker set are persistent maps (HAMTs, see
+``yoi_registryd.worker_set``), so a change to ``k`` workers costs ``O(k log n)``: not
+proportional to the runtime, nor to the registry.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Final
 
+import immutables
 import msgspec
 import trio
 
@@ -58,12 +60,10 @@ from yoi_registryd.vocabulary import (
     placeholder_capabilities,
     runtime_status,
 )
+from yoi_registryd.worker_set import EMPTY_WORKERS, WorkerSet
 
 log = logging.getLogger(__name__)
 
-_V = TypeVar("_V")
-
-_EMPTY: Final[Mapping[str, WorkerRecord]] = MappingProxyType({})
 
 STALE_DIAGNOSTIC: Final = Diagnostic(
     code="runtime_stale",
@@ -103,16 +103,7 @@ class ObservationStats(msgspec.Struct, frozen=True):
 class RuntimeEntry:
     """One runtime as published: its record, hosts and workers. Never mutated."""
 
-    __slots__ = (
-        "_sorted_worker_ids",
-        "_workers_by_state",
-        "hosts",
-        "record",
-        "revision",
-        "stats",
-        "workers",
-        "workers_revision",
-    )
+    __slots__ = ("hosts", "record", "revision", "stats", "workers", "workers_revision")
 
     def __init__(
         self,
@@ -123,62 +114,63 @@ class RuntimeEntry:
         *,
         revision: int = 0,
         stats: ObservationStats | None = None,
-        workers_by_state: Mapping[str, int] | None = None,
     ) -> None:
         self.record = record
         self.hosts = hosts
-        self.workers = workers
+        self.workers = workers if isinstance(workers, WorkerSet) else WorkerSet.of(workers.values())
         self.workers_revision = workers_revision
         self.revision = revision
         """The registry revision at which this entry was published (its last change)."""
         self.stats = stats or ObservationStats(registered_at=0.0, startup_grace=0.0)
-        self._sorted_worker_ids: list[str] | None = None
-        self._workers_by_state = workers_by_state
 
     @property
     def workers_by_state(self) -> Mapping[str, int]:
-        """Worker counts by ``state``, computed once per distinct worker set."""
-        if self._workers_by_state is None:
-            counts = Counter(w.registry_state for w in self.workers.values())
-            self._workers_by_state = MappingProxyType(dict(sorted(counts.items())))
-        return self._workers_by_state
-
-    @property
-    def sorted_worker_ids(self) -> list[str]:
-        """Worker ids in order, computed once per entry (entries are immutable)."""
-        if self._sorted_worker_ids is None:
-            self._sorted_worker_ids = sorted(self.workers)
-        return self._sorted_worker_ids
+        """Worker counts by ``state`` (kept up to date change by change)."""
+        return self.workers.by_state
 
     def iter_workers_after(self, worker_id: str | None) -> Iterator[WorkerRecord]:
         """Workers in id order, strictly after ``worker_id`` (from the start if None)."""
-        ids = self.sorted_worker_ids
-        start = 0 if worker_id is None else bisect.bisect_right(ids, worker_id)
-        workers = self.workers
-        for i in range(start, len(ids)):
-            yield workers[ids[i]]
+        return self.workers.after(worker_id)
 
 
 class Snapshot:
     """An immutable, consistent view of the whole registry at one revision."""
 
-    __slots__ = ("_host_index", "_sorted_runtime_ids", "revision", "runtimes", "workers_revision")
+    __slots__ = ("_host_owners", "_sorted_runtime_ids", "revision", "runtimes", "workers_revision")
 
     def __init__(
-        self, revision: int, workers_revision: int, runtimes: Mapping[str, RuntimeEntry]
+        self,
+        revision: int,
+        workers_revision: int,
+        runtimes: Mapping[str, RuntimeEntry],
+        *,
+        sorted_runtime_ids: list[str] | None = None,
+        host_owners: dict[str, str] | None = None,
     ) -> None:
         self.revision = revision
         self.workers_revision = workers_revision
         """The latest revision at which any worker changed (for worker-route caches)."""
         self.runtimes = runtimes
-        self._sorted_runtime_ids: list[str] | None = None
-        self._host_index: dict[str, tuple[str, HostRecord]] | None = None
+        self._sorted_runtime_ids = sorted_runtime_ids
+        """Carried over from the previous snapshot while no runtime came or went."""
+        self._host_owners = host_owners
+        """Host id -> the runtime listing it first; carried over while no host id moved."""
 
     @property
     def sorted_runtime_ids(self) -> list[str]:
         if self._sorted_runtime_ids is None:
             self._sorted_runtime_ids = sorted(self.runtimes)
         return self._sorted_runtime_ids
+
+    @property
+    def host_owners(self) -> dict[str, str]:
+        if self._host_owners is None:
+            owners: dict[str, str] = {}
+            for rid in self.sorted_runtime_ids:
+                for host_id in self.runtimes[rid].record.host_ids:
+                    owners.setdefault(host_id, rid)
+            self._host_owners = owners
+        return self._host_owners
 
     def runtime(self, runtime_id: str) -> RuntimeEntry:
         try:
@@ -194,17 +186,13 @@ class Snapshot:
             raise UnknownWorker(runtime_id, worker_id) from None
 
     def host(self, host_id: str) -> tuple[RuntimeEntry, HostRecord]:
-        if self._host_index is None:
-            index: dict[str, tuple[str, HostRecord]] = {}
-            for rid in self.sorted_runtime_ids:
-                for host in self.runtimes[rid].hosts:
-                    index.setdefault(host.host_id, (rid, host))
-            self._host_index = index
-        try:
-            rid, host = self._host_index[host_id]
-        except KeyError:
-            raise UnknownHost(host_id) from None
-        return self.runtimes[rid], host
+        rid = self.host_owners.get(host_id)
+        if rid is not None:
+            entry = self.runtimes[rid]
+            for host in entry.hosts:
+                if host.host_id == host_id:
+                    return entry, host
+        raise UnknownHost(host_id)
 
     def iter_workers_after(
         self, position: tuple[str, str] | None, runtime_ids: list[str] | None = None
@@ -218,7 +206,7 @@ class Snapshot:
             yield from self.runtimes[rid].iter_workers_after(after)
 
 
-EMPTY_SNAPSHOT: Final = Snapshot(0, 0, MappingProxyType({}))
+EMPTY_SNAPSHOT: Final = Snapshot(0, 0, immutables.Map())
 
 
 @dataclass(slots=True)
@@ -232,11 +220,11 @@ class _RuntimeState:
     descriptor: RuntimeDescriptor
     supervisor: SupervisorInfo = field(default_factory=lambda: SupervisorInfo(state="starting"))
     hosts: tuple[HostSpec, ...] = ()
-    workers: Mapping[str, WorkerRecord] = field(default_factory=lambda: _EMPTY)
+    workers: WorkerSet = field(default_factory=lambda: EMPTY_WORKERS)
     workers_stale: bool = False
-    diagnostics: Mapping[str, tuple[Diagnostic, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    diagnostics: immutables.Map[str, tuple[Diagnostic, ...]] = field(default_factory=immutables.Map)
+    diagnostics_flat: tuple[Diagnostic, ...] | None = None
+    """``diagnostics`` in subject order, flattened; None once they change (rebuilt at publish)."""
     status: RuntimeStatus = "unknown"
     observed: bool = False
     expired: bool = False
@@ -378,7 +366,7 @@ class RegistryActor:
         self.send_channel, self._receive = trio.open_memory_channel[SourceMessage](channel_capacity)
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self._states: dict[str, _RuntimeState] = {}
-        self._entries: dict[str, RuntimeEntry] = {}
+        self._entries: immutables.Map[str, RuntimeEntry] = immutables.Map()
         self._dirty: set[str] = set()
         self._removed: set[str] = set()
         self._timers: list[tuple[float, str]] = []
@@ -470,12 +458,12 @@ class RegistryActor:
         elif isinstance(msg, RuntimeObserved):
             st.descriptor = msg.runtime
             st.hosts = msg.hosts
-            workers = {w.worker_id: w for w in msg.workers}
-            st.workers = MappingProxyType(workers)
+            st.workers = WorkerSet.of(msg.workers)
             st.workers_stale = False
-            diagnostics = MappingProxyType({k: v for k, v in msg.diagnostics.items() if v})
+            diagnostics = immutables.Map({k: v for k, v in msg.diagnostics.items() if v})
             log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
             st.diagnostics = diagnostics
+            st.diagnostics_flat = None
             st.workers_revision = -1  # set at publish
             self._succeeded(st)
         elif isinstance(msg, WorkersChanged):
@@ -484,22 +472,19 @@ class RegistryActor:
             if msg.hosts is not None:
                 st.hosts = msg.hosts
             if msg.upserts or msg.removals:
-                workers = _copy(st.workers)
-                for rid in msg.removals:
-                    workers.pop(rid, None)
-                for w in msg.upserts:
-                    workers[w.worker_id] = w
-                st.workers = MappingProxyType(workers)
+                st.workers = st.workers.changed(msg.upserts, msg.removals)
                 st.workers_revision = -1
             if msg.diagnostics:
-                diags = _copy(st.diagnostics)
-                for subject, items in msg.diagnostics.items():
-                    if items:
-                        diags[subject] = items
-                    else:
-                        diags.pop(subject, None)
-                log_diagnostic_changes(st.runtime_id, st.diagnostics, diags)
-                st.diagnostics = MappingProxyType(diags)
+                with st.diagnostics.mutate() as diags:
+                    for subject, items in msg.diagnostics.items():
+                        if items:
+                            diags[subject] = items
+                        elif subject in diags:
+                            del diags[subject]
+                    diagnostics = diags.finish()
+                log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
+                st.diagnostics = diagnostics
+                st.diagnostics_flat = None
             self._succeeded(st)
         elif isinstance(msg, ObservationSucceeded):
             self._succeeded(st)
@@ -554,7 +539,7 @@ class RegistryActor:
         st.consecutive_failures = 0
         st.successes += 1
         if st.workers_stale:
-            st.workers = _mark_stale(st.workers, False)
+            st.workers = st.workers.marked_stale(False)
             st.workers_stale = False
             st.workers_revision = -1
 
@@ -603,7 +588,7 @@ class RegistryActor:
         """Staleness, expiry and status transitions of one runtime at ``now``."""
         status = _derive_status(st, now)
         if status == "stale" and not st.workers_stale:
-            st.workers = _mark_stale(st.workers, True)
+            st.workers = st.workers.marked_stale(True)
             st.workers_stale = True
             st.workers_revision = -1
             self._dirty.add(rid)
@@ -615,7 +600,7 @@ class RegistryActor:
         ):
             st.expired = True
             if st.workers:
-                st.workers = _EMPTY
+                st.workers = EMPTY_WORKERS
                 st.workers_revision = -1
             self._dirty.add(rid)
         if status != st.status:
@@ -630,33 +615,53 @@ class RegistryActor:
         if not self._dirty and not self._removed:
             return
         started = time.perf_counter()
-        revision = self.snapshot.revision + 1
-        workers_revision = self.snapshot.workers_revision
-        for rid in self._removed:
-            if self._entries.pop(rid, None) is not None:
-                workers_revision = revision
+        previous = self.snapshot
+        revision = previous.revision + 1
+        workers_revision = previous.workers_revision
+        # While no runtime comes or goes, the previous snapshot's runtime order still holds;
+        # while no host id moves either, so do its host owners.
+        same_ids = same_hosts = True
+        with self._entries.mutate() as entries:
+            for rid in self._removed:
+                if rid in entries:
+                    del entries[rid]
+                    workers_revision = revision
+                    same_ids = same_hosts = False
+            for rid in self._dirty:
+                st = self._states[rid]
+                if st.workers_revision == -1:
+                    st.workers_revision = revision
+                    workers_revision = revision
+                old = entries.get(rid)
+                entry = self._build_entry(st, revision)
+                entries[rid] = entry
+                if old is None:
+                    same_ids = same_hosts = False
+                elif old.record.host_ids != entry.record.host_ids:
+                    same_hosts = False
+            self._entries = entries.finish()
         self._removed.clear()
-        for rid in self._dirty:
-            st = self._states[rid]
-            if st.workers_revision == -1:
-                st.workers_revision = revision
-                workers_revision = revision
-            self._entries[rid] = self._build_entry(st, revision, self._entries.get(rid))
         self._dirty.clear()
-        self.snapshot = Snapshot(revision, workers_revision, MappingProxyType(dict(self._entries)))
+        self.snapshot = Snapshot(
+            revision,
+            workers_revision,
+            self._entries,
+            sorted_runtime_ids=previous._sorted_runtime_ids if same_ids else None,
+            host_owners=previous._host_owners if same_hosts else None,
+        )
         self._changed.set()
         self._changed = trio.Event()
         self.publish_count += 1
         self.publish_seconds_total += time.perf_counter() - started
 
-    def _build_entry(
-        self, st: _RuntimeState, revision: int, previous: RuntimeEntry | None
-    ) -> RuntimeEntry:
-        diagnostics: list[Diagnostic] = []
+    def _build_entry(self, st: _RuntimeState, revision: int) -> RuntimeEntry:
+        if st.diagnostics_flat is None:
+            st.diagnostics_flat = tuple(
+                d for subject in sorted(st.diagnostics) for d in st.diagnostics[subject]
+            )
+        diagnostics = st.diagnostics_flat
         if st.status == "stale":
-            diagnostics.append(STALE_DIAGNOSTIC)
-        for subject in sorted(st.diagnostics):
-            diagnostics.extend(st.diagnostics[subject])
+            diagnostics = (STALE_DIAGNOSTIC, *diagnostics)
         yoi_host_status = host_status(st.source_kind, st.status)
         hosts = tuple(
             HostRecord(
@@ -682,7 +687,7 @@ class RegistryActor:
             source=SourceInfo(kind=st.source_kind, note=d.note or ""),
             host_ids=tuple(h.host_id for h in st.hosts),
             capabilities=d.capabilities,
-            diagnostics=tuple(diagnostics),
+            diagnostics=diagnostics,
             registry_status=st.status,
             worker_count=len(st.workers),
             last_seen_at=st.last_seen_at,
@@ -701,37 +706,6 @@ class RegistryActor:
             errors=tuple(sorted(st.errors.items())),
             mode=d.mode,
         )
-        # Keep the per-state counts while the worker set is the same object (heartbeats).
-        counts = (
-            previous._workers_by_state
-            if previous is not None and previous.workers is st.workers
-            else None
-        )
         return RuntimeEntry(
-            record,
-            hosts,
-            st.workers,
-            st.workers_revision,
-            revision=revision,
-            stats=stats,
-            workers_by_state=counts,
+            record, hosts, st.workers, st.workers_revision, revision=revision, stats=stats
         )
-
-
-def _copy(mapping: Mapping[str, _V]) -> dict[str, _V]:
-    """A mutable copy; ``MappingProxyType.copy`` copies the dict behind it at C speed, where
-    ``dict(proxy)`` walks the mapping protocol (measured: 33 us vs 0.6 ms at 10k workers)."""
-    if isinstance(mapping, MappingProxyType):
-        return mapping.copy()
-    return dict(mapping)
-
-
-def _mark_stale(workers: Mapping[str, WorkerRecord], stale: bool) -> Mapping[str, WorkerRecord]:
-    """A copy of ``workers`` with every record's ``stale`` flag set to ``stale``; a worker
-    whose own ``registry_state`` is ``stale`` (a local Worker without liveness) stays so."""
-    return MappingProxyType(
-        {
-            k: msgspec.structs.replace(w, stale=stale or w.registry_state == "stale")
-            for k, w in workers.items()
-        }
-    )
