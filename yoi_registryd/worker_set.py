@@ -182,7 +182,8 @@ class WorkerSet(Mapping[str, WorkerRecord]):
 
     def marked_stale(self, stale: bool) -> WorkerSet:
         """Every record with its ``stale`` flag set to ``stale`` (the same ids and states); a
-        worker whose own ``registry_state`` is ``stale`` (a local Worker without liveness) stays so."""
+        worker whose own ``registry_state`` is ``stale`` (a local Worker without liveness)
+        stays so."""
         mapping = immutables.Map(
             {
                 k: msgspec.structs.replace(w, stale=stale or w.registry_state == "stale")
