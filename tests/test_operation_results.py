@@ -14,7 +14,13 @@ from pathlib import Path
 
 import trio
 
-from tests.conftest import StartDaemon, copy_fixtures, local_source_toml, wait_for
+from tests.conftest import (
+    RunningDaemon,
+    StartDaemon,
+    copy_fixtures,
+    local_source_toml,
+    wait_for,
+)
 from tests.embedded_plugins import INSTANCES, embedded_source_toml
 from tests.fake_runtime import FakeRuntime, remote_source_toml, start_fake
 from tests.test_remote_operations import SLOW_POLL
@@ -25,15 +31,21 @@ from yoi_registryd.ids import local_worker_id
 EMBEDDED, REMOTE, LOCAL = "emb", "far", "local-worker-runtime"
 
 
-async def test_the_console_flow_on_local_embedded_and_remote_runtimes(
-    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
-) -> None:
+async def console_daemon(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, *, with_local: bool
+) -> tuple[RunningDaemon, FakeRuntime, str]:
+    """A daemon with an embedded memory runtime (worker ``e-1``), an older remote fake
+    (worker ``w-1``) and, ``with_local``, the fixtures' local runtime, once all are listed.
+    Returns the daemon, the fake and the embedded runtime's key in ``INSTANCES``."""
     key = uuid.uuid4().hex
-    far = FakeRuntime("far-upstream", token=TOKEN)
+    far = FakeRuntime("far-upstream", token=TOKEN)  # an older runtime: user and system only
     far.add("w-1")
     server = await start_fake(nursery, ("/far", far))
+    local = (
+        local_source_toml(copy_fixtures(tmp_path / "data"), tmp_path / "run") if with_local else ""
+    )
     d = await start_daemon(
-        local_source_toml(copy_fixtures(tmp_path / "data"), tmp_path / "run")
+        local
         + embedded_source_toml(
             runtime_id=EMBEDDED,
             factory="tests.embedded_plugins:tracked_memory",
@@ -45,16 +57,22 @@ async def test_the_console_flow_on_local_embedded_and_remote_runtimes(
     )
     await wait_for(lambda: key in INSTANCES)
     INSTANCES[key].spawn("e-1")
+    expected = {(EMBEDDED, "e-1"), (REMOTE, "w-1")}
+    if with_local:
+        expected.add((LOCAL, local_worker_id("coder")))
 
     async def all_listed() -> bool:
         body = await d.get_json("/api/workers")
-        return {(w["runtime_id"], w["worker_id"]) for w in body["items"]} >= {
-            (EMBEDDED, "e-1"),
-            (REMOTE, "w-1"),
-            (LOCAL, local_worker_id("coder")),
-        }
+        return {(w["runtime_id"], w["worker_id"]) for w in body["items"]} >= expected
 
     await wait_for(all_listed, deadline_s=5, message="a worker of every runtime")
+    return d, far, key
+
+
+async def test_the_console_flow_on_local_embedded_and_remote_runtimes(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    d, far, key = await console_daemon(start_daemon, nursery, tmp_path, with_local=True)
 
     def path(runtime_id: str, worker_id: str, operation: str) -> str:
         return f"/api/runtimes/{runtime_id}/workers/{worker_id}/{operation}"
@@ -113,31 +131,7 @@ async def test_todays_console_bodies_are_taken_and_the_kind_is_the_runtimes_call
     """Today's console sends fields the registry has no use for (``ticket_assignment`` with
     stop, ``segments`` with input) and the newer input kinds: yoi's backend ignores unknown
     fields and passes the kind on, and so does the registry (contract-v2 section 1.7.1)."""
-    key = uuid.uuid4().hex
-    far = FakeRuntime("far-upstream", token=TOKEN)  # an older runtime: user and system only
-    far.add("w-1")
-    server = await start_fake(nursery, ("/far", far))
-    d = await start_daemon(
-        embedded_source_toml(
-            runtime_id=EMBEDDED,
-            factory="tests.embedded_plugins:tracked_memory",
-            options={"key": key},
-        )
-        + remote_source_toml(
-            REMOTE, server.url("/far"), token_file=token_file(tmp_path), **SLOW_POLL
-        )
-    )
-    await wait_for(lambda: key in INSTANCES)
-    INSTANCES[key].spawn("e-1")
-
-    async def both_listed() -> bool:
-        body = await d.get_json("/api/workers")
-        return {(w["runtime_id"], w["worker_id"]) for w in body["items"]} >= {
-            (EMBEDDED, "e-1"),
-            (REMOTE, "w-1"),
-        }
-
-    await wait_for(both_listed, deadline_s=5, message="a worker of each runtime")
+    d, far, key = await console_daemon(start_daemon, nursery, tmp_path, with_local=False)
     segments = {"segments": [{"kind": "text", "text": "hi"}], "future_field": True}
     for runtime_id, worker_id in ((EMBEDDED, "e-1"), (REMOTE, "w-1")):
         url = f"/api/runtimes/{runtime_id}/workers/{worker_id}/input"
