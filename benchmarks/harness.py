@@ -123,6 +123,17 @@ def source_toml(kind: str, **keys: object) -> str:
     return "\n".join(lines) + "\n"
 
 
+def end_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class DaemonProcess:
     """``python -m yoi_registryd serve`` on a loopback port, with its own temp dir."""
@@ -186,13 +197,8 @@ class DaemonProcess:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> DaemonProcess:
@@ -255,13 +261,8 @@ class StockHypercorn:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc)
 
     def __enter__(self) -> StockHypercorn:
         return self.start()
