@@ -98,7 +98,7 @@ class RemoteFailure(Exception):
         only: safe to serve and to log at any level."""
         status = ""
         if self.status is not None:
-            # The runtime's own code, as yoi's backend passes it on (contract-v2 1.8.3): one
+            # The runtime's own code, as yoi's backend passes it on (contract-v2 section 1.8.3): one
             # of its snake_case tokens (checked when decoded), never its message.
             code = f" {self.remote_code}" if self.remote_code else ""
             status = f" (HTTP {self.status}{code})"
