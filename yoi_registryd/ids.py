@@ -15,7 +15,8 @@ from typing import Final, Literal
 from yoi_registryd.errors import InvalidIdentifier
 
 MAX_ID_BYTES: Final = 120
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_:-]+")
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_:-]+")
+"""What every runtime, worker and host id matches (bounded by ``MAX_ID_BYTES`` too)."""
 
 IdKind = Literal["runtime_id", "worker_id", "host_id"]
 
@@ -30,7 +31,7 @@ def is_valid_identifier(value: str) -> bool:
     return (
         bool(value)
         and len(value.encode("utf-8")) <= MAX_ID_BYTES
-        and _ID_RE.fullmatch(value) is not None
+        and ID_PATTERN.fullmatch(value) is not None
     )
 
 
@@ -75,3 +76,20 @@ def derive_id(prefix: str, raw_name: str) -> str:
 def local_worker_id(worker_name: str) -> str:
     """The id upstream gives a Worker of the local compatibility source."""
     return derive_id(LOCAL_WORKER_PREFIX, worker_name)
+
+
+def local_host_id(workspace_id: str) -> str:
+    """The id upstream gives the host of a local workspace."""
+    return derive_id(LOCAL_HOST_PREFIX, workspace_id)
+
+
+def normalize_root(root: str) -> str:
+    """Lexical path comparison as upstream: ``\\`` -> ``/``, trailing ``/`` stripped."""
+    normalized = root.replace("\\", "/").rstrip("/")
+    return normalized or "/"
+
+
+def workspace_id_for_root(root: str) -> str:
+    """An opaque workspace id for a workspace root: a digest, never the path itself."""
+    digest = hashlib.sha256(normalize_root(root).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"ws-{digest[:24]}"

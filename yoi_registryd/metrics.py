@@ -31,9 +31,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from yoi_registryd import __version__
 from yoi_registryd.discovery.runner import DiscoveryStatus
-from yoi_registryd.http.source_status import runtime_health
 from yoi_registryd.model import ObservationMode, RuntimeStatus
-from yoi_registryd.registry import RegistryActor
+from yoi_registryd.registry import RegistryActor, runtime_health
 
 PREFIX: Final = "yoi_registryd"
 ROUTE_SCOPE_KEY: Final = "yoi_registryd.route"

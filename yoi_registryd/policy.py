@@ -27,12 +27,8 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import msgspec
 
 from yoi_registryd.config import Config, ConfigError, LocalSourceConfig, import_object
+from yoi_registryd.ids import local_host_id, normalize_root, workspace_id_for_root
 from yoi_registryd.model import HostRecord, RuntimeRecord, WorkerRecord
-from yoi_registryd.sources.local_metadata import (
-    local_host_id,
-    normalize_root,
-    workspace_id_for_root,
-)
 from yoi_registryd.workspace_file import read_workspace_identity
 
 MAX_CACHED_VIEWS: Final = 1024

@@ -21,13 +21,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Final
+from datetime import datetime, timedelta
+from typing import Final, Literal
 
 import immutables
 import msgspec
 import trio
 
+from yoi_registryd.clock import utcnow
 from yoi_registryd.errors import UnknownHost, UnknownRuntime, UnknownWorker
 from yoi_registryd.messages import (
     LivenessProbe,
@@ -72,10 +73,6 @@ STALE_DIAGNOSTIC: Final = Diagnostic(
 )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class ObservationStats(msgspec.Struct, frozen=True):
     """How a runtime's source has been observing: for probes, metrics and ``/api/sources``.
 
@@ -85,8 +82,9 @@ class ObservationStats(msgspec.Struct, frozen=True):
 
     registered_at: float
     """Monotonic time (trio clock) the source was registered: start of its start-up grace."""
-    startup_grace: float
-    """Seconds a source may take for its first observation before readiness stops waiting."""
+    stale_after: float
+    """The source's ``stale_after`` in seconds; also how long it may take for its first
+    observation before readiness stops waiting (its start-up grace)."""
     observed: bool = False
     """At least one observation succeeded since the source was first registered."""
     last_attempt_at: datetime | None = None
@@ -98,6 +96,33 @@ class ObservationStats(msgspec.Struct, frozen=True):
     """Failed observations by typed error code, sorted by code."""
     mode: ObservationMode | None = None
     """How the source follows the runtime (remote sources: subscription or polling)."""
+
+
+Health = Literal["up", "down", "unknown"]
+"""A source's health, as Prometheus words a target's (``/api/sources``, ``/metrics``)."""
+UP_STATUSES: Final[frozenset[RuntimeStatus]] = frozenset({"available", "degraded", "stopped"})
+"""Statuses in which the runtime's last observation succeeded and is still fresh."""
+
+
+def runtime_health(record: RuntimeRecord) -> Health:
+    """``up``: last observation worked and is fresh; ``unknown``: never tried; else ``down``."""
+    if record.registry_status in UP_STATUSES:
+        return "up"
+    if record.registry_status == "unknown":
+        return "unknown"
+    return "down"
+
+
+def startup_grace_left(stats: ObservationStats, now: float) -> float | None:
+    """Seconds of start-up grace left while a source has not observed yet, else ``None``.
+
+    The grace is the source's ``stale_after``: by then a runtime that never answered would be
+    reported as stale anyway, so readiness stops waiting for it.
+    """
+    if stats.observed:
+        return None
+    left = stats.registered_at + stats.stale_after - now
+    return left if left > 0 else None
 
 
 class RuntimeEntry:
@@ -121,7 +146,7 @@ class RuntimeEntry:
         self.workers_revision = workers_revision
         self.revision = revision
         """The registry revision at which this entry was published (its last change)."""
-        self.stats = stats or ObservationStats(registered_at=0.0, startup_grace=0.0)
+        self.stats = stats or ObservationStats(registered_at=0.0, stale_after=0.0)
 
     @property
     def workers_by_state(self) -> Mapping[str, int]:
@@ -698,7 +723,7 @@ class RegistryActor:
         )
         stats = ObservationStats(
             registered_at=st.registered_at,
-            startup_grace=st.stale_after,
+            stale_after=st.stale_after,
             observed=st.observed,
             last_attempt_at=st.last_attempt_at,
             last_duration=st.last_duration,

@@ -19,8 +19,8 @@ from typing import Any, Final
 
 import trio
 
+from yoi_registryd.clock import utcnow
 from yoi_registryd.config import Config, ConfigError, SourceConfig, load_config
-from yoi_registryd.registry import utcnow
 from yoi_registryd.supervisor import SourceSpec, Supervisor
 
 log = logging.getLogger(__name__)

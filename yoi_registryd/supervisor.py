@@ -16,11 +16,11 @@ from datetime import timedelta
 
 import trio
 
+from yoi_registryd.clock import utcnow
 from yoi_registryd.config import SupervisorConfig
 from yoi_registryd.messages import SourceMessage, SourceRegistered, SourceRemoved, SupervisorChanged
 from yoi_registryd.model import ErrorInfo, SourceKind, SupervisorInfo
 from yoi_registryd.operations import OperationRouter
-from yoi_registryd.registry import utcnow
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ yoi field with the word yoi would use, computed here, and a ``registry_<field>``
 
 from __future__ import annotations
 
+import platform
 from typing import Final, NamedTuple, get_args
 
 from yoi_registryd.model import (
@@ -156,3 +157,27 @@ def worker_naming(
     words = (profile or "").replace("_", "-").split("-")
     from_profile = " ".join(w[:1].upper() + w[1:] for w in words if w)
     return WorkerNaming(from_profile or f"Worker {worker_id}", None, tags)
+
+
+MAX_DISPLAY_CHARS: Final = 80
+
+
+def safe_display(value: object) -> str | None:
+    """Display strings: drop control characters, ``/`` and ``\\``; first 80 chars; "" -> None."""
+    if not isinstance(value, str):
+        return None
+    kept = "".join(
+        ch for ch in value if ch not in "/\\" and not (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
+    )
+    return kept[:MAX_DISPLAY_CHARS] or None
+
+
+def machine_os() -> str:
+    """This machine's OS in ``std::env::consts::OS`` spelling, as upstream reports it."""
+    return {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
+
+
+def machine_arch() -> str:
+    """This machine's architecture in ``std::env::consts::ARCH`` spelling, as upstream's."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)

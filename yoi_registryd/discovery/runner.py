@@ -20,10 +20,10 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
+from yoi_registryd.clock import utcnow
 from yoi_registryd.config import DiscoveryConfig, RemoteSourceConfig, SourceConfig
 from yoi_registryd.discovery.records import RUNTIME_ID_IN_USE, Refusal, to_sources
 from yoi_registryd.model import ErrorInfo
-from yoi_registryd.registry import utcnow
 from yoi_registryd.reload import apply_sources
 from yoi_registryd.supervisor import SourceSpec, Supervisor, backoff_ceiling
 

@@ -35,7 +35,7 @@ from yoi_registryd.http.middleware import RequestHeadTooLarge
 from yoi_registryd.http.server import TooManyConnections
 from yoi_registryd.http.source_status import SourceList
 from yoi_registryd.http.watch import MAX_WAIT, TooManyWatches
-from yoi_registryd.ids import _ID_RE, MAX_ID_BYTES
+from yoi_registryd.ids import ID_PATTERN, MAX_ID_BYTES
 from yoi_registryd.model import RuntimeRecord, WorkerDetail
 from yoi_registryd.operations import (
     CancelRequest,
@@ -98,7 +98,7 @@ class HealthAnswer(msgspec.Struct, omit_defaults=True):
 Identifier = Annotated[
     str,
     msgspec.Meta(
-        pattern=f"^{_ID_RE.pattern}$",
+        pattern=f"^{ID_PATTERN.pattern}$",
         min_length=1,
         max_length=MAX_ID_BYTES,
         description="1 to 120 bytes of [A-Za-z0-9_:-]",

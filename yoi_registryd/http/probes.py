@@ -24,8 +24,7 @@ import trio
 
 from yoi_registryd.errors import InvalidQuery
 from yoi_registryd.http import views
-from yoi_registryd.http.source_status import startup_grace_left
-from yoi_registryd.registry import RegistryActor, Snapshot
+from yoi_registryd.registry import RegistryActor, Snapshot, startup_grace_left
 
 ACTOR_PING_TIMEOUT: Final = 2.0
 """How long the registry actor may take to reach a probe message before it counts as stuck."""
@@ -82,7 +81,7 @@ class ProbeResult:
         ]
         lines.extend(f"[+]{name} excluded: ok" for name in self.excluded)
         if self.unknown_excludes:
-            names = ", ".join(views._quoted(n) for n in self.unknown_excludes)
+            names = ", ".join(views.quoted_key(n) for n in self.unknown_excludes)
             lines.append(f"warn: some health checks cannot be excluded: no matches for {names}")
         lines.append(f"{self.kind} check {'passed' if self.ok else 'failed'}")
         return "\n".join(lines) + "\n"

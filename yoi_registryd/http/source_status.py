@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Final, Literal
 
 import msgspec
 
@@ -21,38 +20,18 @@ from yoi_registryd.http import views
 from yoi_registryd.model import (
     ErrorInfo,
     ObservationMode,
-    RuntimeRecord,
     RuntimeStatus,
     SourceKind,
     SupervisorState,
 )
 from yoi_registryd.policy import SEES_ALL, Visibility
-from yoi_registryd.registry import ObservationStats, RuntimeEntry, Snapshot
-
-Health = Literal["up", "down", "unknown"]
-UP_STATUSES: Final[frozenset[RuntimeStatus]] = frozenset({"available", "degraded", "stopped"})
-"""Statuses in which the runtime's last observation succeeded and is still fresh."""
-
-
-def runtime_health(record: RuntimeRecord) -> Health:
-    """``up``: last observation worked and is fresh; ``unknown``: never tried; else ``down``."""
-    if record.registry_status in UP_STATUSES:
-        return "up"
-    if record.registry_status == "unknown":
-        return "unknown"
-    return "down"
-
-
-def startup_grace_left(stats: ObservationStats, now: float) -> float | None:
-    """Seconds of start-up grace left while a source has not observed yet, else ``None``.
-
-    The grace is the source's ``stale_after``: by then a runtime that never answered would be
-    reported as stale anyway, so readiness stops waiting for it.
-    """
-    if stats.observed:
-        return None
-    left = stats.registered_at + stats.startup_grace - now
-    return left if left > 0 else None
+from yoi_registryd.registry import (
+    Health,
+    RuntimeEntry,
+    Snapshot,
+    runtime_health,
+    startup_grace_left,
+)
 
 
 class SourceStatus(msgspec.Struct, frozen=True):
@@ -144,7 +123,7 @@ def sources_page(
     discovery: list[DiscoveryStatus] | None = None,
 ) -> views.Rendered:
     """The sources of the runtimes ``view`` may see, with only visible workers counted."""
-    after = views._after(query)
+    after = views.resume_after(query)
     filtered = False
 
     def items() -> Iterator[SourceStatus]:
@@ -160,7 +139,7 @@ def sources_page(
             filtered = filtered or hid
             yield status
 
-    page, cursor = views._take(items(), query, lambda s: (s.runtime_id,))
+    page, cursor = views.take_page(items(), query, lambda s: (s.runtime_id,))
     env = views.envelope(page, query, cursor, [], workspace_id)
     found = [] if view.restricted or discovery is None else discovery
     body = views.encode(

@@ -197,7 +197,7 @@ def parse_list_query(args: Iterable[tuple[str, str]]) -> ListQuery:
     values: dict[str, str] = {}
     for key, value in args:
         if key not in ("limit", "cursor"):
-            raise InvalidQuery(f"unknown query parameter {_quoted(key)}", "query")
+            raise InvalidQuery(f"unknown query parameter {quoted_key(key)}", "query")
         if key in values:
             raise InvalidQuery(f"query parameter {key!r} is repeated", key)
         values[key] = value
@@ -220,10 +220,10 @@ def parse_list_query(args: Iterable[tuple[str, str]]) -> ListQuery:
 def reject_query(args: Iterable[tuple[str, str]]) -> None:
     """For routes that take no query parameters."""
     for key, _ in args:
-        raise InvalidQuery(f"unknown query parameter {_quoted(key)}", "query")
+        raise InvalidQuery(f"unknown query parameter {quoted_key(key)}", "query")
 
 
-def _quoted(key: str) -> str:
+def quoted_key(key: str) -> str:
     """A parameter name, shortened and made printable, for an error message."""
     printable = "".join(ch if ch.isprintable() else "?" for ch in key[:64])
     return repr(printable)
@@ -232,9 +232,10 @@ def _quoted(key: str) -> str:
 # -- pages -----------------------------------------------------------------------------
 
 
-def _take(
+def take_page(
     items: Iterator[T], query: ListQuery, key: Callable[[T], tuple[str, ...]]
 ) -> tuple[list[T], str | None]:
+    """The first ``query.limit`` items, and the cursor after the last when more follow."""
     page: list[T] = []
     for item in items:
         if len(page) == query.limit:
@@ -258,7 +259,7 @@ def _cap(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
     return head
 
 
-def _after(query: ListQuery) -> str | None:
+def resume_after(query: ListQuery) -> str | None:
     """The id a one-part cursor resumes after (lists within one runtime, runtimes)."""
     return query.cursors.open(query.cursor, 1)[0] if query.cursor else None
 
@@ -302,7 +303,7 @@ def _page(
 ) -> Rendered:
     """Encode one page of ``items`` (filtered through ``seen``, which is read only once the
     page is taken); ``key`` gives the cursor of the last item."""
-    page, cursor = _take(items, query, key)
+    page, cursor = take_page(items, query, key)
     return Rendered(encode(envelope(page, query, cursor, diagnostics, workspace_id)), seen.hid)
 
 
@@ -329,7 +330,7 @@ def runtimes_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = _after(query)
+    after = resume_after(query)
     ids = snapshot.sorted_runtime_ids
     seen = _Filter(view)
 
@@ -394,7 +395,7 @@ def runtime_workers_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = _after(query)
+    after = resume_after(query)
     diagnostics = list(_visible_diagnostics(entry, view))
     workers = entry.iter_workers_after(after)
     return _workers_page(workers, _in_runtime_key, query, view, diagnostics, workspace_id)
@@ -407,7 +408,7 @@ def host_workers_page(
     view: Visibility = SEES_ALL,
     workspace_id: str | None = None,
 ) -> Rendered:
-    after = _after(query)
+    after = resume_after(query)
     diagnostics = [*host.diagnostics, *_visible_diagnostics(entry, view)]
     on_host = (w for w in entry.iter_workers_after(after) if w.host_id == host.host_id)
     return _workers_page(on_host, _in_runtime_key, query, view, diagnostics, workspace_id)

@@ -77,10 +77,11 @@ from yoi_registryd.runtimes.protocol import (
     WorkerSummary,
 )
 from yoi_registryd.sources.base import Reporter, Source, SourceError
-from yoi_registryd.sources.local import _platform_arch, _platform_os
-from yoi_registryd.sources.local_metadata import safe_display
 from yoi_registryd.vocabulary import (
     WORKSPACE_SCOPES,
+    machine_arch,
+    machine_os,
+    safe_display,
     worker_naming,
     worker_state,
     worker_workspace,
@@ -292,8 +293,8 @@ class _Projection:
             can_accept_input="input" in operations,
             local_pod_inspection="not_applicable",
             workspace_scope=WORKSPACE_SCOPES["embedded_worker_runtime"],
-            os=_platform_os(),
-            arch=_platform_arch(),
+            os=machine_os(),
+            arch=machine_arch(),
             can_cancel_worker="cancel" in operations,
             registry_workspace_scope="current_workspace" if bound else "all_workspaces",
         )

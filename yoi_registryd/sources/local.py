@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import watchfiles
 
 from yoi_registryd.config import LocalSourceConfig
 from yoi_registryd.files import watch_stop_event
+from yoi_registryd.ids import normalize_root
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import Capabilities, Diagnostic, HostSpec, SourceKind, WorkerRecord
 from yoi_registryd.sources.base import Reporter
@@ -37,9 +37,8 @@ from yoi_registryd.sources.local_metadata import (
     WorkspaceHosts,
     evaluate_entry,
     is_utf8_name,
-    normalize_root,
 )
-from yoi_registryd.vocabulary import WORKSPACE_SCOPES
+from yoi_registryd.vocabulary import WORKSPACE_SCOPES, machine_arch, machine_os
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,6 @@ _WATCH_EACH_DIR_TIMEOUT_MS: Final = 250
 new directory (each wake-up costs a thread round trip: about 0.4% of a core at 250 ms)."""
 _MISSING_DIR_POLL: Final = 1.0
 _WATCH_RETRY_MAX: Final = 60.0
-
-
-def _platform_os() -> str:
-    """``std::env::consts::OS`` spelling, as upstream reports it."""
-    return {"darwin": "macos"}.get(platform.system().lower(), platform.system().lower())
-
-
-def _platform_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 BoundHost = tuple[str, Diagnostic | None]
@@ -132,8 +121,8 @@ class LocalCompatibilitySource:
             can_get_worker=readable,
             local_pod_inspection="available" if readable else "unavailable",
             workspace_scope=WORKSPACE_SCOPES[self.source_kind],
-            os=_platform_os(),
-            arch=_platform_arch(),
+            os=machine_os(),
+            arch=machine_arch(),
             registry_workspace_scope=("current_workspace" if self.bound_root else "all_workspaces"),
         )
 

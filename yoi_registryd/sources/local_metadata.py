@@ -16,7 +16,6 @@ what it returns; diagnostic messages never name a path, a file or a session.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -28,7 +27,13 @@ from typing import Any, Final
 import msgspec
 
 from yoi_registryd.files import FileTooLarge, read_regular_file
-from yoi_registryd.ids import derive_id, is_valid_identifier, local_worker_id
+from yoi_registryd.ids import (
+    is_valid_identifier,
+    local_host_id,
+    local_worker_id,
+    normalize_root,
+    workspace_id_for_root,
+)
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import (
     Diagnostic,
@@ -37,15 +42,13 @@ from yoi_registryd.model import (
     WorkerCapabilities,
     WorkerRecord,
 )
-from yoi_registryd.vocabulary import worker_naming, worker_workspace
+from yoi_registryd.vocabulary import safe_display, worker_naming, worker_workspace
 from yoi_registryd.workspace_file import read_workspace_identity
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE: Final = "metadata.json"
-LOCAL_HOST_PREFIX: Final = "local-"
 IMPLEMENTATION_KIND: Final = "local_pod"
-MAX_DISPLAY_CHARS: Final = 80
 
 # Upstream's diagnostic codes (kept) and ours.
 REGISTRY_UNAVAILABLE: Final = "local_pod_registry_unavailable"
@@ -61,32 +64,6 @@ ACTIONS_NOT_IMPLEMENTED: Final = "worker_actions_not_implemented"
 WORKSPACE_ID_UNAVAILABLE: Final = "local_workspace_id_unavailable"
 
 NO_CAPABILITIES: Final = WorkerCapabilities()
-
-
-def safe_display(value: object) -> str | None:
-    """Display strings: drop control characters, ``/`` and ``\\``; first 80 chars; "" -> None."""
-    if not isinstance(value, str):
-        return None
-    kept = "".join(
-        ch for ch in value if ch not in "/\\" and not (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
-    )
-    return kept[:MAX_DISPLAY_CHARS] or None
-
-
-def normalize_root(root: str) -> str:
-    """Lexical path comparison as upstream: ``\\`` -> ``/``, trailing ``/`` stripped."""
-    normalized = root.replace("\\", "/").rstrip("/")
-    return normalized or "/"
-
-
-def workspace_id_for_root(root: str) -> str:
-    """An opaque workspace id for a workspace root: a digest, never the path itself."""
-    digest = hashlib.sha256(normalize_root(root).encode("utf-8", "surrogatepass")).hexdigest()
-    return f"ws-{digest[:24]}"
-
-
-def local_host_id(workspace_id: str) -> str:
-    return derive_id(LOCAL_HOST_PREFIX, workspace_id)
 
 
 def _diag(code: str, severity: Severity, message: str, worker_id: str | None) -> Diagnostic:

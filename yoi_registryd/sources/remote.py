@@ -26,6 +26,7 @@ import trio
 
 from yoi_registryd import operations
 from yoi_registryd.capability import NO_PERMISSION, WORKERS_INPUT, WORKERS_LIST, WORKERS_STOP
+from yoi_registryd.clock import utcnow
 from yoi_registryd.config import RemoteSourceConfig
 from yoi_registryd.errors import (
     RegistryError,
@@ -43,7 +44,6 @@ from yoi_registryd.operations import (
     OperationAck,
     StopRequest,
 )
-from yoi_registryd.registry import utcnow
 from yoi_registryd.sources.base import Reporter
 from yoi_registryd.sources.remote_auth import RemoteCredentials
 from yoi_registryd.sources.remote_client import (

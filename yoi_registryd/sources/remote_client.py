@@ -18,7 +18,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import certifi
 import httpcore
@@ -28,9 +28,6 @@ import trio
 from yoi_registryd import __version__
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, check_depth
 from yoi_registryd.secrets import Secret
-
-if TYPE_CHECKING:
-    from yoi_registryd.sources.remote_auth import RemoteCredentials
 
 TIMEOUT: Final = "remote_runtime_timeout"
 NETWORK_ERROR: Final = "remote_runtime_network_error"
@@ -67,6 +64,15 @@ _SAFE_MESSAGES: Final = {
 }
 """Per code, the message :meth:`RemoteFailure.safe_message` builds from the runtime id."""
 _UNEXPECTED_STATUS: Final = "remote runtime {rid} answered with an unexpected status{status}"
+
+
+class Credentials(Protocol):
+    """What a request asks of the source's credentials (``remote_auth.RemoteCredentials``):
+    declared here so that this plumbing does not depend on how they are loaded or minted."""
+
+    def authorization(self, permission: str) -> Secret | None:
+        """The ``Authorization`` value for a request needing ``permission``, if any."""
+        ...
 
 
 class RemoteFailure(Exception):
@@ -170,7 +176,7 @@ class RemoteClient:
         base_url: Secret,
         timeout: float,
         max_bytes: int,
-        credentials: RemoteCredentials,
+        credentials: Credentials,
     ) -> None:
         self._pool = pool
         base = base_url.reveal().rstrip("/")

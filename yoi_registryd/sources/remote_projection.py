@@ -33,9 +33,9 @@ from yoi_registryd.model import (
     WorkerRecord,
     WorkspaceInfo,
 )
-from yoi_registryd.sources.local_metadata import safe_display
 from yoi_registryd.vocabulary import (
     WORKSPACE_SCOPES,
+    safe_display,
     worker_naming,
     worker_state,
     worker_workspace,

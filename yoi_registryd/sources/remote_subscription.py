@@ -34,10 +34,10 @@ import msgspec
 import trio
 import trio_websocket
 
+from yoi_registryd.clock import utcnow
 from yoi_registryd.ids import is_valid_identifier
 from yoi_registryd.json_depth import TooDeep, decode_bounded
 from yoi_registryd.model import Diagnostic, WorkerRecord
-from yoi_registryd.registry import utcnow
 from yoi_registryd.sources.base import Reporter, SourceError
 from yoi_registryd.sources.remote_projection import (
     STATUS_UNRECOGNISED,
