@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -186,8 +187,12 @@ def worker_map_copy_us(workers: int) -> dict[str, float]:
     way the registry actor applies a delta: ``dict(proxy)`` (the generic mapping path) and
     ``proxy.copy()`` (the dict's own copy)."""
     proxy = MappingProxyType({f"w-{i:06d}": object() for i in range(workers)})
-    out = {}
-    for name, copy in (("dict_of_proxy_us", lambda: dict(proxy)), ("proxy_copy_us", proxy.copy)):
+    out: dict[str, float] = {}
+    copies: tuple[tuple[str, Callable[[], object]], ...] = (
+        ("dict_of_proxy_us", lambda: dict(proxy)),
+        ("proxy_copy_us", proxy.copy),
+    )
+    for name, copy in copies:
         runs = 100
         started = time.perf_counter()
         for _ in range(runs):

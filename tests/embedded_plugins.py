@@ -193,7 +193,7 @@ class CountingMemoryRuntime(MemoryRuntime):
     subscriptions = 0
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def subscribe(self) -> AsyncIterator[Any]:
         self.subscriptions += 1
         async with super().subscribe() as subscription:
             yield subscription

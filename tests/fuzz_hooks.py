@@ -25,10 +25,13 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import schemathesis
 from schemathesis import GenerationMode
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 FORBIDDEN_ENV = "YOI_FUZZ_FORBIDDEN"
 SHORT_WAIT = "50ms"
@@ -38,7 +41,7 @@ _VALID_WAIT = re.compile(
 _VALID_INDEX = re.compile(r"^[0-9]{1,18}$")
 
 
-def _query_mode(case: schemathesis.Case) -> GenerationMode:
+def _query_mode(case: OpenApiCase) -> GenerationMode:
     for location, info in case.meta.components.items() if case.meta else ():
         if str(getattr(location, "value", location)) == "query":
             return info.mode
@@ -46,7 +49,7 @@ def _query_mode(case: schemathesis.Case) -> GenerationMode:
 
 
 @schemathesis.hook
-def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
+def map_case(context: Any, case: OpenApiCase) -> OpenApiCase:
     query = case.query
     if not isinstance(query, dict):
         return case
@@ -64,7 +67,7 @@ def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
 
 @schemathesis.hook
 def filter_failure(
-    context: Any, failure: Any, case: schemathesis.Case, response: schemathesis.Response
+    context: Any, failure: Any, case: OpenApiCase, response: schemathesis.Response
 ) -> bool:
     """Keep every failure but a runtime's documented refusal of the input content."""
     refused_input = (
@@ -86,7 +89,7 @@ def _forbidden() -> tuple[bytes, ...]:
 
 
 @schemathesis.check
-def no_planted_secret(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
+def no_planted_secret(ctx: Any, response: schemathesis.Response, case: OpenApiCase) -> None:
     """No planted secret in the body or in any header of any answer."""
     texts = [response.content or b""]
     texts.extend(f"{k}: {v}".encode() for k, values in response.headers.items() for v in values)

@@ -73,7 +73,8 @@ class H2Client:
 
     def refused(self, stream_id: int) -> bool:
         """The server said (GOAWAY) that it did not and will not process this stream."""
-        return self.terminated is not None and stream_id > self.terminated.last_stream_id
+        last = None if self.terminated is None else self.terminated.last_stream_id
+        return last is not None and stream_id > last
 
     async def receive_once(self) -> bool:
         """Read what the server sent once and apply it; False once the server closed the

@@ -154,7 +154,8 @@ async def test_a_garbage_file_keeps_the_last_good_set_with_a_typed_refusal(
     )
 
     async def refusals() -> bool:
-        return (await discovery_status(d))["refused_count"] == 4
+        refused: int = (await discovery_status(d))["refused_count"]
+        return refused == 4
 
     await wait_for(refusals, deadline_s=10, message="four refusals")
     status = await discovery_status(d)

@@ -77,9 +77,15 @@ async def wait_state(
     await wait_for(shown, deadline_s=2, message=message)
 
 
-async def wait_listed(d: RunningDaemon, worker_id: str) -> None:
+async def wait_listed(
+    d: RunningDaemon, worker_id: str, deadline_s: float = 5.0, message: str = ""
+) -> None:
     """Wait until the registry lists ``worker_id`` in any state."""
-    await wait_for(lambda: worker_state(d, worker_id), message=f"worker {worker_id!r}")
+
+    async def listed() -> bool:
+        return await worker_state(d, worker_id) is not None
+
+    await wait_for(listed, deadline_s, message=message or f"worker {worker_id!r}")
 
 
 async def post_response(
@@ -102,7 +108,7 @@ async def test_runtime_host_and_worker_projection(start_daemon: StartDaemon, key
         intent=Intent("role", "coder"),
         profile=Profile("named", "rust"),
     )
-    await wait_for(lambda: worker_state(d, "coder-1"), message="the worker")
+    await wait_listed(d, "coder-1", message="the worker")
 
     record = await d.get_json(f"/api/runtimes/{RID}")
     assert record["kind"] == "embedded_worker_runtime"
@@ -147,7 +153,7 @@ async def test_runtime_events_reach_the_api_without_polling(
     # stale_after is 10 minutes, so the source's only timer fires every 150 s: each change
     # below is visible within the 2 s deadline only because the subscription carried it.
     runtime.spawn("w1", display_name="first")
-    await wait_for(lambda: worker_state(d, "w1"), deadline_s=2, message="spawn")
+    await wait_listed(d, "w1", deadline_s=2, message="spawn")
     runtime.rename("w1", "renamed")
 
     async def renamed() -> bool:
@@ -228,8 +234,8 @@ async def test_input_over_http_appends_to_the_transcript(
         ("system", "budget: 10 min"),
     ]
     # The transcript stays in the runtime: the registry serves the worker, not its content.
-    body = (await d.client.get(f"{WORKER}/w")).text
-    assert "rebase" not in body and "budget" not in body
+    served = (await d.client.get(f"{WORKER}/w")).text
+    assert "rebase" not in served and "budget" not in served
 
     # Blank input passes the registry's schema; the runtime refuses it, as in yoi: a 200
     # ``rejected`` with the runtime's reason.
@@ -290,7 +296,7 @@ async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
             options={"key": key, "workers": ["alpha", "beta"]},
         )
     )
-    await wait_for(lambda: worker_state(d, "alpha"), message="the third-party runtime")
+    await wait_listed(d, "alpha", message="the third-party runtime")
     runtime: ThirdPartyRuntime = INSTANCES[key]
     record = await d.get_json(f"/api/runtimes/{RID}")
     assert record["label"] == "Third-party runtime"
@@ -301,8 +307,8 @@ async def test_third_party_runtime_gets_only_the_capabilities_it_implements(
     assert worker["label"] == "Alpha"
     assert worker["capabilities"]["can_cancel"] is False
 
-    result, raw = lifecycle_result(await post_response(d, "alpha", "cancel"))
-    assert (result.state, refusal_code(result)) == ("unsupported", "operation_unsupported")
+    cancel, raw = lifecycle_result(await post_response(d, "alpha", "cancel"))
+    assert (cancel.state, refusal_code(cancel)) == ("unsupported", "operation_unsupported")
     assert raw["operation"] == "cancel"
     assert runtime.workers()[0].status == "running"
 
@@ -347,13 +353,14 @@ async def test_workers_whose_ids_are_not_registry_ids_are_skipped_with_a_diagnos
     runtime.delete(bad)
 
     async def healthy() -> bool:
-        body = await d.get_json(f"/api/runtimes/{RID}")
-        return body["registry_status"] == "available" and body["diagnostics"] == []
+        body: dict[str, Any] = await d.get_json(f"/api/runtimes/{RID}")
+        status: str = body["registry_status"]
+        return status == "available" and body["diagnostics"] == []
 
     await wait_for(healthy, deadline_s=2, message="the diagnostic to clear")
     runtime.add("also bad!")
     runtime.add("fine-2")
-    await wait_for(lambda: worker_state(d, "fine-2"), deadline_s=2)
+    await wait_listed(d, "fine-2", deadline_s=2)
     assert (await d.get_json(f"/api/runtimes/{RID}"))["registry_status"] == "degraded"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,14 +69,15 @@ async def check_demo(client: httpx.AsyncClient) -> None:
         return len((await client.get(path)).json()["items"]) == 6
 
     await wait_for(populated, message="the demo population")
-    first = (await client.get(path)).json()["items"]
+    first: list[dict[str, Any]] = (await client.get(path)).json()["items"]
     assert {w["label"] for w in first} == DEMO_LABELS
     assert {w["state"] for w in first} == {"running"}
     runtime = (await client.get(f"/api/runtimes/{DEMO_RUNTIME_ID}")).json()
     assert runtime["kind"] == "embedded_worker_runtime"
 
     async def changed() -> bool:
-        return (await client.get(path)).json()["items"] != first
+        items: list[dict[str, Any]] = (await client.get(path)).json()["items"]
+        return items != first
 
     await wait_for(changed, deadline_s=10, message="the demo to change by itself")
 

@@ -199,7 +199,9 @@ async def test_a_failing_runtime_task_is_supervised(
 
     async def recovered() -> bool:
         body = await record(d)
-        return body["registry_status"] == "available" and body["supervisor"]["restarts"] == 1
+        status: str = body["registry_status"]
+        restarts: int = body["supervisor"]["restarts"]
+        return status == "available" and restarts == 1
 
     await wait_for(recovered)
     body = await record(d)

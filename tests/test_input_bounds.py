@@ -20,6 +20,7 @@ import trio
 from tests.conftest import StartDaemon, local_source_toml, wait_for
 from tests.test_api import assert_error, fixture_daemon
 from tests.test_faults import (
+    Handler,
     RawServer,
     _peak_rss_reset,
     _rss_kib,
@@ -95,7 +96,7 @@ def test_json_depth_ignores_brackets_in_strings_and_escapes() -> None:
 # -- a remote runtime's body ----------------------------------------------------------------
 
 
-def answer_every_request(body: bytes, headers: bytes = b"") -> object:
+def answer_every_request(body: bytes, headers: bytes = b"") -> Handler:
     """A raw remote runtime that answers each request with ``body``, then closes."""
 
     async def handler(stream: trio.SocketStream, server: RawServer) -> None:

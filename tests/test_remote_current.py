@@ -96,7 +96,7 @@ async def test_a_current_runtime_is_followed_with_capability_tokens(
     assert (record["capabilities"]["os"], record["capabilities"]["arch"]) == ("linux", "x86_64")
 
     # Every request carried a token the runtime verified, with only its route's permission.
-    permissions = {route: set() for route in ("runtime", "workers")}
+    permissions: dict[str, set[tuple[str, ...]]] = {"runtime": set(), "workers": set()}
     for route, context in fake.contexts:
         assert context.server_id == SERVER_ID and context.workspace_id == WORKSPACE_ID
         permissions[route].add(context.permissions)
@@ -319,7 +319,8 @@ async def test_a_runtimes_refusal_is_rejected_with_its_own_code(
 
     async def registry_state(worker_id: str, state: str) -> None:
         async def reached() -> bool:
-            return (await workers(d, RID))[worker_id]["state"] == state
+            shown: str = (await workers(d, RID))[worker_id]["state"]
+            return shown == state
 
         await wait_for(reached, message=f"{worker_id} {state}")
 

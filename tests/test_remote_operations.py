@@ -60,7 +60,8 @@ def error_of(response: httpx.Response, status: int, code: str) -> dict[str, Any]
 
 async def wait_state(d: RunningDaemon, runtime_id: str, worker_id: str, state: str) -> None:
     async def reached() -> bool:
-        return (await workers(d, runtime_id)).get(worker_id, {}).get("state") == state
+        shown: str | None = (await workers(d, runtime_id)).get(worker_id, {}).get("state")
+        return shown == state
 
     await wait_for(reached, deadline_s=3, message=f"{runtime_id}/{worker_id} {state}")
 

@@ -332,7 +332,8 @@ async def test_sends_only_changes(
     fake.workers["w-1"].status = "stopped"
 
     async def changed() -> bool:
-        return (await workers(d, "remote-a"))["w-1"]["state"] == "stopped"
+        state: str = (await workers(d, "remote-a"))["w-1"]["state"]
+        return state == "stopped"
 
     await wait_for(changed)
     assert actor.snapshot.workers_revision > before_rev
@@ -392,7 +393,8 @@ async def test_one_hanging_runtime_does_not_harm_another(
     b.workers["w-2"].status = "cancelled"
 
     async def b_fresh() -> bool:
-        return (await workers(d, "remote-b"))["w-2"]["state"] == "cancelled"
+        state: str = (await workers(d, "remote-b"))["w-2"]["state"]
+        return state == "cancelled"
 
     await wait_for(b_fresh)
     everything = await d.get_json("/api/workers")

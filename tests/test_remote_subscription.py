@@ -86,7 +86,7 @@ def runtime_workers(fake: FakeRuntime) -> dict[str, str]:
 
 async def converged(d: RunningDaemon, fake: FakeRuntime, what: str) -> None:
     """Wait until the registry holds exactly the runtime's workers and states."""
-    last: dict[str, Any] = {}
+    last: dict[str, dict[str, str]] = {}
 
     async def equal() -> bool:
         last["registry"] = await registry_workers(d)

@@ -331,7 +331,7 @@ def test_the_client_types_refuse_what_the_client_would_not_read(
     path: tuple[str | int, ...], value: Any
 ) -> None:
     """The types can fail: each of these old shapes of ours is refused."""
-    worker = {
+    worker: dict[str, Any] = {
         "runtime_id": "r",
         "worker_id": "w",
         "resource_key": "",
