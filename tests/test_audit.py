@@ -649,6 +649,46 @@ async def test_the_queue_depth_is_a_metric(start_daemon: StartDaemon) -> None:
     assert await depth() == 0
 
 
+@pytest.mark.parametrize("on_failure", ["refuse", "serve"])
+async def test_the_trail_counters_are_metrics(start_daemon: StartDaemon, on_failure: str) -> None:
+    """docs/security.md: what the trail wrote, failed to write, lost, dropped and refused is
+    exported on /metrics (which is not audited itself, so scraping changes no counter)."""
+    d, sink = await start_with_memory_sink(
+        start_daemon, f'queue_size = 1\non_failure = "{on_failure}"', failures="1000"
+    )
+    trail = d.daemon.audit
+
+    async def scrape() -> dict[str, float]:
+        text = (await d.client.get("/metrics")).text
+        samples = (line.split() for line in text.splitlines())
+        return {s[0]: float(s[1]) for s in samples if s[0].startswith("yoi_registryd_audit_")}
+
+    await d.client.get("/api/workers", headers={"X-Request-Id": "c0"})
+    await wait_for(lambda: trail.failing, message="the sink failing")
+    for i in range(1, 10):  # the queue fills, then requests are refused or unrecorded
+        await d.client.get("/api/workers", headers={"X-Request-Id": f"c{i}"})
+        if trail.requests_refused + trail.records_dropped:
+            break
+    failed = await scrape()
+    assert 1 <= failed["yoi_registryd_audit_write_failures_total"] <= trail.write_failures
+    refused = failed["yoi_registryd_audit_requests_refused_total"]
+    dropped = failed["yoi_registryd_audit_records_dropped_total"]
+    assert (refused, dropped) == (trail.requests_refused, trail.records_dropped)
+    assert (refused >= 1, dropped >= 1) == (on_failure == "refuse", on_failure == "serve")
+    assert failed["yoi_registryd_audit_records_written_total"] == 0
+    assert failed["yoi_registryd_audit_waiting_requests"] == 0
+
+    sink.failures = 0  # the disk comes back: what was queued is written
+    await wait_for(
+        lambda: not (trail.failing or trail.queue_depth) and trail.records_written >= 1,
+        message="the queued records written",
+    )
+    recovered = await scrape()
+    assert recovered["yoi_registryd_audit_records_written_total"] == len(sink.records) >= 1
+    assert recovered["yoi_registryd_audit_records_lost_total"] == 0
+    assert recovered["yoi_registryd_audit_queue_depth"] == 0
+
+
 # -- durability before the response, the hash chain, audit verify ---------------------------
 
 

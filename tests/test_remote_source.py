@@ -321,12 +321,12 @@ async def test_sends_only_changes(
     d, _ = await start_one(start_daemon, nursery, tmp_path, fake)
     await wait_status(d, "remote-a", "available")
     actor = d.daemon.actor
-    before_rev = actor.snapshot.workers_revision
+    before_set = actor.snapshot.runtimes["remote-a"].workers
     before = await workers(d, "remote-a")
     polled = fake.count("workers")
     await wait_for(lambda: fake.count("workers") >= polled + 5)
     # Five unchanged polls later: the workers (and their last_seen_at) are untouched.
-    assert actor.snapshot.workers_revision == before_rev
+    assert actor.snapshot.runtimes["remote-a"].workers is before_set
     assert await workers(d, "remote-a") == before
 
     fake.workers["w-1"].status = "stopped"
@@ -336,7 +336,7 @@ async def test_sends_only_changes(
         return state == "stopped"
 
     await wait_for(changed)
-    assert actor.snapshot.workers_revision > before_rev
+    assert actor.snapshot.runtimes["remote-a"].workers is not before_set
     after = await workers(d, "remote-a")
     assert after["w-2"] == before["w-2"]
     assert after["w-1"]["last_seen_at"] > before["w-1"]["last_seen_at"]

@@ -7,9 +7,10 @@ that caused it, so ``yoi-registryd check-config`` can tell an operator exactly w
 
 from __future__ import annotations
 
-import importlib
 import os
+import pkgutil
 import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -26,8 +27,21 @@ DEFAULT_LISTEN: Final = f"127.0.0.1:{DEFAULT_PORT}"
 SYSTEM_CONFIG_PATH: Final = Path("/etc/yoi-registryd/config.toml")
 CONFIG_ENV: Final = "YOI_REGISTRYD_CONFIG"
 
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+"""Seconds per unit of a written duration."""
+DURATION_NUMBER: Final = r"[0-9]+(?:\.[0-9]+)?"
+_UNIT: Final = "|".join(DURATION_UNITS)
+
+
+def _duration_grammar(number: str, unit: str) -> str:
+    """A number, then a unit, blanks around either: the one grammar of a written duration."""
+    return rf"[ \t]*{number}[ \t]*{unit}[ \t]*"
+
+
+DURATION_PATTERN: Final = _duration_grammar(DURATION_NUMBER, f"(?:{_UNIT})")
+"""A written duration (``"500ms"``, ``"2s"``, ``"5m"``) as the config, the ``wait`` query
+parameter and the OpenAPI document take it."""
+_DURATION_PARTS: Final = re.compile(_duration_grammar(f"({DURATION_NUMBER})", f"({_UNIT})"))
 
 
 class ConfigError(Exception):
@@ -50,13 +64,13 @@ class Duration(timedelta):
         if isinstance(value, int | float):
             seconds = float(value)
         elif isinstance(value, str):
-            match = _DURATION_RE.match(value)
+            match = _DURATION_PARTS.fullmatch(value)
             if match is None:
                 raise ValueError(
                     f"invalid duration {value!r}: expected a number with a unit "
                     "(ms, s, m, h, d), such as '500ms', '2s' or '5m'"
                 )
-            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
         else:
             raise ValueError("expected a duration such as '500ms', '2s' or '5m'")
         if seconds < 0:
@@ -892,13 +906,11 @@ def import_object(spec: str, key: str) -> Any:
         raise ConfigError([f"{key}: {spec!r} is not of the form 'module:attribute'"])
     module_name, _, attribute = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        return pkgutil.resolve_name(spec)
+    except AttributeError as exc:
+        # Raised by the lookup when the module imported; by the module's code when it did not.
+        if module_name not in sys.modules:
+            raise ConfigError([f"{key}: cannot import {module_name!r}: {exc}"]) from None
+        raise ConfigError([f"{key}: {module_name!r} has no attribute {attribute!r}"]) from None
     except Exception as exc:
         raise ConfigError([f"{key}: cannot import {module_name!r}: {exc}"]) from None
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError([f"{key}: {module_name!r} has no attribute {attribute!r}"]) from None
-    return target

@@ -247,7 +247,7 @@ class Daemon:
         )
         self.audit = AuditTrail.from_config(self.config.audit)
         """Queue depth and counters for the metrics; ``reopen()`` after log rotation."""
-        self.metrics.audit_queue_depth = lambda: self.audit.queue_depth
+        self.metrics.audit = self.audit
         self.supervisor = Supervisor(
             self.actor.send_channel, self.config.supervisor, router=self.router
         )

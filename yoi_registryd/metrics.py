@@ -79,6 +79,21 @@ class ReloadOutcome(Protocol):
     last_success_at: datetime | None
 
 
+class AuditCounters(Protocol):
+    """What the audit trail counts (``yoi_registryd.audit.AuditTrail``)."""
+
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def waiting_requests(self) -> int: ...
+
+    records_written: int
+    write_failures: int
+    records_lost: int
+    records_dropped: int
+    requests_refused: int
+
+
 class Metrics:
     """The metrics of one daemon. ``render`` produces a scrape; the rest is for its parts."""
 
@@ -94,8 +109,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.discoveries: Callable[[], list[DiscoveryStatus]] = list
         """Set by the daemon: the ``[[discovery]]`` entries' status."""
-        self.audit_queue_depth: Callable[[], int] | None = None
-        """Set by the audit sink: how many records wait to be written."""
+        self.audit: AuditCounters | None = None
+        """Set by the daemon: the audit trail whose queue and counters are exported."""
         self.loaded_at = time.time()
         """When the configuration was first loaded (a successful load, as for Prometheus)."""
         r = self.registry
@@ -251,12 +266,8 @@ class _SnapshotCollector:
         )
         publish.add_metric([], actor.publish_count, actor.publish_seconds_total)
         yield publish
-        if metrics.audit_queue_depth is not None:
-            yield _plain_gauge(
-                "audit_queue_depth",
-                "Audit records waiting to be written.",
-                metrics.audit_queue_depth(),
-            )
+        if metrics.audit is not None:
+            yield from _audit_metrics(metrics.audit)
         yield from _reload_metrics(metrics.reloads, metrics.loaded_at)
         yield from _discovery_metrics(metrics.discoveries())
         info = GaugeMetricFamily(
@@ -289,6 +300,41 @@ def _reload_metrics(reloads: ReloadOutcome | None, loaded_at: float) -> Iterator
     )
     failures.add_metric([], reloads.failures if reloads is not None else 0)
     yield failures
+
+
+def _audit_metrics(audit: AuditCounters) -> Iterator[Metric]:
+    """The audit trail's queue and what it wrote, failed, lost, dropped and refused."""
+    yield _plain_gauge(
+        "audit_queue_depth", "Audit records waiting to be written.", audit.queue_depth
+    )
+    yield _plain_gauge(
+        "audit_waiting_requests",
+        "Requests waiting for room in the full audit queue.",
+        audit.waiting_requests,
+    )
+    for name, doc, value in (
+        ("records_written", "Audit records written to the sink.", audit.records_written),
+        ("write_failures", "Writes of a batch of audit records that failed.", audit.write_failures),
+        (
+            "records_lost",
+            "Audit records given up at shutdown after repeated write failures.",
+            audit.records_lost,
+        ),
+        (
+            "records_dropped",
+            'Audit records dropped while the sink failed and the queue was full ("serve").',
+            audit.records_dropped,
+        ),
+        (
+            "requests_refused",
+            "Requests refused 503 audit_unavailable because their record could not be kept "
+            '("refuse").',
+            audit.requests_refused,
+        ),
+    ):
+        counter = CounterMetricFamily(f"{PREFIX}_audit_{name}", doc)
+        counter.add_metric([], value)
+        yield counter
 
 
 def _discovery_metrics(statuses: list[DiscoveryStatus]) -> Iterator[Metric]:

@@ -128,14 +128,13 @@ def startup_grace_left(stats: ObservationStats, now: float) -> float | None:
 class RuntimeEntry:
     """One runtime as published: its record, hosts and workers. Never mutated."""
 
-    __slots__ = ("hosts", "record", "revision", "stats", "workers", "workers_revision")
+    __slots__ = ("hosts", "record", "revision", "stats", "workers")
 
     def __init__(
         self,
         record: RuntimeRecord,
         hosts: tuple[HostRecord, ...],
         workers: Mapping[str, WorkerRecord],
-        workers_revision: int,
         *,
         revision: int = 0,
         stats: ObservationStats | None = None,
@@ -143,7 +142,6 @@ class RuntimeEntry:
         self.record = record
         self.hosts = hosts
         self.workers = workers if isinstance(workers, WorkerSet) else WorkerSet.of(workers.values())
-        self.workers_revision = workers_revision
         self.revision = revision
         """The registry revision at which this entry was published (its last change)."""
         self.stats = stats or ObservationStats(registered_at=0.0, stale_after=0.0)
@@ -161,20 +159,17 @@ class RuntimeEntry:
 class Snapshot:
     """An immutable, consistent view of the whole registry at one revision."""
 
-    __slots__ = ("_host_owners", "_sorted_runtime_ids", "revision", "runtimes", "workers_revision")
+    __slots__ = ("_host_owners", "_sorted_runtime_ids", "revision", "runtimes")
 
     def __init__(
         self,
         revision: int,
-        workers_revision: int,
         runtimes: Mapping[str, RuntimeEntry],
         *,
         sorted_runtime_ids: list[str] | None = None,
         host_owners: dict[str, str] | None = None,
     ) -> None:
         self.revision = revision
-        self.workers_revision = workers_revision
-        """The latest revision at which any worker changed (for worker-route caches)."""
         self.runtimes = runtimes
         self._sorted_runtime_ids = sorted_runtime_ids
         """Carried over from the previous snapshot while no runtime came or went."""
@@ -231,7 +226,7 @@ class Snapshot:
             yield from self.runtimes[rid].iter_workers_after(after)
 
 
-EMPTY_SNAPSHOT: Final = Snapshot(0, 0, immutables.Map())
+EMPTY_SNAPSHOT: Final = Snapshot(0, immutables.Map())
 
 
 @dataclass(slots=True)
@@ -258,7 +253,6 @@ class _RuntimeState:
     last_transition_at: datetime | None = None
     last_error: ErrorInfo | None = None
     consecutive_failures: int = 0
-    workers_revision: int = 0
     registered_at: float = 0.0
     registered_wall: datetime = field(default_factory=lambda: utcnow())
     """When the source was registered: a host's ``observed_at`` until it is first seen."""
@@ -489,7 +483,6 @@ class RegistryActor:
             log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
             st.diagnostics = diagnostics
             st.diagnostics_flat = None
-            st.workers_revision = -1  # set at publish
             self._succeeded(st)
         elif isinstance(msg, WorkersChanged):
             if msg.runtime is not None:
@@ -498,7 +491,6 @@ class RegistryActor:
                 st.hosts = msg.hosts
             if msg.upserts or msg.removals:
                 st.workers = st.workers.changed(msg.upserts, msg.removals)
-                st.workers_revision = -1
             if msg.diagnostics:
                 with st.diagnostics.mutate() as diags:
                     for subject, items in msg.diagnostics.items():
@@ -548,7 +540,7 @@ class RegistryActor:
                 old.last_ok_mono,
                 old.last_seen_at,
             )
-            st.workers_stale, st.workers_revision = old.workers_stale, old.workers_revision
+            st.workers_stale = old.workers_stale
             st.last_attempt_at, st.last_duration = old.last_attempt_at, old.last_duration
             st.successes, st.errors = old.successes, old.errors
             st.registered_wall = old.registered_wall
@@ -566,7 +558,6 @@ class RegistryActor:
         if st.workers_stale:
             st.workers = st.workers.marked_stale(False)
             st.workers_stale = False
-            st.workers_revision = -1
 
     # -- time --------------------------------------------------------------------------
 
@@ -615,7 +606,6 @@ class RegistryActor:
         if status == "stale" and not st.workers_stale:
             st.workers = st.workers.marked_stale(True)
             st.workers_stale = True
-            st.workers_revision = -1
             self._dirty.add(rid)
         if (
             st.expire_after is not None
@@ -626,7 +616,6 @@ class RegistryActor:
             st.expired = True
             if st.workers:
                 st.workers = EMPTY_WORKERS
-                st.workers_revision = -1
             self._dirty.add(rid)
         if status != st.status:
             log_status_change(st, status, now)
@@ -642,7 +631,6 @@ class RegistryActor:
         started = time.perf_counter()
         previous = self.snapshot
         revision = previous.revision + 1
-        workers_revision = previous.workers_revision
         # While no runtime comes or goes, the previous snapshot's runtime order still holds;
         # while no host id moves either, so do its host owners.
         same_ids = same_hosts = True
@@ -650,13 +638,9 @@ class RegistryActor:
             for rid in self._removed:
                 if rid in entries:
                     del entries[rid]
-                    workers_revision = revision
                     same_ids = same_hosts = False
             for rid in self._dirty:
                 st = self._states[rid]
-                if st.workers_revision == -1:
-                    st.workers_revision = revision
-                    workers_revision = revision
                 old = entries.get(rid)
                 entry = self._build_entry(st, revision)
                 entries[rid] = entry
@@ -669,7 +653,6 @@ class RegistryActor:
         self._dirty.clear()
         self.snapshot = Snapshot(
             revision,
-            workers_revision,
             self._entries,
             sorted_runtime_ids=previous._sorted_runtime_ids if same_ids else None,
             host_owners=previous._host_owners if same_hosts else None,
@@ -731,6 +714,4 @@ class RegistryActor:
             errors=tuple(sorted(st.errors.items())),
             mode=d.mode,
         )
-        return RuntimeEntry(
-            record, hosts, st.workers, st.workers_revision, revision=revision, stats=stats
-        )
+        return RuntimeEntry(record, hosts, st.workers, revision=revision, stats=stats)

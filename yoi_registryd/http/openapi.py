@@ -30,6 +30,7 @@ from werkzeug.routing import Map
 from yoi_registryd import __version__, errors
 from yoi_registryd.audit import AuditUnavailable
 from yoi_registryd.auth import WORKSPACE_HEADER
+from yoi_registryd.config import DURATION_NUMBER, DURATION_PATTERN
 from yoi_registryd.http import reads, views
 from yoi_registryd.http.middleware import RequestHeadTooLarge
 from yoi_registryd.http.server import TooManyConnections
@@ -110,8 +111,8 @@ Index = Annotated[int, msgspec.Meta(ge=0, le=MAX_INDEX)]
 Wait = Annotated[
     str,
     msgspec.Meta(
-        # A bare number of seconds, or a number with a unit (``http.watch``, ``config``).
-        pattern=r"^(?:[0-9]+(?:\.[0-9]+)?|[ \t]*[0-9]+(?:\.[0-9]+)?[ \t]*(?:ms|s|m|h|d)[ \t]*)$",
+        # A bare number of seconds, or a number with a unit (``http.watch``).
+        pattern=f"^(?:{DURATION_NUMBER}|{DURATION_PATTERN})$",
         max_length=32,
     ),
 ]

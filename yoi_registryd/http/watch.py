@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from yoi_registryd.config import Duration
+from yoi_registryd.config import DURATION_NUMBER, Duration
 from yoi_registryd.errors import InvalidQuery, RegistryError
 from yoi_registryd.registry import RegistryActor, Snapshot
 
@@ -49,7 +49,7 @@ RETRY_AFTER_SECONDS: Final = 2
 _MAX_INDEX: Final = 2**63 - 1
 _INDEX_DIGITS: Final = len(str(_MAX_INDEX))
 _MAX_WAIT_CHARS: Final = 32
-_NUMBER: Final = re.compile(r"^\d+(?:\.\d+)?$")
+_NUMBER: Final = re.compile(DURATION_NUMBER)
 
 ViewIndex = Callable[[Snapshot], int]
 """The revision at which a view last changed, in a snapshot; raises if the view is gone."""
@@ -139,7 +139,7 @@ def _parse_wait(text: str) -> float:
     try:
         if len(text) > _MAX_WAIT_CHARS:
             raise ValueError(text)
-        if _NUMBER.match(text):
+        if _NUMBER.fullmatch(text):
             return float(text)
         return Duration.parse(text).total_seconds()
     except ValueError:

@@ -25,9 +25,10 @@ Worker operations the runtime implements are routed to it. Capabilities, per wor
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
+import pkgutil
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from importlib import metadata
@@ -78,6 +79,7 @@ from yoi_registryd.runtimes.protocol import (
 )
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 from yoi_registryd.vocabulary import (
+    RUNTIME_KINDS,
     WORKSPACE_SCOPES,
     machine_arch,
     machine_os,
@@ -90,7 +92,7 @@ from yoi_registryd.vocabulary import (
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP: Final = "yoi_registryd.runtimes"
-RUNTIME_KIND: Final = "embedded_worker_runtime"
+RUNTIME_KIND: Final = RUNTIME_KINDS["embedded_worker_runtime"]
 HOST_KIND: Final = "embedded-worker-runtime-host"
 IMPLEMENTATION: Final = Implementation(
     "embedded_worker_runtime", "backend-internal worker-runtime Worker"
@@ -126,25 +128,26 @@ T = TypeVar("T")
 # -- loading the runtime ------------------------------------------------------------------
 
 
-def _resolve_attribute(module_name: str, attribute: str, named: str) -> object:
+def _load(load: Callable[[], object], module_name: str, named: str) -> object:
+    """``load()`` (a lookup of ``module:attribute``), its failures typed: the module or the
+    attribute not found, or the module's own code failing while it is imported."""
     try:
-        target: object = importlib.import_module(module_name)
+        return load()
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
             raise SourceError(
                 FACTORY_NOT_FOUND, f"the runtime factory {named}: module not found"
             ) from exc
         raise _import_failed(named, exc) from exc
+    except AttributeError as exc:
+        # Raised by the lookup when the module imported; by the module's code when it did not.
+        if module_name not in sys.modules:
+            raise _import_failed(named, exc) from exc
+        raise SourceError(
+            FACTORY_NOT_FOUND, f"the runtime factory {named}: attribute not found"
+        ) from None
     except Exception as exc:
         raise _import_failed(named, exc) from exc
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise SourceError(
-                FACTORY_NOT_FOUND, f"the runtime factory {named}: attribute not found"
-            ) from None
-    return target
 
 
 def _failure(subject: str, code: str, what: str, exc: BaseException) -> SourceError:
@@ -160,8 +163,8 @@ def _failure(subject: str, code: str, what: str, exc: BaseException) -> SourceEr
     return SourceError(code, f"{what} ({kind})")
 
 
-class _Failing:
-    """``with _Failing(subject, code, what):`` around a call into the runtime's code turns
+class _TypedFailures:
+    """``with _TypedFailures(subject, code, what):`` around a call into the runtime's code turns
     any exception it raises into the typed failure of :func:`_failure`."""
 
     def __init__(self, subject: str, code: str, what: str) -> None:
@@ -200,18 +203,19 @@ def _entry_point_target(name: str) -> object:
             f"the entry point {name!r} in the group {ENTRY_POINT_GROUP} is defined "
             f"{len(values)} times with different targets",
         )
-    module_name, _, attribute = next(iter(values)).partition(":")
-    if not attribute:
+    entry_point = next(iter(found))
+    target = entry_point.pattern.match(entry_point.value)
+    if target is None or not target["attr"]:
         raise SourceError(FACTORY_INVALID, f"the {named} does not name module:attribute")
-    return _resolve_attribute(module_name.strip(), attribute.strip(), named)
+    return _load(entry_point.load, target["module"], named)
 
 
 def load_factory(config: EmbeddedSourceConfig) -> Callable[..., object]:
     """The callable the configuration names; a typed :class:`SourceError` if there is none."""
     if config.factory is not None:
-        module_name, _, attribute = config.factory.partition(":")
-        target = _resolve_attribute(module_name, attribute, repr(config.factory))
-        named = repr(config.factory)
+        factory = config.factory
+        named = repr(factory)
+        target = _load(lambda: pkgutil.resolve_name(factory), factory.partition(":")[0], named)
     elif config.entry_point is not None:
         target = _entry_point_target(config.entry_point)
         named = f"entry point {config.entry_point!r}"
@@ -241,7 +245,7 @@ class RuntimeHolder:
             return self.runtime
         factory = load_factory(self.config)
         subject = f"embedded source {self.config.runtime_id}"
-        with _Failing(subject, FACTORY_FAILED, "the runtime factory failed"):
+        with _TypedFailures(subject, FACTORY_FAILED, "the runtime factory failed"):
             runtime = await _maybe_await(factory(**self.config.options))
         if not isinstance(runtime, EmbeddedRuntime):
             raise SourceError(
@@ -277,8 +281,8 @@ class _Projection:
         self.operations = operations
         bound = config.workspaces
         # yoi derives its embedded runtime's host id from the workspace's id
-        # (contract-v2 section 1.9): so does a runtime bound to one workspace. Otherwise
-        # the host is named after the runtime, as before.
+        # (contract-v2 section 1.9): so does a runtime bound to one workspace. A runtime
+        # serving any workspace has no workspace to name its host after: the runtime does.
         self.host_id = derive_id(
             EMBEDDED_HOST_PREFIX, bound[0] if len(bound) == 1 else config.runtime_id
         )
@@ -475,7 +479,7 @@ class EmbeddedRuntimeSource:
             raise _first_failure(group) from None
 
     async def _run_runtime_task(self, runtime: SupportsRun) -> None:
-        with _Failing(self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed"):
+        with _TypedFailures(self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed"):
             await runtime.run()
 
     async def _follow(
@@ -505,7 +509,7 @@ class EmbeddedRuntimeSource:
             raise SourceError(SUBSCRIPTION_CLOSED, "the runtime ended its subscription")
 
     def _summary(self, runtime: EmbeddedRuntime) -> RuntimeSummary:
-        with _Failing(self._subject, SNAPSHOT_FAILED, "the runtime could not be read"):
+        with _TypedFailures(self._subject, SNAPSHOT_FAILED, "the runtime could not be read"):
             return runtime.summary()
 
     def _invalid_diagnostics(self) -> tuple[Diagnostic, ...]:
@@ -528,7 +532,7 @@ class EmbeddedRuntimeSource:
         async with self._send_lock:
             summary = self._summary(runtime)
             what = "the runtime's workers could not be read"
-            with _Failing(self._subject, SNAPSHOT_FAILED, what):
+            with _TypedFailures(self._subject, SNAPSHOT_FAILED, what):
                 workers = tuple(runtime.workers())
             records: list[WorkerRecord] = []
             self._invalid_ids = set()
