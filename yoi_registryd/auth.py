@@ -36,7 +36,7 @@ from yoi_registryd.secrets import TokenUnavailable, load_token
 WORKSPACE_HEADER: Final = "X-Yoi-Workspace"
 PATH_WORKSPACE: Final = "workspace_id"
 """The path parameter of the workspace-scoped routes, ``/api/w/{workspace_id}/...``."""
-MAX_TOKEN_BYTES: Final = 4096
+MAX_BEARER_TOKEN_BYTES: Final = 4096
 _AUTHORIZATION: Final = b"authorization"
 _WORKSPACE: Final = WORKSPACE_HEADER.lower().encode("ascii")
 
@@ -142,7 +142,7 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None
 def _bearer_token(value: bytes) -> bytes | None:
     scheme, _, token = value.strip().partition(b" ")
     token = token.strip()
-    if scheme.lower() != b"bearer" or not token or len(token) > MAX_TOKEN_BYTES:
+    if scheme.lower() != b"bearer" or not token or len(token) > MAX_BEARER_TOKEN_BYTES:
         return None
     return token
 

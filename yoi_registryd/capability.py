@@ -43,7 +43,7 @@ PRIVATE_KEY_PREFIX: Final = "yoi-ed25519-pkcs8:v1:"
 PUBLIC_KEY_PREFIX: Final = "yoi-ed25519-pub:v1:"
 MAX_TOKEN_TTL: Final = 300
 """Seconds: the longest lifetime the registry gives a token."""
-MAX_KEY_FILE_BYTES: Final = 16 * 1024
+MAX_SIGNING_KEY_FILE_BYTES: Final = 16 * 1024
 
 # The permissions of contract-v2 section 4.1 that a registry's requests need.
 WORKERS_LIST: Final = "workers:list"
@@ -180,7 +180,7 @@ def load_signing_key(
         path = credential_path(key_credential, where, env, KeyUnavailable)
     else:
         raise KeyUnavailable("no signing key is configured")
-    raw = read_limited(path, where, MAX_KEY_FILE_BYTES, KeyUnavailable)
+    raw = read_limited(path, where, MAX_SIGNING_KEY_FILE_BYTES, KeyUnavailable)
     try:
         return SigningKey.parse(raw.decode("ascii"))
     except UnicodeDecodeError:

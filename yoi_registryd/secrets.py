@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 REDACTED: Final = "<redacted>"
-MAX_TOKEN_BYTES: Final = 64 * 1024
+MAX_TOKEN_FILE_BYTES: Final = 64 * 1024
 CREDENTIALS_DIRECTORY_ENV: Final = "CREDENTIALS_DIRECTORY"
 
 
@@ -98,7 +98,7 @@ def credential_path(
 
 
 def _read_token_file(path: Path, where: str) -> Secret:
-    return _check_token(read_limited(path, where, MAX_TOKEN_BYTES, TokenUnavailable), where)
+    return _check_token(read_limited(path, where, MAX_TOKEN_FILE_BYTES, TokenUnavailable), where)
 
 
 def load_token(

@@ -33,6 +33,9 @@ RUNTIME_KINDS: Final[dict[SourceKind, str]] = {
 }
 """A runtime's ``kind`` per kind of source (yoi's values)."""
 
+TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"stopped", "cancelled"})
+"""A yoi worker status after which the worker runs, takes input and stops no more."""
+
 _RUNNING: Final = frozenset({"available", "degraded"})
 """Registry statuses in which an observation of the runtime succeeded."""
 

@@ -15,7 +15,8 @@ import trio
 
 from yoi_registryd.config import Duration, EmbeddedSourceConfig
 from yoi_registryd.runtimes.memory import MemoryRuntime
-from yoi_registryd.runtimes.protocol import TERMINAL_STATUSES, Intent, Profile
+from yoi_registryd.runtimes.protocol import Intent, Profile
+from yoi_registryd.vocabulary import TERMINAL_STATUSES
 
 _CAST: Final[tuple[tuple[str, Intent, Profile], ...]] = (
     ("coder", Intent("role", "coder"), Profile("named", "rust-coder")),

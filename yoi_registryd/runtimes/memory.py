@@ -29,7 +29,6 @@ import msgspec
 import trio
 
 from yoi_registryd.runtimes.protocol import (
-    TERMINAL_STATUSES,
     EmbeddedRuntimeError,
     InputAck,
     InputKind,
@@ -46,6 +45,7 @@ from yoi_registryd.runtimes.protocol import (
     WorkerStatus,
     WorkerSummary,
 )
+from yoi_registryd.vocabulary import TERMINAL_STATUSES
 
 DEFAULT_SUBSCRIPTION_CAPACITY: Final = 4096
 DEFAULT_MAX_INPUT_BYTES: Final = 64 * 1024

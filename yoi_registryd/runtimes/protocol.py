@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
 WorkerStatus = Literal["running", "stopped", "cancelled"]
-TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"stopped", "cancelled"})
 
 InputKind = Literal["user", "system", "notify", "compact", "list_rewind_targets", "register_peer"]
 """Input kinds of every yoi era (contract-v2 section 1.7.1): ``user`` and ``system`` until July,

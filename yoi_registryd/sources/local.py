@@ -38,11 +38,11 @@ from yoi_registryd.sources.local_metadata import (
     evaluate_entry,
     is_utf8_name,
 )
-from yoi_registryd.vocabulary import WORKSPACE_SCOPES, machine_arch, machine_os
+from yoi_registryd.vocabulary import RUNTIME_KINDS, WORKSPACE_SCOPES, machine_arch, machine_os
 
 log = logging.getLogger(__name__)
 
-RUNTIME_KIND: Final = "local_pod"
+RUNTIME_KIND: Final = RUNTIME_KINDS["local_compatibility"]
 HOST_KIND: Final = "local-worker-host"
 NOTE: Final = (
     "read-only compatibility projection over local Worker metadata; "

@@ -106,8 +106,8 @@ class WorkspaceHosts:
 
     yoi derives a local host's id from the workspace's own id: ``local-`` + the id in
     ``<workspace_root>/.yoi/workspace.toml``. When that file is missing, unreadable or
-    invalid, the id is derived as before from the root's opaque id, and the host carries an
-    ``info`` diagnostic saying so. One instance serves one scan, so each root's file is read
+    invalid, the id is derived from the root's opaque id instead (stable while the root
+    stays), and the host carries an ``info`` diagnostic saying so. One instance serves one scan, so each root's file is read
     once per scan and a file created or changed later is picked up by the next one.
     """
 

@@ -34,6 +34,8 @@ from yoi_registryd.model import (
     WorkspaceInfo,
 )
 from yoi_registryd.vocabulary import (
+    RUNTIME_KINDS,
+    TERMINAL_STATUSES,
     WORKSPACE_SCOPES,
     safe_display,
     worker_naming,
@@ -41,7 +43,7 @@ from yoi_registryd.vocabulary import (
     worker_workspace,
 )
 
-RUNTIME_KIND: Final = "remote_worker_runtime"
+RUNTIME_KIND: Final = RUNTIME_KINDS["remote_http"]
 HOST_KIND: Final = "remote-worker-runtime-host"
 IMPLEMENTATION: Final = Implementation("remote_worker_runtime", "remote worker-runtime Worker")
 NOTES: Final[Mapping[ObservationMode, str]] = {
@@ -54,7 +56,6 @@ NOTES: Final[Mapping[ObservationMode, str]] = {
         "and credentials stay in the registry's configuration"
     ),
 }
-TERMINAL_STATUSES: Final = frozenset({"stopped", "cancelled"})
 
 WORKER_ID_INVALID: Final = "remote_worker_id_invalid"
 WORKER_MALFORMED: Final = "remote_worker_malformed"
