@@ -107,8 +107,9 @@ class WorkspaceHosts:
     yoi derives a local host's id from the workspace's own id: ``local-`` + the id in
     ``<workspace_root>/.yoi/workspace.toml``. When that file is missing, unreadable or
     invalid, the id is derived from the root's opaque id instead (stable while the root
-    stays), and the host carries an ``info`` diagnostic saying so. One instance serves one scan, so each root's file is read
-    once per scan and a file created or changed later is picked up by the next one.
+    stays), and the host carries an ``info`` diagnostic saying so. One instance serves one
+    scan, so each root's file is read once per scan and a file created or changed later is
+    picked up by the next one.
     """
 
     def __init__(self) -> None:
