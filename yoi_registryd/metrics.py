@@ -337,45 +337,61 @@ def _audit_metrics(audit: AuditCounters) -> Iterator[Metric]:
         yield counter
 
 
-def _discovery_metrics(statuses: list[DiscoveryStatus]) -> Iterator[Metric]:
-    """Per ``[[discovery]]`` entry: what it found, refused, when, and whether it is stale."""
-    labels = ["discovery", "kind"]
-    found = GaugeMetricFamily(
-        f"{PREFIX}_discovery_runtimes", "Runtimes the last good refresh found.", labels=labels
-    )
-    refused = GaugeMetricFamily(
-        f"{PREFIX}_discovery_refused_records",
+_DISCOVERY_METRICS: Final[
+    tuple[
+        tuple[
+            type[GaugeMetricFamily | CounterMetricFamily],
+            str,
+            str,
+            Callable[[DiscoveryStatus], float],
+        ],
+        ...,
+    ]
+] = (
+    (
+        GaugeMetricFamily,
+        "runtimes",
+        "Runtimes the last good refresh found.",
+        lambda status: status.runtime_count,
+    ),
+    (
+        GaugeMetricFamily,
+        "refused_records",
         "Records the last good refresh refused.",
-        labels=labels,
-    )
-    stale = GaugeMetricFamily(
-        f"{PREFIX}_discovery_stale",
+        lambda status: status.refused_count,
+    ),
+    (
+        GaugeMetricFamily,
+        "stale",
         "1 when no refresh succeeded for stale_after (the last good set is kept).",
-        labels=labels,
-    )
-    success = GaugeMetricFamily(
-        f"{PREFIX}_discovery_last_success_timestamp_seconds",
+        lambda status: 1.0 if status.stale else 0.0,
+    ),
+    (
+        GaugeMetricFamily,
+        "last_success_timestamp_seconds",
         "Unix time of the last successful refresh (0: none yet).",
-        labels=labels,
-    )
-    refreshes = CounterMetricFamily(
-        f"{PREFIX}_discovery_refreshes", "Refreshes attempted.", labels=labels
-    )
-    failures = CounterMetricFamily(
-        f"{PREFIX}_discovery_refresh_failures",
+        lambda status: (
+            status.last_success_at.timestamp() if status.last_success_at is not None else 0.0
+        ),
+    ),
+    (CounterMetricFamily, "refreshes", "Refreshes attempted.", lambda status: status.refreshes),
+    (
+        CounterMetricFamily,
+        "refresh_failures",
         "Refreshes that failed (the last good set was kept).",
-        labels=labels,
-    )
-    for status in statuses:
-        key = [status.name, status.kind]
-        found.add_metric(key, status.runtime_count)
-        refused.add_metric(key, status.refused_count)
-        stale.add_metric(key, 1.0 if status.stale else 0.0)
-        at = status.last_success_at
-        success.add_metric(key, at.timestamp() if at is not None else 0.0)
-        refreshes.add_metric(key, status.refreshes)
-        failures.add_metric(key, status.failures)
-    yield from (found, refused, stale, success, refreshes, failures)
+        lambda status: status.failures,
+    ),
+)
+"""Per ``[[discovery]]`` entry: what it found, refused, when, and whether it is stale."""
+
+
+def _discovery_metrics(statuses: list[DiscoveryStatus]) -> Iterator[Metric]:
+    labels = ["discovery", "kind"]
+    for family, name, doc, value in _DISCOVERY_METRICS:
+        metric = family(f"{PREFIX}_discovery_{name}", doc, labels=labels)
+        for status in statuses:
+            metric.add_metric([status.name, status.kind], value(status))
+        yield metric
 
 
 def _plain_gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -28,20 +28,10 @@ from typing import Final
 import msgspec
 import trio
 
+from yoi_registryd.runtimes import protocol
 from yoi_registryd.runtimes.protocol import (
-    EmbeddedRuntimeError,
-    InputAck,
-    InputKind,
-    InputRejected,
-    Intent,
     LifecycleAck,
-    Profile,
-    RuntimeChange,
-    RuntimeStopped,
     RuntimeSummary,
-    SubscriptionOverflow,
-    WorkerNotFound,
-    WorkerNotRunning,
     WorkerStatus,
     WorkerSummary,
 )
@@ -53,7 +43,7 @@ DEFAULT_MAX_INPUT_BYTES: Final = 64 * 1024
 
 class TranscriptEntry(msgspec.Struct, frozen=True):
     sequence: int
-    kind: InputKind
+    kind: protocol.InputKind
     content: str
     event_id: int
     at: datetime
@@ -86,14 +76,14 @@ class MemorySubscription:
     def __aiter__(self) -> MemorySubscription:
         return self
 
-    async def __anext__(self) -> RuntimeChange:
+    async def __anext__(self) -> protocol.RuntimeChange:
         if self._queue or self._overflowed:
             await trio.lowlevel.checkpoint()
         while not self._queue and not self._overflowed:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         if self._overflowed:
-            raise SubscriptionOverflow()
+            raise protocol.SubscriptionOverflow()
         queue, self._queue = self._queue, deque()
         latest: dict[str, WorkerSummary | None] = {}
         runtime: RuntimeSummary | None = None
@@ -104,7 +94,7 @@ class MemorySubscription:
                 latest[item.worker_id] = item
             if summary is not None:
                 runtime = summary
-        return RuntimeChange(
+        return protocol.RuntimeChange(
             workers=tuple(w for w in latest.values() if w is not None),
             removed=tuple(wid for wid, w in latest.items() if w is None),
             runtime=runtime,
@@ -156,7 +146,7 @@ class MemoryRuntime:
         try:
             return self._workers[worker_id]
         except KeyError:
-            raise WorkerNotFound(worker_id) from None
+            raise protocol.WorkerNotFound(worker_id) from None
 
     def transcript(
         self, worker_id: str, start: int = 0, limit: int = 100
@@ -185,25 +175,25 @@ class MemoryRuntime:
         worker_id: str | None = None,
         *,
         display_name: str | None = None,
-        intent: Intent | None = None,
-        profile: Profile | None = None,
+        intent: protocol.Intent | None = None,
+        profile: protocol.Profile | None = None,
     ) -> WorkerSummary:
         """Create a running worker (with a generated id when none is given)."""
         if self.stopped:
-            raise RuntimeStopped()
+            raise protocol.RuntimeStopped()
         if worker_id is None:
             while f"worker-{self._next_worker}" in self._workers:
                 self._next_worker += 1
             worker_id = f"worker-{self._next_worker}"
             self._next_worker += 1
         elif worker_id in self._workers:
-            raise EmbeddedRuntimeError(f"worker {worker_id!r} already exists")
+            raise protocol.EmbeddedRuntimeError(f"worker {worker_id!r} already exists")
         summary = WorkerSummary(
             worker_id=worker_id,
             status="running",
             display_name=display_name,
-            intent=intent or Intent(),
-            profile=profile or Profile(),
+            intent=intent or protocol.Intent(),
+            profile=profile or protocol.Profile(),
             last_event_id=self._next_event_id(),
             updated_at=datetime.now(UTC),
         )
@@ -216,7 +206,7 @@ class MemoryRuntime:
         """Forget a terminal worker (as upstream, a running worker must be stopped first)."""
         worker = self.worker(worker_id)
         if worker.status not in TERMINAL_STATUSES:
-            raise EmbeddedRuntimeError(f"worker {worker_id!r} is running; stop it first")
+            raise protocol.EmbeddedRuntimeError(f"worker {worker_id!r} is running; stop it first")
         del self._workers[worker_id]
         del self._transcripts[worker_id]
         self._counts[worker.status] -= 1
@@ -244,20 +234,22 @@ class MemoryRuntime:
     async def cancel(self, worker_id: str, reason: str | None = None) -> LifecycleAck:
         return self._terminate(worker_id, "cancelled")
 
-    async def input(self, worker_id: str, kind: InputKind, content: str) -> InputAck:
+    async def input(
+        self, worker_id: str, kind: protocol.InputKind, content: str
+    ) -> protocol.InputAck:
         worker = self.worker(worker_id)
         if worker.status != "running":
-            raise WorkerNotRunning(worker_id, worker.status)
+            raise protocol.WorkerNotRunning(worker_id, worker.status)
         if not content.strip():
-            raise InputRejected("input content is empty")
+            raise protocol.InputRejected("input content is empty")
         if len(content.encode("utf-8")) > self.max_input_bytes:
-            raise InputRejected("input content is too long")
+            raise protocol.InputRejected("input content is too long")
         transcript = self._transcripts[worker_id]
         sequence = len(transcript)
         now = datetime.now(UTC)
         updated = self._update(worker, transcript_len=sequence + 1, updated_at=now)
         transcript.append(TranscriptEntry(sequence, kind, content, updated.last_event_id, now))
-        return InputAck(worker_id, updated.status, updated.last_event_id, sequence)
+        return protocol.InputAck(worker_id, updated.status, updated.last_event_id, sequence)
 
     # -- internals -------------------------------------------------------------------------
 

@@ -57,26 +57,7 @@ from yoi_registryd.operations import (
     OperationAck,
     StopRequest,
 )
-from yoi_registryd.runtimes.protocol import (
-    EmbeddedRuntime,
-    EmbeddedRuntimeError,
-    InputAck,
-    InputRejected,
-    Intent,
-    LifecycleAck,
-    Profile,
-    RuntimeChange,
-    RuntimeStopped,
-    RuntimeSummary,
-    SubscriptionOverflow,
-    SupportsCancel,
-    SupportsInput,
-    SupportsRun,
-    SupportsStop,
-    WorkerNotFound,
-    WorkerNotRunning,
-    WorkerSummary,
-)
+from yoi_registryd.runtimes import protocol
 from yoi_registryd.sources.base import Reporter, Source, SourceError
 from yoi_registryd.vocabulary import (
     RUNTIME_KINDS,
@@ -117,9 +98,9 @@ INVALID_IDS_SUBJECT: Final = "embedded:invalid-worker-ids"
 """Diagnostics subject for the workers skipped because their ids are not registry ids."""
 
 _OPERATIONS: Final[tuple[tuple[Operation, type], ...]] = (
-    ("stop", SupportsStop),
-    ("cancel", SupportsCancel),
-    ("input", SupportsInput),
+    ("stop", protocol.SupportsStop),
+    ("cancel", protocol.SupportsCancel),
+    ("input", protocol.SupportsInput),
 )
 
 T = TypeVar("T")
@@ -238,16 +219,16 @@ class RuntimeHolder:
 
     def __init__(self, config: EmbeddedSourceConfig) -> None:
         self.config = config
-        self.runtime: EmbeddedRuntime | None = None
+        self.runtime: protocol.EmbeddedRuntime | None = None
 
-    async def get(self) -> EmbeddedRuntime:
+    async def get(self) -> protocol.EmbeddedRuntime:
         if self.runtime is not None:
             return self.runtime
         factory = load_factory(self.config)
         subject = f"embedded source {self.config.runtime_id}"
         with _TypedFailures(subject, FACTORY_FAILED, "the runtime factory failed"):
             runtime = await _maybe_await(factory(**self.config.options))
-        if not isinstance(runtime, EmbeddedRuntime):
+        if not isinstance(runtime, protocol.EmbeddedRuntime):
             raise SourceError(
                 RUNTIME_INVALID,
                 "the runtime factory returned an object without summary(), workers() and "
@@ -260,13 +241,13 @@ class RuntimeHolder:
 # -- projection ---------------------------------------------------------------------------
 
 
-def _role(intent: Intent) -> str | None:
+def _role(intent: protocol.Intent) -> str | None:
     if intent.kind == "role":
         return safe_display(intent.value)
     return intent.kind
 
 
-def _profile(profile: Profile) -> str | None:
+def _profile(profile: protocol.Profile) -> str | None:
     if profile.kind == "runtime_default":
         return None
     return safe_display(profile.value)
@@ -318,7 +299,7 @@ class _Projection:
             "terminal": WorkerCapabilities(can_stop=can_stop, can_cancel=can_cancel),
         }
 
-    def descriptor(self, summary: RuntimeSummary, degraded: bool) -> RuntimeDescriptor:
+    def descriptor(self, summary: protocol.RuntimeSummary, degraded: bool) -> RuntimeDescriptor:
         return RuntimeDescriptor(
             label=self.config.label or safe_display(summary.display_name) or self.runtime_id,
             kind=RUNTIME_KIND,
@@ -328,7 +309,7 @@ class _Projection:
             degraded=degraded,
         )
 
-    def record(self, worker: WorkerSummary) -> WorkerRecord:
+    def record(self, worker: protocol.WorkerSummary) -> WorkerRecord:
         requested = safe_display(worker.display_name)
         profile = _profile(worker.profile)
         naming = worker_naming(worker.worker_id, requested, profile, internal=True)
@@ -365,7 +346,7 @@ class EmbeddedOperations:
     subscription carries it to the registry at once.
     """
 
-    def __init__(self, runtime_id: str, runtime: EmbeddedRuntime) -> None:
+    def __init__(self, runtime_id: str, runtime: protocol.EmbeddedRuntime) -> None:
         self.runtime_id = runtime_id
         self.runtime = runtime
 
@@ -375,16 +356,16 @@ class EmbeddedOperations:
         rid = self.runtime_id
         try:
             return await _maybe_await(call())
-        except WorkerNotFound:
+        except protocol.WorkerNotFound:
             raise errors.UnknownWorker(rid, worker_id) from None
-        except WorkerNotRunning:
+        except protocol.WorkerNotRunning:
             raise operations.worker_not_running(rid, worker_id, operation) from None
-        except RuntimeStopped:
+        except protocol.RuntimeStopped:
             raise operations.runtime_stopped(rid) from None
-        except InputRejected as exc:
+        except protocol.InputRejected as exc:
             log.info("embedded runtime %s rejected input (%s)", rid, type(exc).__name__)
             raise operations.request_rejected(rid, operation) from None
-        except EmbeddedRuntimeError as exc:
+        except protocol.EmbeddedRuntimeError as exc:
             log.info("embedded runtime %s refused %s (%s)", rid, operation, type(exc).__name__)
             raise operations.rejected(rid, worker_id, operation) from None
 
@@ -395,8 +376,8 @@ class EmbeddedOperations:
         if method is None:
             raise operations.unsupported(self.runtime_id, operation)
         ack = await self._call(operation, worker_id, lambda: method(worker_id, reason))
-        if not isinstance(ack, LifecycleAck):
-            raise TypeError(f"{operation} returned {type(ack).__name__}, not LifecycleAck")
+        if not isinstance(ack, protocol.LifecycleAck):
+            raise TypeError(f"{operation} returned {type(ack).__name__}, not protocol.LifecycleAck")
         return OperationAck(self.runtime_id, worker_id, operation, ack.status, ack.event_id)
 
     async def stop(self, worker_id: str, request: StopRequest) -> OperationAck:
@@ -406,14 +387,14 @@ class EmbeddedOperations:
         return await self._lifecycle("cancel", worker_id, request.reason)
 
     async def input(self, worker_id: str, request: InputRequest) -> OperationAck:
-        if not isinstance(self.runtime, SupportsInput):
+        if not isinstance(self.runtime, protocol.SupportsInput):
             raise operations.unsupported(self.runtime_id, "input")
         runtime = self.runtime
         ack = await self._call(
             "input", worker_id, lambda: runtime.input(worker_id, request.kind, request.content)
         )
-        if not isinstance(ack, InputAck):
-            raise TypeError(f"input returned {type(ack).__name__}, not InputAck")
+        if not isinstance(ack, protocol.InputAck):
+            raise TypeError(f"input returned {type(ack).__name__}, not protocol.InputAck")
         return OperationAck(
             self.runtime_id,
             worker_id,
@@ -464,26 +445,26 @@ class EmbeddedRuntimeSource:
             await reporter.failed(exc.code, exc.message)
             raise
 
-    async def _run(self, reporter: Reporter, runtime: EmbeddedRuntime) -> None:
+    async def _run(self, reporter: Reporter, runtime: protocol.EmbeddedRuntime) -> None:
         operations = frozenset(op for op, kind in _OPERATIONS if isinstance(runtime, kind))
         projection = _Projection(self.config, operations)
         handler = EmbeddedOperations(self.runtime_id, runtime) if operations else None
         try:
             with reporter.operations(handler) if handler is not None else nullcontext():
                 async with trio.open_nursery() as nursery:
-                    if isinstance(runtime, SupportsRun):
+                    if isinstance(runtime, protocol.SupportsRun):
                         nursery.start_soon(self._run_runtime_task, runtime)
                     nursery.start_soon(self._heartbeat, reporter, runtime, projection)
                     await self._follow(reporter, runtime, projection)
         except ExceptionGroup as group:
             raise _first_failure(group) from None
 
-    async def _run_runtime_task(self, runtime: SupportsRun) -> None:
+    async def _run_runtime_task(self, runtime: protocol.SupportsRun) -> None:
         with _TypedFailures(self._subject, RUNTIME_TASK_FAILED, "the runtime's own task failed"):
             await runtime.run()
 
     async def _follow(
-        self, reporter: Reporter, runtime: EmbeddedRuntime, projection: _Projection
+        self, reporter: Reporter, runtime: protocol.EmbeddedRuntime, projection: _Projection
     ) -> None:
         while True:
             try:
@@ -493,7 +474,7 @@ class EmbeddedRuntimeSource:
                     await self._resync(reporter, runtime, projection)
                     async for change in events:
                         await self._apply(reporter, runtime, projection, change)
-            except SubscriptionOverflow:
+            except protocol.SubscriptionOverflow:
                 self.resyncs += 1
                 log.info(
                     "embedded source %s: the subscription fell behind; resynchronising",
@@ -508,7 +489,7 @@ class EmbeddedRuntimeSource:
                 ) from exc
             raise SourceError(SUBSCRIPTION_CLOSED, "the runtime ended its subscription")
 
-    def _summary(self, runtime: EmbeddedRuntime) -> RuntimeSummary:
+    def _summary(self, runtime: protocol.EmbeddedRuntime) -> protocol.RuntimeSummary:
         with _TypedFailures(self._subject, SNAPSHOT_FAILED, "the runtime could not be read"):
             return runtime.summary()
 
@@ -526,7 +507,7 @@ class EmbeddedRuntimeSource:
         )
 
     async def _resync(
-        self, reporter: Reporter, runtime: EmbeddedRuntime, projection: _Projection
+        self, reporter: Reporter, runtime: protocol.EmbeddedRuntime, projection: _Projection
     ) -> None:
         """Report the whole runtime: the first observation, and after any lost events."""
         async with self._send_lock:
@@ -551,9 +532,9 @@ class EmbeddedRuntimeSource:
     async def _apply(
         self,
         reporter: Reporter,
-        runtime: EmbeddedRuntime,
+        runtime: protocol.EmbeddedRuntime,
         projection: _Projection,
-        change: RuntimeChange,
+        change: protocol.RuntimeChange,
     ) -> None:
         """One batch of events -> one delta; work proportional to the batch."""
         upserts: list[WorkerRecord] = []
@@ -590,7 +571,7 @@ class EmbeddedRuntimeSource:
             )
 
     async def _heartbeat(
-        self, reporter: Reporter, runtime: EmbeddedRuntime, projection: _Projection
+        self, reporter: Reporter, runtime: protocol.EmbeddedRuntime, projection: _Projection
     ) -> None:
         """A quiet runtime is still observed: read its summary every quarter of
         ``stale_after`` so that the registry neither marks it stale nor misses a stop."""

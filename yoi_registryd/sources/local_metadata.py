@@ -26,14 +26,8 @@ from typing import Any, Final
 
 import msgspec
 
+from yoi_registryd import ids
 from yoi_registryd.files import FileTooLarge, read_regular_file
-from yoi_registryd.ids import (
-    is_valid_identifier,
-    local_host_id,
-    local_worker_id,
-    normalize_root,
-    workspace_id_for_root,
-)
 from yoi_registryd.json_depth import MAX_JSON_DEPTH, TooDeep, decode_bounded
 from yoi_registryd.model import (
     Diagnostic,
@@ -120,7 +114,7 @@ class WorkspaceHosts:
         if found is None:
             identity = read_workspace_identity(root)
             if identity.workspace_id is not None:
-                found = (identity.workspace_id, local_host_id(identity.workspace_id), None)
+                found = (identity.workspace_id, ids.local_host_id(identity.workspace_id), None)
             else:
                 note = _diag(
                     WORKSPACE_ID_UNAVAILABLE,
@@ -129,7 +123,7 @@ class WorkspaceHosts:
                     "derived from its root instead of from yoi's workspace id",
                     None,
                 )
-                found = (None, local_host_id(workspace_id_for_root(root)), note)
+                found = (None, ids.local_host_id(ids.workspace_id_for_root(root)), note)
             self._roots[root] = found
         return found
 
@@ -271,8 +265,8 @@ def entry_worker_id(name: str) -> str:
     one) is derived from its backslash-escaped text, so that it still gets a stable, valid id.
     """
     if is_utf8_name(name):
-        return local_worker_id(name)
-    return local_worker_id(os.fsencode(name).decode("utf-8", "backslashreplace"))
+        return ids.local_worker_id(name)
+    return ids.local_worker_id(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
 
 def evaluate_entry(
@@ -393,7 +387,7 @@ def _evaluate_entry(
             METADATA_INVALID,
             "local Worker metadata could not be parsed: workspace_id is not a workspace id",
         )
-    root = normalize_root(meta.workspace_root) if meta.workspace_root is not None else None
+    root = ids.normalize_root(meta.workspace_root) if meta.workspace_root is not None else None
     if named is None and root is None:
         return _problem(
             name,
@@ -422,8 +416,8 @@ def _evaluate_entry(
         host_id, host_note = hosts.for_root(host_root)
     else:
         assert named is not None
-        host_id, host_note = local_host_id(named), None
-    workspace_id = named if named is not None else workspace_id_for_root(root or "")
+        host_id, host_note = ids.local_host_id(named), None
+    workspace_id = named if named is not None else ids.workspace_id_for_root(root or "")
     active = meta.active
     state = "active" if active is not None else "metadata_only"
     if active is None:
@@ -498,7 +492,7 @@ def _workspace_id(value: str | None) -> str | None:
     """A metadata ``workspace_id`` usable as a workspace id: what a caller can name in
     ``X-Yoi-Workspace`` (1 to 120 bytes of ``[A-Za-z0-9_:-]``; yoi's are UUIDs), so it can
     never carry a path."""
-    return value if value is not None and is_valid_identifier(value) else None
+    return value if value is not None and ids.is_valid_identifier(value) else None
 
 
 def _unreadable(name: str, worker_id: str, reason: str, detail: str | None = None) -> EntryResult:

@@ -171,18 +171,18 @@ def safe_event_id(value: str | int | None) -> int | None:
 # -- projection -------------------------------------------------------------------------
 
 
+_INTENT_LABELS: Final = {"assistant": "purpose", "task": "objective", "role": "role"}
+"""The field of each kind of intent that labels it."""
+
+
 def _role(intent: Mapping[str, object] | None) -> str | None:
-    """Upstream's label of a worker intent: assistant purpose, task objective, role name."""
-    if not intent:
+    """Upstream's label of a worker intent: assistant purpose, task objective, role name
+    (an assistant without a purpose is labelled ``assistant``)."""
+    kind = intent.get("kind") if intent else None
+    if intent is None or not isinstance(kind, str) or kind not in _INTENT_LABELS:
         return None
-    kind = intent.get("kind")
-    if kind == "assistant":
-        return safe_display(intent.get("purpose")) or "assistant"
-    if kind == "task":
-        return safe_display(intent.get("objective"))
-    if kind == "role":
-        return safe_display(intent.get("role"))
-    return None
+    label = safe_display(intent.get(_INTENT_LABELS[kind]))
+    return (label or "assistant") if kind == "assistant" else label
 
 
 def _profile(profile: Mapping[str, object] | None) -> str | None:

@@ -28,7 +28,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 import msgspec
 import trio
@@ -128,15 +128,27 @@ class WorkersSnapshot(msgspec.Struct):
     data: WorkersSnapshotData
 
 
+P = TypeVar("P")
+
+
+class _Result(msgspec.Struct, Generic[P], tag_field="result"):
+    """A response's message: ``result`` names it, ``payload`` carries it."""
+
+    payload: P
+
+
+class _Event(msgspec.Struct, Generic[P], tag_field="event"):
+    """An event frame's message, or an event's payload: ``event`` names it, ``data``
+    carries it."""
+
+    data: P
+
+
 class SubscribedPayload(msgspec.Struct):
     request_id: str
     subscription_id: str
     snapshot_revision: int
     snapshot: WorkersSnapshot
-
-
-class Subscribed(msgspec.Struct, tag_field="result", tag="subscribed"):
-    payload: SubscribedPayload
 
 
 class RejectedPayload(msgspec.Struct):
@@ -145,17 +157,22 @@ class RejectedPayload(msgspec.Struct):
     subscription_id: str | None = None
 
 
-class SubscriptionRejected(msgspec.Struct, tag_field="result", tag="subscription_rejected"):
-    payload: RejectedPayload
-
-
 class UnsubscribedPayload(msgspec.Struct):
     request_id: str
     subscription_id: str
 
 
-class Unsubscribed(msgspec.Struct, tag_field="result", tag="unsubscribed"):
-    payload: UnsubscribedPayload
+class Subscribed(_Result[SubscribedPayload], tag="subscribed"):
+    """The subscription is open: its id, and the snapshot its events follow."""
+
+
+class SubscriptionRejected(_Result[RejectedPayload], tag="subscription_rejected"):
+    """The runtime refused the subscription: ``code`` says why (an unsupported protocol
+    version or selector sends the source back to polling)."""
+
+
+class Unsubscribed(_Result[UnsubscribedPayload], tag="unsubscribed"):
+    """An answer to an unsubscribe request, which a session never sends: ignored."""
 
 
 class ResponseFrame(msgspec.Struct, tag_field="frame", tag="response"):
@@ -167,16 +184,17 @@ class UpsertedData(msgspec.Struct):
     worker: msgspec.Raw
 
 
-class WorkerUpserted(msgspec.Struct, tag_field="event", tag="worker_upserted"):
-    data: UpsertedData
-
-
 class RemovedData(msgspec.Struct):
     worker_id: str
 
 
-class WorkerRemoved(msgspec.Struct, tag_field="event", tag="worker_removed"):
-    data: RemovedData
+class WorkerUpserted(_Event[UpsertedData], tag="worker_upserted"):
+    """A worker appeared or changed; its summary is decoded on its own, so one bad worker
+    does not cost the session."""
+
+
+class WorkerRemoved(_Event[RemovedData], tag="worker_removed"):
+    """A worker is gone."""
 
 
 class EventData(msgspec.Struct):
@@ -185,17 +203,17 @@ class EventData(msgspec.Struct):
     payload: WorkerUpserted | WorkerRemoved
 
 
-class Event(msgspec.Struct, tag_field="event", tag="event"):
-    data: EventData
-
-
 class ClosedData(msgspec.Struct):
     subscription_id: str
     code: str
 
 
-class SubscriptionClosed(msgspec.Struct, tag_field="event", tag="subscription_closed"):
-    data: ClosedData
+class Event(_Event[EventData], tag="event"):
+    """One change of the subscribed topic, at the worker's ``subject_revision``."""
+
+
+class SubscriptionClosed(_Event[ClosedData], tag="subscription_closed"):
+    """The runtime ended the subscription; ``code`` says why (``lagged``...)."""
 
 
 class EventFrame(msgspec.Struct, tag_field="frame", tag="event"):
