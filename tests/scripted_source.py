@@ -22,8 +22,7 @@ from yoi_registryd.model import (
     WorkerCapabilities,
     WorkerRecord,
 )
-from yoi_registryd.sources.base import Reporter, SourceError
-from yoi_registryd.supervisor import SourceSpec
+from yoi_registryd.sources.base import Reporter, SourceError, SourceSpec
 from yoi_registryd.vocabulary import placeholder_capabilities, worker_state, worker_workspace
 
 Step = Callable[[Reporter], Awaitable[None]]

@@ -28,7 +28,7 @@ from tests.daemon_process import (
 )
 from yoi_registryd.config import parse_config
 from yoi_registryd.reload import plan_sources, settings_needing_restart
-from yoi_registryd.supervisor import SourceSpec
+from yoi_registryd.sources.base import SourceSpec
 
 
 def spec(runtime_id: str, key: object) -> SourceSpec:
@@ -44,7 +44,7 @@ def test_plan_starts_new_stops_removed_restarts_changed_and_leaves_the_rest() ->
     plan = plan_sources(running, wanted)
     assert plan.stop == ("old",)
     assert [s.runtime_id for s in plan.restart] == ["change"]
-    assert plan.restart[0].key == "c2"
+    assert plan.restart[0].config == "c2"
     assert [s.runtime_id for s in plan.start] == ["new"]
     assert plan.unchanged == ("keep",)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from yoi_registryd.config import ConfigError, RemoteSourceConfig, parse_config
-from yoi_registryd.daemon import source_spec
 from yoi_registryd.secrets import Secret, TokenUnavailable, load_token
+from yoi_registryd.sources.factory import source_spec
 
 URL_CANARY = "http://canary-host-93b1.invalid:8080/canary-prefix"
 TOKEN_CANARY = "canary-token-61fe"

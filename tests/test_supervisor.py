@@ -21,8 +21,8 @@ from tests.test_local_live import runtime, start_watching, wait_worker, write_wo
 from yoi_registryd.config import SupervisorConfig, parse_config
 from yoi_registryd.model import SourceKind, SupervisorInfo
 from yoi_registryd.registry import RegistryActor
-from yoi_registryd.sources.base import Reporter, Source, SourceError
-from yoi_registryd.supervisor import SourceSpec, Supervisor, backoff_ceiling
+from yoi_registryd.sources.base import Reporter, Source, SourceError, SourceSpec
+from yoi_registryd.supervisor import Supervisor, backoff_ceiling
 
 CANARY = "CANARY-supervisor-7c1e"
 

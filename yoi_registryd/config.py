@@ -13,13 +13,14 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from yoi_registryd.config_walk import MISSING, KeyHints, Walker
 from yoi_registryd.ids import is_valid_identifier
+from yoi_registryd.model import SourceKind
 from yoi_registryd.secrets import Secret
 
 DEFAULT_PORT: Final = 38790
@@ -258,11 +259,42 @@ class AuditConfig(_Section):
 class _SourceBase(
     msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="kind", frozen=True
 ):
-    pass
+    """What every ``[[sources]]`` kind knows about itself, so that nothing else asks which
+    kind it is: its name (the ``kind`` tag, and ``source_kind`` as served), how to check its
+    own keys (:meth:`validate`), the class that builds its source and spec
+    (``implementation``), and what binds its runtime to workspaces (for the policy).
+
+    A new kind is a subclass with its ``tag``, listed in :data:`SourceConfig`, whose
+    ``implementation`` has a ``spec(config)`` classmethod (``sources/factory.py``)."""
+
+    source_kind: ClassVar[SourceKind]
+    """The kind as ``/api/runtimes`` and ``/api/sources`` serve it."""
+    implementation: ClassVar[str]
+    """``module:attribute`` of the source class; named, not imported, so that the
+    configuration stays below the sources it describes and loads only the kinds in use."""
+    hosts_per_workspace: ClassVar[bool] = False
+    """Its runtime reports one host per workspace (the default policy shows each host to its
+    own workspace only)."""
+
+    def validate(self, key: str) -> list[str]:
+        """This entry's own problems (beyond its type), each named from ``key``."""
+        raise NotImplementedError
+
+    def bound_workspaces(self) -> tuple[str, ...]:
+        """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
+        return ()
+
+    def bound_root(self) -> str | None:
+        """A workspace root the runtime is bound to (its Workers' root)."""
+        return None
 
 
 class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
     """The local compatibility source: a read-only projection of on-disk Worker metadata."""
+
+    source_kind: ClassVar[SourceKind] = "local_compatibility"
+    implementation: ClassVar[str] = "yoi_registryd.sources.local:LocalCompatibilitySource"
+    hosts_per_workspace: ClassVar[bool] = True
 
     runtime_id: str = "local-worker-runtime"
     label: str = "Local Worker runtime"
@@ -297,6 +329,23 @@ class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
             return (data_dir / "runtime",)
         return tuple(Path(p) for p in self.runtime_stores)
 
+    def bound_root(self) -> str | None:
+        return self.workspace_root
+
+    def validate(self, key: str) -> list[str]:
+        problems = []
+        for name in ("data_dir", "runtime_dir", "workspace_root"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("/"):
+                problems.append(f"{key}.{name}: must be an absolute path")
+        for i, store in enumerate(self.runtime_stores or ()):
+            if not store.startswith("/"):
+                problems.append(f"{key}.runtime_stores[{i}]: must be an absolute path")
+        problems.extend(_positive(key, self, "rescan_interval", "stale_after"))
+        if self.max_metadata_bytes < 1:
+            problems.append(f"{key}.max_metadata_bytes: must be at least 1")
+        return problems
+
 
 class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     """A remote yoi runtime polled over the worker-runtime REST API v1 (contract section 3).
@@ -304,6 +353,9 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     ``base_url`` (and any token, which is only ever named here, never written) are
     :class:`~yoi_registryd.secrets.Secret`: this object prints them as ``<redacted>``.
     """
+
+    source_kind: ClassVar[SourceKind] = "remote_http"
+    implementation: ClassVar[str] = "yoi_registryd.sources.remote:RemoteRuntimeSource"
 
     runtime_id: str
     base_url: Secret
@@ -360,6 +412,59 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     """While subscribed: time between WebSocket pings (each must be answered within
     ``timeout``); at most a third of ``stale_after`` is used."""
 
+    def bound_workspaces(self) -> tuple[str, ...]:
+        return self.workspaces
+
+    def validate(self, key: str) -> list[str]:
+        """No message ever repeats the URL or a token."""
+        problems = []
+        try:
+            url = urlsplit(self.base_url.reveal())
+            url_ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+        except ValueError:
+            url, url_ok = None, False
+        if not url_ok:
+            problems.append(f"{key}.base_url: expected http://host:port or https://host[/prefix]")
+        elif url is not None:
+            if url.username is not None or url.password is not None:
+                problems.append(
+                    f"{key}.base_url: credentials in the URL are not allowed; use a token"
+                )
+            if url.query or url.fragment:
+                problems.append(f"{key}.base_url: must not have a query or fragment")
+        if self.token is not None:
+            problems.append(
+                f"{key}.token: tokens are never written inline; "
+                "use token_file, token_env or token_credential"
+            )
+        named = [n for n in ("token_file", "token_env", "token_credential") if getattr(self, n)]
+        if len(named) > 1:
+            problems.append(f"{key}: give at most one of {', '.join(named)}")
+        if self.auth == "capability":
+            problems.extend(_validate_capability(key, self, named))
+        else:
+            for name in _CAPABILITY_KEYS:
+                if getattr(self, name) is not None:
+                    problems.append(f'{key}.{name}: only used with auth = "capability"')
+        problems.extend(
+            _token_location_problems(key, self.token_file, self.token_env, self.token_credential)
+        )
+        problems.extend(_validate_workspaces(key, self.workspaces))
+        problems.extend(
+            _positive(key, self, "poll_interval", "timeout", "stale_after", "ping_interval")
+        )
+        if not 0 <= self.poll_jitter <= 0.5:
+            problems.append(f"{key}.poll_jitter: must be between 0 and 0.5")
+        if self.backoff_max < self.poll_interval:
+            problems.append(f"{key}.backoff_max: must not be less than poll_interval")
+        if self.stale_after <= self.poll_interval:
+            problems.append(f"{key}.stale_after: must be longer than poll_interval")
+        if self.expire_after <= self.stale_after:
+            problems.append(f"{key}.expire_after: must be longer than stale_after")
+        if self.max_response_bytes < 1024:
+            problems.append(f"{key}.max_response_bytes: must be at least 1024")
+        return problems
+
 
 class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
     """A worker runtime living inside the daemon's process, followed by subscription.
@@ -369,6 +474,9 @@ class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
     ``options`` as keyword arguments. ``options`` are handed to the factory only: never
     served, never logged.
     """
+
+    source_kind: ClassVar[SourceKind] = "embedded_worker_runtime"
+    implementation: ClassVar[str] = "yoi_registryd.sources.embedded:EmbeddedRuntimeSource"
 
     runtime_id: str = "embedded-worker-runtime"
     label: str | None = None
@@ -383,6 +491,27 @@ class EmbeddedSourceConfig(_SourceBase, tag="embedded", frozen=True):
     workspaces: tuple[str, ...] = ()
     """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
 
+    def bound_workspaces(self) -> tuple[str, ...]:
+        return self.workspaces
+
+    def validate(self, key: str) -> list[str]:
+        """Whether the factory imports is known only at start (``check-config`` tries)."""
+        problems = []
+        if (self.factory is None) == (self.entry_point is None):
+            problems.append(
+                f"{key}: give exactly one of factory ('module:attribute') or entry_point (a "
+                "name in the group yoi_registryd.runtimes)"
+            )
+        if self.factory is not None and not _FACTORY_RE.fullmatch(self.factory):
+            problems.append(
+                f"{key}.factory: {self.factory!r} is not of the form 'module:attribute'"
+            )
+        if self.entry_point is not None and not _ENTRY_POINT_RE.fullmatch(self.entry_point):
+            problems.append(f"{key}.entry_point: {self.entry_point!r} is not an entry point name")
+        problems.extend(_positive(key, self, "stale_after"))
+        problems.extend(_validate_workspaces(key, self.workspaces))
+        return problems
+
 
 SourceConfig = LocalSourceConfig | RemoteSourceConfig | EmbeddedSourceConfig
 
@@ -393,6 +522,13 @@ class _DiscoveryBase(
     """What every ``[[discovery]]`` entry has: a name, how long its last good set stays
     fresh, a bound, and the credentials every runtime it finds is called with (never taken
     from what was discovered: see :meth:`remote_template`)."""
+
+    implementation: ClassVar[str]
+    """``module:attribute`` of the backend class, built with the entry (``discovery/
+    manager.py``); named, not imported, so that only the kinds in use are loaded.
+
+    A new kind is a subclass with its ``tag`` and ``implementation``, its own keys checked
+    by extending :meth:`validate`, listed in :data:`DiscoveryConfig`."""
 
     name: str
     """Names the entry on ``/api/sources`` and ``/metrics`` ([A-Za-z0-9_:-])."""
@@ -415,6 +551,22 @@ class _DiscoveryBase(
     token_reuse: Duration = Duration(seconds=60)
     poll_interval: Duration = Duration(seconds=2)
     """Passed to every discovered runtime's remote source, as in ``[[sources]]``."""
+
+    @property
+    def kind(self) -> str:
+        """The kind's name (``kind = ...`` in the file, ``kind`` on ``/api/sources``)."""
+        return str(self.__struct_config__.tag)
+
+    def validate(self, key: str) -> list[str]:
+        """This entry's own problems, each named from ``key``. Its credentials are checked
+        as a remote source's are (on the runtime every record becomes); a kind adds its
+        own keys' checks to these."""
+        template = self.remote_template("discovered", "http://discovered.invalid:1", None, ())
+        problems = template.validate(key)
+        problems.extend(_positive(key, self, "stale_after"))
+        if self.max_runtimes < 1:
+            problems.append(f"{key}.max_runtimes: must be at least 1")
+        return problems
 
     def remote_template(
         self, runtime_id: str, base_url: str, label: str | None, workspaces: tuple[str, ...]
@@ -443,13 +595,25 @@ class _DiscoveryBase(
 class FileDiscoveryConfig(_DiscoveryBase, tag="file", frozen=True):
     """Runtimes listed in a JSON or TOML file, watched (like Prometheus' ``file_sd``)."""
 
+    implementation: ClassVar[str] = "yoi_registryd.discovery.file:FileDiscovery"
+
     path: str
     """Absolute path of the file; ``.toml`` is read as TOML, anything else as JSON."""
     max_file_bytes: int = 8 * 1024 * 1024
 
+    def validate(self, key: str) -> list[str]:
+        problems = super().validate(key)
+        if not self.path.startswith("/"):
+            problems.append(f"{key}.path: must be an absolute path")
+        if self.max_file_bytes < 1:
+            problems.append(f"{key}.max_file_bytes: must be at least 1")
+        return problems
+
 
 class EtcdDiscoveryConfig(_DiscoveryBase, tag="etcd", frozen=True):
     """Runtimes described by the keys under a prefix in etcd, read then watched."""
+
+    implementation: ClassVar[str] = "yoi_registryd.discovery.etcd:EtcdDiscovery"
 
     endpoints: list[str]
     """etcd client URLs (``http://host:2379``); one is used, the next after a failure."""
@@ -457,6 +621,19 @@ class EtcdDiscoveryConfig(_DiscoveryBase, tag="etcd", frozen=True):
     """Every key under it holds one runtime's JSON description."""
     timeout: Duration = Duration(seconds=5)
     """Deadline to connect and for the range request (the watch itself has none)."""
+
+    def validate(self, key: str) -> list[str]:
+        problems = super().validate(key)
+        if not self.endpoints:
+            problems.append(f"{key}.endpoints: at least one etcd URL is required")
+        for j, endpoint in enumerate(self.endpoints):
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append(f"{key}.endpoints[{j}]: expected http://host:port")
+        if not self.prefix:
+            problems.append(f"{key}.prefix: must not be empty")
+        problems.extend(_positive(key, self, "timeout"))
+        return problems
 
 
 DiscoveryConfig = FileDiscoveryConfig | EtcdDiscoveryConfig
@@ -622,12 +799,7 @@ def validate_config(config: Config) -> list[str]:
             )
         if first := _earlier_use(seen, src.runtime_id, i, "sources"):
             problems.append(f"{key}.runtime_id: {src.runtime_id!r} is already used by {first}")
-        if isinstance(src, LocalSourceConfig):
-            problems.extend(_validate_local(key, src))
-        elif isinstance(src, RemoteSourceConfig):
-            problems.extend(_validate_remote(key, src))
-        elif isinstance(src, EmbeddedSourceConfig):
-            problems.extend(_validate_embedded(key, src))
+        problems.extend(src.validate(key))
     problems.extend(_validate_discovery(config.discovery))
     problems.extend(_validate_access(config))
     return problems
@@ -644,27 +816,9 @@ def _validate_server_limits(server: ServerConfig) -> list[str]:
     ):
         if getattr(server, name) < least:
             problems.append(f"server.{name}: must be at least {least}")
-    for name in ("body_timeout", "keep_alive_timeout", "http2_stall_timeout"):
-        if getattr(server, name) <= timedelta(0):
-            problems.append(f"server.{name}: must be greater than zero")
-    return problems
-
-
-def _validate_local(key: str, src: LocalSourceConfig) -> list[str]:
-    problems = []
-    for name in ("data_dir", "runtime_dir", "workspace_root"):
-        value = getattr(src, name)
-        if value is not None and not value.startswith("/"):
-            problems.append(f"{key}.{name}: must be an absolute path")
-    for i, store in enumerate(src.runtime_stores or ()):
-        if not store.startswith("/"):
-            problems.append(f"{key}.runtime_stores[{i}]: must be an absolute path")
-    if src.rescan_interval <= timedelta(0):
-        problems.append(f"{key}.rescan_interval: must be greater than zero")
-    if src.stale_after <= timedelta(0):
-        problems.append(f"{key}.stale_after: must be greater than zero")
-    if src.max_metadata_bytes < 1:
-        problems.append(f"{key}.max_metadata_bytes: must be at least 1")
+    problems.extend(
+        _positive("server", server, "body_timeout", "keep_alive_timeout", "http2_stall_timeout")
+    )
     return problems
 
 
@@ -672,61 +826,8 @@ _ENV_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CREDENTIAL_RE: Final = re.compile(r"[A-Za-z0-9_.:@-]+")
 
 
-def _validate_remote(key: str, src: RemoteSourceConfig) -> list[str]:
-    """Checks of a remote source. No message ever repeats the URL or a token."""
-    problems = []
-    try:
-        url = urlsplit(src.base_url.reveal())
-        url_ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
-    except ValueError:
-        url, url_ok = None, False
-    if not url_ok:
-        problems.append(f"{key}.base_url: expected http://host:port or https://host[/prefix]")
-    elif url is not None:
-        if url.username is not None or url.password is not None:
-            problems.append(f"{key}.base_url: credentials in the URL are not allowed; use a token")
-        if url.query or url.fragment:
-            problems.append(f"{key}.base_url: must not have a query or fragment")
-    if src.token is not None:
-        problems.append(
-            f"{key}.token: tokens are never written inline; "
-            "use token_file, token_env or token_credential"
-        )
-    named = [n for n in ("token_file", "token_env", "token_credential") if getattr(src, n)]
-    if len(named) > 1:
-        problems.append(f"{key}: give at most one of {', '.join(named)}")
-    if src.auth == "capability":
-        problems.extend(_validate_capability(key, src, named))
-    else:
-        for name in _CAPABILITY_KEYS:
-            if getattr(src, name) is not None:
-                problems.append(f'{key}.{name}: only used with auth = "capability"')
-    if src.token_file is not None and not src.token_file.startswith("/"):
-        problems.append(f"{key}.token_file: must be an absolute path")
-    if src.token_env is not None and not _ENV_NAME_RE.fullmatch(src.token_env):
-        problems.append(f"{key}.token_env: must be an environment variable name")
-    if src.token_credential is not None and not _is_credential_name(src.token_credential):
-        problems.append(f"{key}.token_credential: must be a credential name, not a path")
-    problems.extend(_validate_workspaces(key, src.workspaces))
-    for name in ("poll_interval", "timeout", "stale_after", "ping_interval"):
-        if getattr(src, name) <= timedelta(0):
-            problems.append(f"{key}.{name}: must be greater than zero")
-    if not 0 <= src.poll_jitter <= 0.5:
-        problems.append(f"{key}.poll_jitter: must be between 0 and 0.5")
-    if src.backoff_max < src.poll_interval:
-        problems.append(f"{key}.backoff_max: must not be less than poll_interval")
-    if src.stale_after <= src.poll_interval:
-        problems.append(f"{key}.stale_after: must be longer than poll_interval")
-    if src.expire_after <= src.stale_after:
-        problems.append(f"{key}.expire_after: must be longer than stale_after")
-    if src.max_response_bytes < 1024:
-        problems.append(f"{key}.max_response_bytes: must be at least 1024")
-    return problems
-
-
 def _validate_discovery(entries: list[DiscoveryConfig]) -> list[str]:
-    """Checks of ``[[discovery]]``: its credentials are checked as a remote source's are
-    (on the runtime every record becomes), plus the entry's own keys."""
+    """Checks of ``[[discovery]]``: names unique across entries, then each entry's own."""
     problems: list[str] = []
     names: dict[str, int] = {}
     for i, entry in enumerate(entries):
@@ -735,29 +836,17 @@ def _validate_discovery(entries: list[DiscoveryConfig]) -> list[str]:
             problems.append(f"{key}.name: {entry.name!r} is not a valid name ([A-Za-z0-9_:-])")
         elif first := _earlier_use(names, entry.name, i, "discovery"):
             problems.append(f"{key}.name: {entry.name!r} is already used by {first}")
-        template = entry.remote_template("discovered", "http://discovered.invalid:1", None, ())
-        problems.extend(_validate_remote(key, template))
-        if entry.stale_after <= timedelta(0):
-            problems.append(f"{key}.stale_after: must be greater than zero")
-        if entry.max_runtimes < 1:
-            problems.append(f"{key}.max_runtimes: must be at least 1")
-        if isinstance(entry, FileDiscoveryConfig):
-            if not entry.path.startswith("/"):
-                problems.append(f"{key}.path: must be an absolute path")
-            if entry.max_file_bytes < 1:
-                problems.append(f"{key}.max_file_bytes: must be at least 1")
-        if isinstance(entry, EtcdDiscoveryConfig):
-            if not entry.endpoints:
-                problems.append(f"{key}.endpoints: at least one etcd URL is required")
-            for j, endpoint in enumerate(entry.endpoints):
-                parts = urlsplit(endpoint)
-                if parts.scheme not in ("http", "https") or not parts.hostname:
-                    problems.append(f"{key}.endpoints[{j}]: expected http://host:port")
-            if not entry.prefix:
-                problems.append(f"{key}.prefix: must not be empty")
-            if entry.timeout <= timedelta(0):
-                problems.append(f"{key}.timeout: must be greater than zero")
+        problems.extend(entry.validate(key))
     return problems
+
+
+def _positive(key: str, section: object, *names: str) -> list[str]:
+    """``must be greater than zero`` for each duration of ``section`` named that is not."""
+    return [
+        f"{key}.{name}: must be greater than zero"
+        for name in names
+        if getattr(section, name) <= timedelta(0)
+    ]
 
 
 _CAPABILITY_KEYS: Final = (
@@ -799,6 +888,20 @@ def _validate_capability(key: str, src: RemoteSourceConfig, token_keys: list[str
     return problems
 
 
+def _token_location_problems(
+    key: str, token_file: str | None, token_env: str | None, token_credential: str | None
+) -> list[str]:
+    """Where a bearer token is named must be well formed (of a client or a remote source)."""
+    problems = []
+    if token_file is not None and not token_file.startswith("/"):
+        problems.append(f"{key}.token_file: must be an absolute path")
+    if token_env is not None and not _ENV_NAME_RE.fullmatch(token_env):
+        problems.append(f"{key}.token_env: must be an environment variable name")
+    if token_credential is not None and not _is_credential_name(token_credential):
+        problems.append(f"{key}.token_credential: must be a credential name, not a path")
+    return problems
+
+
 def _is_credential_name(name: str) -> bool:
     return bool(_CREDENTIAL_RE.fullmatch(name)) and name not in (".", "..")
 
@@ -815,24 +918,6 @@ def _validate_workspaces(key: str, workspaces: tuple[str, ...]) -> list[str]:
             problems.append(f"{key}.workspaces[{j}]: {workspace!r} is not a valid workspace id")
     if len(set(workspaces)) != len(workspaces):
         problems.append(f"{key}.workspaces: lists a workspace more than once")
-    return problems
-
-
-def _validate_embedded(key: str, src: EmbeddedSourceConfig) -> list[str]:
-    """Checks of an embedded source; whether the factory imports is known only at start."""
-    problems = []
-    if (src.factory is None) == (src.entry_point is None):
-        problems.append(
-            f"{key}: give exactly one of factory ('module:attribute') or entry_point (a name "
-            "in the group yoi_registryd.runtimes)"
-        )
-    if src.factory is not None and not _FACTORY_RE.fullmatch(src.factory):
-        problems.append(f"{key}.factory: {src.factory!r} is not of the form 'module:attribute'")
-    if src.entry_point is not None and not _ENTRY_POINT_RE.fullmatch(src.entry_point):
-        problems.append(f"{key}.entry_point: {src.entry_point!r} is not an entry point name")
-    if src.stale_after <= timedelta(0):
-        problems.append(f"{key}.stale_after: must be greater than zero")
-    problems.extend(_validate_workspaces(key, src.workspaces))
     return problems
 
 
@@ -862,12 +947,11 @@ def _validate_access(config: Config) -> list[str]:
                 problems.append(f"{key}.token_sha256: expected 64 hexadecimal characters")
             elif first := _earlier_use(digests, client.token_sha256.lower(), i, "clients"):
                 problems.append(f"{key}.token_sha256: the same token as {first}")
-        if client.token_file is not None and not client.token_file.startswith("/"):
-            problems.append(f"{key}.token_file: must be an absolute path")
-        if client.token_env is not None and not _ENV_NAME_RE.fullmatch(client.token_env):
-            problems.append(f"{key}.token_env: must be an environment variable name")
-        if client.token_credential is not None and not _is_credential_name(client.token_credential):
-            problems.append(f"{key}.token_credential: must be a credential name, not a path")
+        problems.extend(
+            _token_location_problems(
+                key, client.token_file, client.token_env, client.token_credential
+            )
+        )
         if not client.workspaces:
             problems.append(f'{key}.workspaces: name at least one workspace id, or "*" for any')
         elif ANY_WORKSPACE in client.workspaces:

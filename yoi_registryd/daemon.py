@@ -18,8 +18,6 @@ import socket
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,15 +25,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from yoi_registryd.audit import AuditTrail
-from yoi_registryd.config import (
-    Config,
-    EmbeddedSourceConfig,
-    LocalSourceConfig,
-    RemoteSourceConfig,
-    ServerConfig,
-    SourceConfig,
-    parse_listen,
-)
+from yoi_registryd.config import Config, ServerConfig, parse_listen
 from yoi_registryd.discovery.manager import Discoveries
 from yoi_registryd.http import probes
 from yoi_registryd.http.app import ApiState, create_app
@@ -47,45 +37,15 @@ from yoi_registryd.http.probes import Lifecycle
 from yoi_registryd.http.security import AccessControl, SecurityMiddleware
 from yoi_registryd.http.server import serve
 from yoi_registryd.metrics import Metrics
-from yoi_registryd.model import SourceKind
 from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import RegistryActor, Snapshot
 from yoi_registryd.reload import ReloadStatus, reload_config
-from yoi_registryd.sources import build_source
-from yoi_registryd.sources.base import Source
+from yoi_registryd.sources.factory import source_spec
 from yoi_registryd.sources.remote_auth import check_signing_keys
-from yoi_registryd.supervisor import SourceSpec, Supervisor
+from yoi_registryd.supervisor import Supervisor
 from yoi_registryd.systemd import Notifier, listen_sockets, monotonic_usec, run_watchdog
 
 log = logging.getLogger(__name__)
-
-
-def source_spec(config: SourceConfig) -> SourceSpec:
-    """How the supervisor runs the source configured by ``config``."""
-    label: str | None = config.label or config.runtime_id
-    expire_after: timedelta | None = None
-    factory: Callable[[], Source] = partial(build_source, config)
-    source_kind: SourceKind
-    if isinstance(config, LocalSourceConfig):
-        source_kind, label = "local_compatibility", config.label
-    elif isinstance(config, RemoteSourceConfig):
-        source_kind, expire_after = "remote_http", config.expire_after
-    elif isinstance(config, EmbeddedSourceConfig):
-        from yoi_registryd.sources.embedded import embedded_source_factory
-
-        source_kind = "embedded_worker_runtime"
-        factory = embedded_source_factory(config)  # the runtime outlives source restarts
-    else:
-        raise TypeError(f"unsupported source configuration {type(config).__name__}")
-    return SourceSpec(
-        runtime_id=config.runtime_id,
-        source_kind=source_kind,
-        label=label,
-        stale_after=config.stale_after,
-        expire_after=expire_after,
-        factory=factory,
-        key=config,
-    )
 
 
 def check_config_keys(config: Config) -> None:

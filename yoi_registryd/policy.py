@@ -26,7 +26,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from yoi_registryd.config import Config, ConfigError, LocalSourceConfig, import_object
+from yoi_registryd.config import Config, ConfigError, import_object
 from yoi_registryd.ids import local_host_id, normalize_root, workspace_id_for_root
 from yoi_registryd.model import HostRecord, RuntimeRecord, WorkerRecord
 from yoi_registryd.workspace_file import read_workspace_identity
@@ -140,13 +140,13 @@ class PolicyContext:
         bindings: dict[str, frozenset[str]] = {}
         local: set[str] = set()
         for src in config.sources:
-            if isinstance(src, LocalSourceConfig):
+            if src.hosts_per_workspace:
                 local.add(src.runtime_id)
-                if src.workspace_root is not None:
-                    bindings[src.runtime_id] = _root_identities(src.workspace_root)
-            bound: tuple[str, ...] = getattr(src, "workspaces", ())
+            bound = set(src.bound_workspaces())
+            if (root := src.bound_root()) is not None:
+                bound |= _root_identities(root)
             if bound:
-                bindings[src.runtime_id] = bindings.get(src.runtime_id, frozenset()) | set(bound)
+                bindings[src.runtime_id] = bindings.get(src.runtime_id, frozenset()) | bound
         return cls(identities, bindings, frozenset(local), dict(config.policy.options))
 
     def identities_of(self, workspace: str) -> frozenset[str]:

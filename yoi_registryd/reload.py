@@ -21,7 +21,8 @@ import trio
 
 from yoi_registryd.clock import utcnow
 from yoi_registryd.config import Config, ConfigError, SourceConfig, load_config
-from yoi_registryd.supervisor import SourceSpec, Supervisor
+from yoi_registryd.sources.base import SourceSpec
+from yoi_registryd.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def plan_sources(
         current = running.get(rid)
         if current is None:
             start.append(spec)
-        elif current.key != spec.key or current.owner != spec.owner:
+        elif current.config != spec.config or current.owner != spec.owner:
             restart.append(spec)
         else:
             unchanged.append(rid)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 import trio
@@ -19,28 +17,11 @@ import trio
 from yoi_registryd.clock import utcnow
 from yoi_registryd.config import SupervisorConfig
 from yoi_registryd.messages import SourceMessage, SourceRegistered, SourceRemoved, SupervisorChanged
-from yoi_registryd.model import ErrorInfo, SourceKind, SupervisorInfo
+from yoi_registryd.model import ErrorInfo, SupervisorInfo
 from yoi_registryd.operations import OperationRouter
-from yoi_registryd.sources.base import Reporter, Source, SourceError
+from yoi_registryd.sources.base import Reporter, SourceError, SourceSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSpec:
-    """Everything the supervisor needs to run one source; ``factory`` builds a fresh one."""
-
-    runtime_id: str
-    source_kind: SourceKind
-    label: str | None
-    stale_after: timedelta
-    expire_after: timedelta | None
-    factory: Callable[[], Source]
-    key: object = None
-    """Compared on reload: a source whose key changed is restarted."""
-    owner: str = "config"
-    """Who manages the source: ``config`` (``[[sources]]``, reloads) or
-    ``discovery:<name>`` (a ``[[discovery]]`` entry); each changes only its own."""
 
 
 def backoff_ceiling(config: SupervisorConfig, attempt: int) -> float:

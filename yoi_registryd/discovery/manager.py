@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import pkgutil
 from collections.abc import Callable
 
 import trio
 
-from yoi_registryd.config import (
-    DiscoveryConfig,
-    EtcdDiscoveryConfig,
-    FileDiscoveryConfig,
-    SourceConfig,
-)
+from yoi_registryd.config import DiscoveryConfig, SourceConfig
 from yoi_registryd.discovery.runner import Backend, DiscoveryRunner, DiscoveryStatus
-from yoi_registryd.supervisor import SourceSpec, Supervisor
+from yoi_registryd.sources.base import SourceSpec
+from yoi_registryd.supervisor import Supervisor
 
 
 def backend_factory(entry: DiscoveryConfig) -> Callable[[], Backend]:
-    """Builds the backend of ``entry`` (fresh on every restart)."""
-    if isinstance(entry, FileDiscoveryConfig):
-        from yoi_registryd.discovery.file import FileDiscovery
-
-        return lambda: FileDiscovery(entry)
-    if isinstance(entry, EtcdDiscoveryConfig):
-        from yoi_registryd.discovery.etcd import EtcdDiscovery
-
-        return lambda: EtcdDiscovery(entry)
-    raise TypeError(f"unsupported discovery {type(entry).__name__}")
+    """Builds the backend of ``entry`` (fresh on every restart): the class its kind names
+    (``implementation``, imported on first use), called with the entry."""
+    backend: Callable[[DiscoveryConfig], Backend] = pkgutil.resolve_name(entry.implementation)
+    return functools.partial(backend, entry)
 
 
 class Discoveries:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from yoi_registryd.config import DiscoveryConfig, RemoteSourceConfig, _validate_remote
+from yoi_registryd.config import DiscoveryConfig, RemoteSourceConfig
 from yoi_registryd.ids import is_valid_identifier
 
 
@@ -96,7 +96,7 @@ def _to_source(
             )
     workspaces = () if d.workspace_id is None else (d.workspace_id,)
     source = entry.remote_template(d.runtime_id, d.base_url, d.label, workspaces)
-    problems = _validate_remote("record", source)
+    problems = source.validate("record")
     if problems:
         return Refusal(d.runtime_id, INVALID_DESCRIPTION, "; ".join(problems))
     return source

@@ -25,7 +25,8 @@ from yoi_registryd.config import DiscoveryConfig, RemoteSourceConfig, SourceConf
 from yoi_registryd.discovery.records import RUNTIME_ID_IN_USE, Refusal, to_sources
 from yoi_registryd.model import ErrorInfo
 from yoi_registryd.reload import apply_sources
-from yoi_registryd.supervisor import SourceSpec, Supervisor, backoff_ceiling
+from yoi_registryd.sources.base import SourceSpec
+from yoi_registryd.supervisor import Supervisor, backoff_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class DiscoveryRunner:
         fresh_since = s.last_success_at or s.started_at
         return DiscoveryStatus(
             name=self.entry.name,
-            kind=str(self.entry.__struct_config__.tag),
+            kind=self.entry.kind,
             state=s.state,
             stale=now - fresh_since > self.entry.stale_after,
             runtime_count=len(s.runtime_ids),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from yoi_registryd.config import SourceConfig
 from yoi_registryd.messages import (
     ObservationFailed,
     ObservationSucceeded,
@@ -111,3 +114,51 @@ class Source(Protocol):
     source_kind: SourceKind
 
     async def run(self, reporter: Reporter) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """Everything the supervisor needs to run one source; ``factory`` builds a fresh one."""
+
+    runtime_id: str
+    source_kind: SourceKind
+    label: str | None
+    stale_after: timedelta
+    expire_after: timedelta | None
+    factory: Callable[[], Source]
+    config: object = None
+    """The configuration the source is built from. Compared on reload: a source whose
+    configuration changed is restarted."""
+    owner: str = "config"
+    """Who manages the source: ``config`` (``[[sources]]``, reloads) or
+    ``discovery:<name>`` (a ``[[discovery]]`` entry); each changes only its own."""
+
+    @classmethod
+    def of(
+        cls,
+        config: SourceConfig,
+        factory: Callable[[], Source],
+        *,
+        label: str | None,
+        expire_after: timedelta | None = None,
+    ) -> SourceSpec:
+        """The spec of a configured source: what every kind shares taken from ``config``."""
+        return cls(
+            runtime_id=config.runtime_id,
+            source_kind=config.source_kind,
+            label=label,
+            stale_after=config.stale_after,
+            expire_after=expire_after,
+            factory=factory,
+            config=config,
+        )
+
+
+class SourceClass(Protocol):
+    """What a source kind's ``implementation`` (named in its configuration) provides."""
+
+    source_kind: SourceKind
+
+    def spec(self, config: Any) -> SourceSpec:
+        """How the supervisor runs the source ``config`` describes."""
+        ...

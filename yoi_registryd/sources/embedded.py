@@ -58,7 +58,7 @@ from yoi_registryd.operations import (
     StopRequest,
 )
 from yoi_registryd.runtimes import protocol
-from yoi_registryd.sources.base import Reporter, Source, SourceError
+from yoi_registryd.sources.base import Reporter, Source, SourceError, SourceSpec
 from yoi_registryd.vocabulary import (
     RUNTIME_KINDS,
     WORKSPACE_SCOPES,
@@ -424,7 +424,14 @@ def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
 class EmbeddedRuntimeSource:
     """Follows one embedded runtime by subscription and routes its operations."""
 
-    source_kind: SourceKind = "embedded_worker_runtime"
+    source_kind: SourceKind = EmbeddedSourceConfig.source_kind
+
+    @classmethod
+    def spec(cls, config: EmbeddedSourceConfig) -> SourceSpec:
+        """Every (re)start builds a new source over the same runtime object."""
+        return SourceSpec.of(
+            config, embedded_source_factory(config), label=config.label or config.runtime_id
+        )
 
     def __init__(self, config: EmbeddedSourceConfig, holder: RuntimeHolder | None = None) -> None:
         self.config = config

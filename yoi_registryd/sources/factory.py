@@ -1,27 +1,26 @@
-"""Build a source object from its configuration entry."""
+"""The spec of a ``[[sources]]`` entry, built by the class its kind names.
+
+Each kind's configuration names its class (``implementation``, in ``config.py``); the class
+builds its spec (``spec(config)``: label, expiry, and a factory for a fresh source on every
+(re)start). Nothing here knows the kinds: a new one needs no change in this module.
+"""
 
 from __future__ import annotations
 
-from yoi_registryd.config import (
-    EmbeddedSourceConfig,
-    LocalSourceConfig,
-    RemoteSourceConfig,
-    SourceConfig,
-)
-from yoi_registryd.sources.base import Source
+import functools
+import pkgutil
+
+from yoi_registryd.config import SourceConfig
+from yoi_registryd.sources.base import SourceClass, SourceSpec
 
 
-def build_source(config: SourceConfig) -> Source:
-    if isinstance(config, LocalSourceConfig):
-        from yoi_registryd.sources.local import LocalCompatibilitySource
+@functools.cache
+def source_class(implementation: str) -> SourceClass:
+    """The class a kind names, imported on first use (so only the kinds in use load)."""
+    kind: SourceClass = pkgutil.resolve_name(implementation)
+    return kind
 
-        return LocalCompatibilitySource(config)
-    if isinstance(config, RemoteSourceConfig):
-        from yoi_registryd.sources.remote import RemoteRuntimeSource
 
-        return RemoteRuntimeSource(config)
-    if isinstance(config, EmbeddedSourceConfig):
-        from yoi_registryd.sources.embedded import EmbeddedRuntimeSource
-
-        return EmbeddedRuntimeSource(config)
-    raise TypeError(f"unsupported source configuration {type(config).__name__}")
+def source_spec(config: SourceConfig) -> SourceSpec:
+    """How the supervisor runs the source configured by ``config``."""
+    return source_class(config.implementation).spec(config)

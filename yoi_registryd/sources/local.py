@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -28,7 +29,7 @@ from yoi_registryd.files import watch_stop_event
 from yoi_registryd.ids import normalize_root
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import Capabilities, Diagnostic, HostSpec, SourceKind, WorkerRecord
-from yoi_registryd.sources.base import Reporter
+from yoi_registryd.sources.base import Reporter, SourceSpec
 from yoi_registryd.sources.local_metadata import (
     REGISTRY_UNAVAILABLE,
     REGISTRY_UNREADABLE,
@@ -74,7 +75,12 @@ BoundHost = tuple[str, Diagnostic | None]
 class LocalCompatibilitySource:
     """Projects the Worker metadata of every layout (module doc) into worker records."""
 
-    source_kind: SourceKind = "local_compatibility"
+    source_kind: SourceKind = LocalSourceConfig.source_kind
+
+    @classmethod
+    def spec(cls, config: LocalSourceConfig) -> SourceSpec:
+        """A fresh source on every (re)start, under the configured label."""
+        return SourceSpec.of(config, partial(cls, config), label=config.label)
 
     def __init__(self, config: LocalSourceConfig) -> None:
         self.config = config

@@ -19,6 +19,7 @@ import logging
 import math
 import random
 from dataclasses import replace
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -44,7 +45,7 @@ from yoi_registryd.operations import (
     OperationAck,
     StopRequest,
 )
-from yoi_registryd.sources.base import Reporter
+from yoi_registryd.sources.base import Reporter, SourceSpec
 from yoi_registryd.sources.remote_auth import RemoteCredentials
 from yoi_registryd.sources.remote_client import (
     AUTH_FAILED,
@@ -103,7 +104,17 @@ _PERMISSIONS: Final[dict[Operation, str]] = {
 class RemoteRuntimeSource:
     """Observes one remote runtime; one instance per supervised run."""
 
-    source_kind: SourceKind = "remote_http"
+    source_kind: SourceKind = RemoteSourceConfig.source_kind
+
+    @classmethod
+    def spec(cls, config: RemoteSourceConfig) -> SourceSpec:
+        """A fresh source on every (re)start; its workers expire after ``expire_after``."""
+        return SourceSpec.of(
+            config,
+            partial(cls, config),
+            label=config.label or config.runtime_id,
+            expire_after=config.expire_after,
+        )
 
     def __init__(self, config: RemoteSourceConfig, rng: random.Random | None = None) -> None:
         self.config = config
