@@ -22,7 +22,6 @@ from yoi_registryd.config import (
     resolve_config_path,
     validate_config,
 )
-from yoi_registryd.daemon import Daemon, activated_listeners
 from yoi_registryd.logs import setup_logging
 from yoi_registryd.preflight import preflight
 from yoi_registryd.systemd import Notifier, SocketActivationError, watchdog_interval
@@ -224,6 +223,10 @@ def serve(path_arg: str | None, log_level: str | None, demo: bool = False) -> in
 
 
 async def _serve(config: Config, path: Path | None, log_level: str | None, demo: bool) -> None:
+    # Imported here: the HTTP stack (quart, hypercorn) is most of the start-up time of a
+    # command, and only serving needs it (check-config, status, audit verify start faster).
+    from yoi_registryd.daemon import Daemon, activated_listeners
+
     listeners = activated_listeners()
     daemon = Daemon(
         config,
