@@ -22,7 +22,7 @@ from yoi_registryd.config import SupervisorConfig, parse_config
 from yoi_registryd.model import SourceKind, SupervisorInfo
 from yoi_registryd.registry import RegistryActor
 from yoi_registryd.sources.base import Reporter, Source, SourceError, SourceSpec
-from yoi_registryd.supervisor import Supervisor, backoff_ceiling
+from yoi_registryd.supervisor import Supervisor, restart_backoff
 
 CANARY = "CANARY-supervisor-7c1e"
 
@@ -235,10 +235,10 @@ async def test_full_jitter_stays_within_the_ceiling(
     backoffs = log.backoffs()
     assert len(backoffs) >= 40
     for restart, delay in backoffs.items():
-        ceiling = backoff_ceiling(config, restart - 1)
+        ceiling = restart_backoff(config).ceiling(restart - 1)
         assert 0 <= delay <= ceiling, (restart, delay, ceiling)
     # Jittered, not the ceiling itself, and not all the same.
-    assert any(delay < backoff_ceiling(config, r - 1) for r, delay in backoffs.items())
+    assert any(delay < restart_backoff(config).ceiling(r - 1) for r, delay in backoffs.items())
     assert len(set(backoffs.values())) > 10
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import msgspec
 import trio
 
+from yoi_registryd.backoff import Backoff
 from yoi_registryd.config import AuditConfig, ConfigError, default_state_dir, import_object
 from yoi_registryd.errors import RegistryError
 from yoi_registryd.policy import Decision
@@ -548,7 +549,7 @@ class AuditTrail:
                     ticket.record if self.chain is None else self.chain.link(ticket.record)
                 )
         records = [ticket.chained for ticket in batch if ticket.chained is not None]
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(RETRY_INITIAL_S, RETRY_MAX_S)
         attempts = 0
         while True:
             attempts += 1
@@ -566,8 +567,7 @@ class AuditTrail:
                     self._batch = []
                     self._settle(batch, durable=False)
                     return
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                await trio.sleep(backoff.next_delay())
             else:
                 self.records_written += len(batch)
                 self._batch = []

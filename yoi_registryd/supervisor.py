@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import trio
 
+from yoi_registryd.backoff import FULL_JITTER, Backoff
 from yoi_registryd.clock import utcnow
 from yoi_registryd.config import SupervisorConfig
 from yoi_registryd.messages import SourceMessage, SourceRegistered, SourceRemoved, SupervisorChanged
@@ -24,11 +25,20 @@ from yoi_registryd.sources.base import Reporter, SourceError, SourceSpec
 log = logging.getLogger(__name__)
 
 
-def backoff_ceiling(config: SupervisorConfig, attempt: int) -> float:
-    """The exponential ceiling for the ``attempt``-th consecutive restart (0-based)."""
-    initial = config.backoff_initial.total_seconds()
-    cap = config.backoff_max.total_seconds()
-    return float(min(cap, initial * (2 ** min(attempt, 62))))
+def restart_backoff(
+    config: SupervisorConfig, rng: random.Random | None = None, attempt: int = 0
+) -> Backoff:
+    """The ``[supervisor]`` backoff of one supervised task (a source, a discovery backend)
+    after ``attempt`` consecutive failures. Built from the current settings at every
+    restart: a reload's ``[supervisor]`` applies to every later restart."""
+    return Backoff(
+        config.backoff_initial.total_seconds(),
+        config.backoff_max.total_seconds(),
+        jitter=FULL_JITTER if config.jitter else None,
+        healthy_after=config.healthy_after.total_seconds(),
+        rng=rng,
+        attempt=attempt,
+    )
 
 
 def describe_failure(exc: BaseException) -> ErrorInfo:
@@ -119,11 +129,9 @@ class Supervisor:
                     else:
                         last_error = ErrorInfo("source_exited", "the source task ended")
                         log.warning("source %s ended unexpectedly; restarting", rid)
-                    if trio.current_time() - started >= self.config.healthy_after.total_seconds():
-                        attempt = 0
-                    ceiling = backoff_ceiling(self.config, attempt)
-                    delay = self._rng.uniform(0, ceiling) if self.config.jitter else ceiling
-                    attempt += 1
+                    backoff = restart_backoff(self.config, self._rng, attempt)
+                    delay = backoff.next_delay(ran_for=trio.current_time() - started)
+                    attempt = backoff.attempt
                     restarts += 1
                     next_at = utcnow() + timedelta(seconds=delay)
                     log.info("source %s restarts in %.3fs (restart %d)", rid, delay, restarts)

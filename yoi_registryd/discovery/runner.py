@@ -26,7 +26,7 @@ from yoi_registryd.discovery.records import RUNTIME_ID_IN_USE, Refusal, to_sourc
 from yoi_registryd.model import ErrorInfo
 from yoi_registryd.reload import apply_sources
 from yoi_registryd.sources.base import SourceSpec
-from yoi_registryd.supervisor import Supervisor, backoff_ceiling
+from yoi_registryd.supervisor import Supervisor, restart_backoff
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +205,11 @@ class DiscoveryRunner:
                     "discovery_crashed", f"the discovery backend failed ({type(exc).__name__})"
                 )
             self.failed(failure)
-            config = self._supervisor.config
-            if trio.current_time() - started >= config.healthy_after.total_seconds():
-                attempt = 0
-            ceiling = backoff_ceiling(config, attempt)
-            attempt += 1
+            backoff = restart_backoff(self._supervisor.config, self._rng, attempt)
+            delay = backoff.next_delay(ran_for=trio.current_time() - started)
+            attempt = backoff.attempt
             self._state.state = "backoff"
-            await trio.sleep(self._rng.uniform(0, ceiling) if config.jitter else ceiling)
+            await trio.sleep(delay)
 
     async def remove_all(self) -> None:
         """Stop every runtime this entry found (the entry was removed from the config)."""

@@ -52,6 +52,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
 
+from yoi_registryd.backoff import Backoff
 from yoi_registryd.errors import RegistryError
 from yoi_registryd.http import reason_phrase
 from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refused, Http11Only
@@ -59,6 +60,9 @@ from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refuse
 log = logging.getLogger(__name__)
 
 _CAPACITY_ERRNOS: Final = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_RETRY: Final = 0.1
+"""Seconds between tries to accept while out of descriptors or memory (a steady retry:
+connections close at their own pace, waiting longer would only delay the next client)."""
 _SO_ATTACH_FILTER: Final = 26  # <asm-generic/socket.h>; not exported by the socket module
 _DRAIN_LIMIT: Final = 2.0
 """At most this long accepting queued connections at shutdown (a flood cannot hold it)."""
@@ -539,15 +543,22 @@ async def serve(
             await trio.aclose_forcefully(stream)
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        retry = Backoff(_ACCEPT_RETRY, _ACCEPT_RETRY)
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                log.error("cannot accept a connection (%s); retrying in 100ms", exc.strerror)
-                await trio.sleep(0.1)
+                delay = retry.next_delay()
+                log.error(
+                    "cannot accept a connection (%s); retrying in %.0fms",
+                    exc.strerror,
+                    delay * 1000,
+                )
+                await trio.sleep(delay)
             else:
+                retry.reset()
                 if max_connections is not None and len(connections.open) >= max_connections:
                     nursery.start_soon(refuse_connection, stream)
                 else:

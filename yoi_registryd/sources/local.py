@@ -24,6 +24,7 @@ from typing import Final
 import trio
 import watchfiles
 
+from yoi_registryd.backoff import Backoff
 from yoi_registryd.config import LocalSourceConfig
 from yoi_registryd.files import watch_stop_event
 from yoi_registryd.ids import normalize_root
@@ -385,7 +386,7 @@ class LocalCompatibilitySource:
     async def _watch_loop(self, reporter: Reporter) -> None:
         """Watch the layouts' directories that exist; when none does, wait for one; when a
         watch is lost or another directory appears, rescan and watch again."""
-        retry = _MISSING_DIR_POLL
+        retry = Backoff(_MISSING_DIR_POLL, _WATCH_RETRY_MAX)
         while True:
             present = self._present_layouts()
             if not present:
@@ -399,10 +400,9 @@ class LocalCompatibilitySource:
             # is retried with a growing delay; the interval rescan covers the gap.
             await self._rescan(reporter)
             if failed:
-                await trio.sleep(retry)
-                retry = min(retry * 2, _WATCH_RETRY_MAX)
+                await trio.sleep(retry.next_delay())
             else:
-                retry = _MISSING_DIR_POLL
+                retry.reset()
 
     async def _watch_once(self, reporter: Reporter, present: tuple[Path, ...]) -> bool:
         """Watch ``present`` until the watch ends; True when it failed (rather than lost or

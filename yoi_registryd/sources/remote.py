@@ -26,6 +26,7 @@ import msgspec
 import trio
 
 from yoi_registryd import operations
+from yoi_registryd.backoff import Backoff, spread
 from yoi_registryd.capability import NO_PERMISSION, WORKERS_INPUT, WORKERS_LIST, WORKERS_STOP
 from yoi_registryd.clock import utcnow
 from yoi_registryd.config import RemoteSourceConfig
@@ -121,6 +122,13 @@ class RemoteRuntimeSource:
         self.runtime_id = config.runtime_id
         self._projector = Projector(config)
         self._rng = rng or random.Random()
+        self._backoff = Backoff(
+            config.poll_interval.total_seconds(),
+            config.backoff_max.total_seconds(),
+            jitter=spread(config.poll_jitter),
+            rng=self._rng,
+        )
+        """The wait between polls: the interval, growing after consecutive failures."""
         self._client: RemoteClient | None = None
         self._credentials = RemoteCredentials(config)
         self._lock = trio.Lock()
@@ -171,16 +179,9 @@ class RemoteRuntimeSource:
 
     def _next_delay(self, first: bool) -> float:
         """The wait before the next poll: a random phase first, then jittered, backing off."""
-        interval = self.config.poll_interval.total_seconds()
-        if self._failures:
-            cap = self.config.backoff_max.total_seconds()
-            base = min(cap, interval * (1 << min(self._failures - 1, 32)))
-        elif first:
-            return interval * self._rng.random()
-        else:
-            base = interval
-        jitter = self.config.poll_jitter
-        return base * self._rng.uniform(1 - jitter, 1 + jitter)
+        if first and not self._failures:
+            return self.config.poll_interval.total_seconds() * self._rng.random()
+        return self._backoff.delay(max(self._failures - 1, 0))
 
     # -- subscription --------------------------------------------------------------------
 
