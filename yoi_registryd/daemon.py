@@ -193,7 +193,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.actor = RegistryActor(self.config.registry.channel_capacity)
-        self.metrics = Metrics(self.actor, reloads=self.reloads)
+        self.metrics = Metrics(self.actor)
+        self.metrics.reloads = self.reloads
         self.lifecycle = Lifecycle(self.shutdown)
         self.router = OperationRouter()
         # Token files, signing keys, the custom policy and the audit file are read here: a

@@ -1,8 +1,9 @@
-"""Reading a small file the daemon does not own, defensively.
+"""Files the daemon does not own: reading a small one defensively, watching directories.
 
 The local source reads files other processes write (Worker metadata, a workspace's
 ``.yoi/workspace.toml``): a symlink is refused, a FIFO never blocks, and nothing over a size
-limit is read whole.
+limit is read whole. It and the file discovery watch directories with watchfiles, and
+rescan on a quiet watch as the safety net.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import trio
+import watchfiles
 
 
 class FileTooLarge(Exception):
@@ -59,3 +63,31 @@ def watch_stop_event(nursery: trio.Nursery) -> anyio.Event:
 
     nursery.start_soon(stopper)
     return stop
+
+
+def watch_changes(
+    paths: Iterable[Path],
+    stop: anyio.Event,
+    *,
+    debounce_ms: int,
+    step_ms: int,
+    timeout_ms: int,
+    recursive: bool,
+    ignore_permission_denied: bool | None = None,
+) -> AsyncIterator[set[tuple[Any, str]]]:
+    """Every change under ``paths``, unfiltered (the caller maps each to what it concerns),
+    a burst once no new change came for a step; and an empty set after ``timeout_ms``
+    without any, so the caller's rescan runs on a quiet watch too. Ends when ``stop`` is set
+    (:func:`watch_stop_event`)."""
+    changes: AsyncIterator[set[tuple[Any, str]]] = watchfiles.awatch(
+        *paths,
+        watch_filter=None,
+        debounce=debounce_ms,
+        step=step_ms,
+        stop_event=stop,
+        rust_timeout=timeout_ms,
+        yield_on_timeout=True,
+        recursive=recursive,
+        ignore_permission_denied=ignore_permission_denied,
+    )
+    return changes

@@ -97,16 +97,11 @@ class AuditCounters(Protocol):
 class Metrics:
     """The metrics of one daemon. ``render`` produces a scrape; the rest is for its parts."""
 
-    def __init__(
-        self,
-        actor: RegistryActor,
-        *,
-        reloads: ReloadOutcome | None = None,
-        process: bool = True,
-    ) -> None:
+    def __init__(self, actor: RegistryActor, *, process: bool = True) -> None:
         self.actor = actor
-        self.reloads = reloads
         self.registry = CollectorRegistry()
+        self.reloads: ReloadOutcome | None = None
+        """Set by the daemon: how its configuration reloads fared."""
         self.discoveries: Callable[[], list[DiscoveryStatus]] = list
         """Set by the daemon: the ``[[discovery]]`` entries' status."""
         self.audit: AuditCounters | None = None

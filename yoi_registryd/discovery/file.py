@@ -11,23 +11,15 @@ failed refresh: the last good set stays.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 import trio
-import watchfiles
 
 from yoi_registryd.config import FileDiscoveryConfig
 from yoi_registryd.discovery.runner import DiscoveryFailure, DiscoveryReporter
-from yoi_registryd.files import watch_stop_event
-
-log = logging.getLogger(__name__)
-
-_RESCAN_MS: Final = 5_000
-_DEBOUNCE_MS: Final = 50
-_STEP_MS: Final = 50
+from yoi_registryd.files import watch_changes, watch_stop_event
 
 FILE_MISSING: Final = "discovery_file_missing"
 FILE_UNREADABLE: Final = "discovery_file_unreadable"
@@ -52,6 +44,11 @@ def parse_runtimes(data: bytes, toml: bool) -> list[tuple[str, Any]]:
 
 class FileDiscovery:
     """Reads the file at start and whenever it changes."""
+
+    RESCAN_MS: Final = 5_000
+    """The file is read again after this long without a change (the safety net)."""
+    QUIET_MS: Final = 50
+    """A burst of changes is read once no new one came for this long."""
 
     def __init__(self, entry: FileDiscoveryConfig) -> None:
         self.entry = entry
@@ -93,15 +90,13 @@ class FileDiscovery:
         async with trio.open_nursery() as nursery:
             stop = watch_stop_event(nursery)
             try:
-                async for _changes in watchfiles.awatch(
-                    self.path.parent,
-                    # Any change in the directory: a ConfigMap swaps a symlink beside it.
-                    watch_filter=None,
-                    debounce=_DEBOUNCE_MS,
-                    step=_STEP_MS,
-                    stop_event=stop,
-                    rust_timeout=_RESCAN_MS,
-                    yield_on_timeout=True,
+                # Any change in the directory: a ConfigMap swaps a symlink beside the file.
+                async for _changes in watch_changes(
+                    [self.path.parent],
+                    stop,
+                    debounce_ms=self.QUIET_MS,
+                    step_ms=self.QUIET_MS,
+                    timeout_ms=self.RESCAN_MS,
                     recursive=False,
                 ):
                     await self.refresh(reporter)

@@ -26,7 +26,7 @@ import watchfiles
 
 from yoi_registryd.backoff import Backoff
 from yoi_registryd.config import LocalSourceConfig
-from yoi_registryd.files import watch_stop_event
+from yoi_registryd.files import watch_changes, watch_stop_event
 from yoi_registryd.ids import normalize_root
 from yoi_registryd.messages import RuntimeDescriptor
 from yoi_registryd.model import Capabilities, Diagnostic, HostSpec, SourceKind, WorkerRecord
@@ -422,14 +422,12 @@ class LocalCompatibilitySource:
                 )
             self._watching_each_dir = not recursive
             try:
-                async for changes in watchfiles.awatch(
-                    *paths,
-                    watch_filter=None,
-                    debounce=_WATCH_DEBOUNCE_MS,
-                    step=_WATCH_STEP_MS,
-                    stop_event=stop,
-                    rust_timeout=_WATCH_TIMEOUT_MS if recursive else _WATCH_EACH_DIR_TIMEOUT_MS,
-                    yield_on_timeout=True,
+                async for changes in watch_changes(
+                    paths,
+                    stop,
+                    debounce_ms=_WATCH_DEBOUNCE_MS,
+                    step_ms=_WATCH_STEP_MS,
+                    timeout_ms=_WATCH_TIMEOUT_MS if recursive else _WATCH_EACH_DIR_TIMEOUT_MS,
                     recursive=recursive,
                     ignore_permission_denied=True,
                 ):

@@ -74,6 +74,7 @@ from yoi_registryd.sources.remote_projection import (
 )
 from yoi_registryd.sources.remote_subscription import (
     HandshakeRefused,
+    SessionSettings,
     SubscriptionSession,
     SubscriptionUnavailable,
     may_subscribe,
@@ -208,11 +209,10 @@ class RemoteRuntimeSource:
         if not may_subscribe(runtime_body):
             self._poll_from_now("it predates the event subscription")
             return True
-        session = SubscriptionSession(
+        settings = SessionSettings(
             url=websocket_url(self.config.base_url.reveal()),
             projector=self._projector,
             reporter=reporter,
-            runtime_body=runtime_body,
             authorization=self._authorization,
             fetch_runtime=lambda: client.get(RUNTIME_PATH, NO_PERMISSION),
             timeout=self.config.timeout.total_seconds(),
@@ -224,6 +224,7 @@ class RemoteRuntimeSource:
             max_message_bytes=self.config.max_response_bytes,
             ssl_context=tls_context(),
         )
+        session = SubscriptionSession(settings, runtime_body)
         self._reported = None  # the session reports on its own; acks wait for its events
         self._needs_full = True
         try:

@@ -27,6 +27,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Generic, Literal, TypeVar
 
@@ -288,41 +289,32 @@ def websocket_url(base_url: str) -> str:
 _generation = itertools.count(1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionSettings:
+    """What a session connects to and reports through, and its bounds: fixed for its life."""
+
+    url: str
+    projector: Projector
+    reporter: Reporter
+    authorization: Callable[[], Awaitable[str | None]]
+    """The ``Authorization`` header value for the upgrade (None: none)."""
+    fetch_runtime: Callable[[], Awaitable[bytes]]
+    """Reads ``GET /v1/runtime`` again, for the runtime's own state (label, stopped), which
+    the subscription does not carry: after events arrived, at most once per
+    ``summary_interval``."""
+    timeout: float
+    ping_interval: float
+    summary_interval: float
+    max_message_bytes: int
+    ssl_context: ssl.SSLContext | None = None
+
+
 class SubscriptionSession:
-    """One connection and one subscription: snapshot, then deltas, until it ends.
+    """One connection and one subscription: snapshot, then deltas, until it ends."""
 
-    ``authorization`` gives the ``Authorization`` header value for the upgrade (None: none);
-    ``fetch_runtime`` reads ``GET /v1/runtime`` again, for the runtime's own state (label,
-    stopped) which the subscription does not carry: it is re-read after events arrived, at
-    most once per ``summary_interval``.
-    """
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        projector: Projector,
-        reporter: Reporter,
-        runtime_body: bytes,
-        authorization: Callable[[], Awaitable[str | None]],
-        fetch_runtime: Callable[[], Awaitable[bytes]],
-        timeout: float,
-        ping_interval: float,
-        summary_interval: float,
-        max_message_bytes: int,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._url = url
-        self._projector = projector
-        self._reporter = reporter
+    def __init__(self, settings: SessionSettings, runtime_body: bytes) -> None:
+        self.settings = settings
         self._runtime_body = runtime_body
-        self._authorization = authorization
-        self._fetch_runtime = fetch_runtime
-        self._timeout = timeout
-        self._ping_interval = ping_interval
-        self._summary_interval = summary_interval
-        self._max_bytes = max_message_bytes
-        self._ssl_context = ssl_context
         self._request_id = f"registry-{next(_generation)}-1"
         self._subscription_id = ""
         self._revisions: dict[str, int] = {}
@@ -331,25 +323,25 @@ class SubscriptionSession:
         self._workers: dict[str, WorkerRecord] = {}
         self._view: RemoteView | None = None
         self._events_since_summary = trio.Event()
-        self.runtime_id = projector.runtime_id
+        self.runtime_id = settings.projector.runtime_id
 
     # -- the session ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, subscribe and follow; never returns (raises when the session ends)."""
         headers = []
-        authorization = await self._authorization()
+        authorization = await self.settings.authorization()
         if authorization is not None:
             headers.append((b"authorization", authorization.encode("latin-1")))
         try:
             async with trio_websocket.open_websocket_url(
-                self._url,
-                self._ssl_context if self._url.startswith("wss://") else None,
+                self.settings.url,
+                self.settings.ssl_context if self.settings.url.startswith("wss://") else None,
                 extra_headers=headers,
                 message_queue_size=_QUEUE,
-                max_message_size=self._max_bytes,
-                connect_timeout=self._timeout,
-                disconnect_timeout=self._timeout,
+                max_message_size=self.settings.max_message_bytes,
+                connect_timeout=self.settings.timeout,
+                disconnect_timeout=self.settings.timeout,
             ) as ws:
                 await self._follow(ws)
         except trio_websocket.ConnectionRejected as rejected:
@@ -374,7 +366,7 @@ class SubscriptionSession:
             SubscribeEvents(SubscribeParams(self._request_id, RuntimeWorkersSelector()))
         )
         await ws.send_message(_ENCODER.encode(request).decode())
-        with trio.move_on_after(self._timeout) as deadline:
+        with trio.move_on_after(self.settings.timeout) as deadline:
             subscribed = await self._subscribed(ws)
         if deadline.cancelled_caught:
             raise self._ended(UNRESPONSIVE, "no answer to subscribe_events within the timeout")
@@ -436,7 +428,7 @@ class SubscriptionSession:
         entries = subscribed.snapshot.data.workers
         summary = self._summary(self._runtime_body)
         running = summary.status == "running"
-        workers, diagnostics = self._projector.project_entries(
+        workers, diagnostics = self.settings.projector.project_entries(
             entries, subscription_fields, running, {}, utcnow()
         )
         for raw in entries:
@@ -444,9 +436,9 @@ class SubscriptionSession:
             if worker is not None and worker.worker_id in workers:
                 self._revisions[worker.worker_id] = worker.subject_revision
         self._workers = workers
-        view = self._projector.view(summary, workers, diagnostics, "subscription")
+        view = self.settings.projector.view(summary, workers, diagnostics, "subscription")
         self._view = view
-        await self._reporter.observed(
+        await self.settings.reporter.observed(
             view.descriptor, view.hosts, tuple(workers.values()), {"": view.diagnostics}
         )
         log.info(
@@ -492,16 +484,16 @@ class SubscriptionSession:
             if self._removed > MAX_TOMBSTONES:
                 raise self._ended(RESYNC, "too many removals to remember; starting afresh")
             if self._workers.pop(worker_id, None) is not None:
-                await self._reporter.changed(removals=(worker_id,))
+                await self.settings.reporter.changed(removals=(worker_id,))
         else:
             fields = subscription_fields(payload.data.worker)
             assert fields is not None  # decoded above
             now: datetime = utcnow()
             previous = self._workers.get(worker_id)
-            record = self._projector.record(fields, self._view.running, previous, now)
+            record = self.settings.projector.record(fields, self._view.running, previous, now)
             if record is not previous:
                 self._workers[worker_id] = record
-                await self._reporter.changed(upserts=(record,))
+                await self.settings.reporter.changed(upserts=(record,))
         self._events_since_summary.set()
 
     def _fresh(self, worker_id: str, revision: int) -> bool:
@@ -527,12 +519,12 @@ class SubscriptionSession:
         """Ping on an interval; an unanswered ping ends the session. Each answer is a
         successful observation (the registry's heartbeat for this runtime)."""
         while True:
-            await trio.sleep(self._ping_interval)
-            with trio.move_on_after(self._timeout) as deadline:
+            await trio.sleep(self.settings.ping_interval)
+            with trio.move_on_after(self.settings.timeout) as deadline:
                 await ws.ping()
             if deadline.cancelled_caught:
                 raise self._ended(UNRESPONSIVE, "a ping went unanswered within the timeout")
-            await self._reporter.succeeded()
+            await self.settings.reporter.succeeded()
 
     async def _refresh_summary(self) -> None:
         """After events, re-read the runtime's summary (at most once per interval): a
@@ -541,32 +533,32 @@ class SubscriptionSession:
             await self._events_since_summary.wait()
             self._events_since_summary = trio.Event()
             try:
-                body = await self._fetch_runtime()
+                body = await self.settings.fetch_runtime()
             except Exception as exc:
                 log.debug("remote source %s: runtime summary: %r", self.runtime_id, exc)
                 raise self._ended(DROPPED, "GET /v1/runtime failed") from None
             if body != self._runtime_body:
                 self._runtime_body = body
                 await self._describe(self._summary(body))
-            await trio.sleep(self._summary_interval)
+            await trio.sleep(self.settings.summary_interval)
 
     async def _describe(self, summary: RemoteRuntimeSummary) -> None:
         assert self._view is not None
         old = self._view
         diagnostics = tuple(d for d in old.diagnostics if d.code != STATUS_UNRECOGNISED)
-        view = self._projector.view(summary, self._workers, diagnostics, "subscription")
+        view = self.settings.projector.view(summary, self._workers, diagnostics, "subscription")
         self._view = view
         upserts: tuple[WorkerRecord, ...] = ()
         if view.running != old.running:
             now = utcnow()
             refreshed = {
-                wid: self._projector.with_status(w, w.status, view.running, now)
+                wid: self.settings.projector.with_status(w, w.status, view.running, now)
                 for wid, w in self._workers.items()
             }
             self._workers = refreshed
             upserts = tuple(refreshed.values())
         if view.descriptor != old.descriptor or upserts or view.diagnostics != old.diagnostics:
             diags: dict[str, tuple[Diagnostic, ...]] = {"": view.diagnostics}
-            await self._reporter.changed(
+            await self.settings.reporter.changed(
                 upserts=upserts, diagnostics=diags, hosts=view.hosts, runtime=view.descriptor
             )
