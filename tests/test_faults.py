@@ -200,6 +200,22 @@ def neighbour_toml(key: str) -> str:
     )
 
 
+async def start_beside_an_oversized_remote(
+    start_daemon: StartDaemon, tmp_path: Path, server: RawServer, limit: int, key: str
+) -> tuple[RunningDaemon, dict[str, Any]]:
+    """The daemon with the remote ``server``, which answers more than ``limit`` bytes, and an
+    embedded neighbour (``key``); once the remote is refused as too large, with its record."""
+    d = await start_daemon(
+        audit_toml(tmp_path / "a.jsonl")
+        + remote_toml(server, max_response_bytes=limit, timeout="2s")
+        + neighbour_toml(key)
+    )
+    await wait_status(d, "faulty", "unavailable", "remote_runtime_malformed_response")
+    record = await status_of(d, "faulty")
+    assert "larger than max_response_bytes" in record["last_error"]["message"]
+    return d, record
+
+
 async def test_a_remote_that_accepts_and_never_answers(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -295,14 +311,7 @@ async def test_a_remote_that_sends_50_mb_of_json_is_cut_off_with_bounded_memory(
     key = uuid.uuid4().hex
     baseline = _rss_kib("VmRSS")
     assert _peak_rss_reset()
-    d = await start_daemon(
-        audit_toml(tmp_path / "a.jsonl")
-        + remote_toml(server, max_response_bytes=limit, timeout="2s")
-        + neighbour_toml(key)
-    )
-    await wait_status(d, "faulty", "unavailable", "remote_runtime_malformed_response")
-    record = await status_of(d, "faulty")
-    assert "larger than max_response_bytes" in record["last_error"]["message"]
+    d, _ = await start_beside_an_oversized_remote(start_daemon, tmp_path, server, limit, key)
     await wait_for(lambda: server.accepted >= 3 and server.open == 0, message="several refusals")
     await healthy_neighbour(d, key)
     # Each attempt stopped reading near the limit: the server could only push what the

@@ -147,6 +147,14 @@ async def bystanders(d: Daemon, *, http2: bool = True) -> AsyncIterator[Bystande
 # -- off by default ------------------------------------------------------------------------
 
 
+H2C_UPGRADE = {
+    "Connection": "Upgrade, HTTP2-Settings",
+    "Upgrade": "h2c",
+    "HTTP2-Settings": "AAMAAABkAAQAAP__",
+}
+"""An HTTP/1.1 request's headers asking to switch to HTTP/2 (h2c), with empty settings."""
+
+
 async def test_http2_is_refused_unless_configured(tmp_path: Path) -> None:
     async with daemon(tmp_path) as d, bystanders(d, http2=False):
         # Prior knowledge: SETTINGS, then GOAWAY HTTP_1_1_REQUIRED; the stream is not served.
@@ -162,14 +170,7 @@ async def test_http2_is_refused_unless_configured(tmp_path: Path) -> None:
         await client.aclose()
 
         # Upgrade: h2c is ignored: the answer is HTTP/1.1, never 101 Switching Protocols.
-        response = await d.client.get(
-            "/livez",
-            headers={
-                "Connection": "Upgrade, HTTP2-Settings",
-                "Upgrade": "h2c",
-                "HTTP2-Settings": "AAMAAABkAAQAAP__",
-            },
-        )
+        response = await d.client.get("/livez", headers=H2C_UPGRADE)
         assert response.status_code == 200
         assert response.http_version == "HTTP/1.1"
         assert "upgrade" not in response.headers
@@ -185,14 +186,7 @@ async def test_h2c_upgrade_and_prior_knowledge_are_served_when_configured(tmp_pa
         assert answer.status == 200 and answer.ended
         assert len(answer.body) > 100_000  # larger than a window: flow control was used
         await client.aclose()
-        response = await d.client.get(
-            "/livez",
-            headers={
-                "Connection": "Upgrade, HTTP2-Settings",
-                "Upgrade": "h2c",
-                "HTTP2-Settings": "AAMAAABkAAQAAP__",
-            },
-        )
+        response = await d.client.get("/livez", headers=H2C_UPGRADE)
         # httpx does not speak h2c: the server's 101 is what it sees.
         assert response.status_code == 101
 

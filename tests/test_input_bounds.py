@@ -29,6 +29,7 @@ from tests.test_faults import (
     neighbour_toml,
     read_head,
     remote_toml,
+    start_beside_an_oversized_remote,
     start_raw,
     status_of,
     wait_status,
@@ -128,14 +129,7 @@ async def test_a_remote_gzip_bomb_is_refused_holding_about_max_response_bytes(
     key = "bomb-neighbour"
     baseline = _rss_kib("VmRSS")
     assert _peak_rss_reset()
-    d = await start_daemon(
-        audit_toml(tmp_path / "a.jsonl")
-        + remote_toml(server, max_response_bytes=limit, timeout="2s")
-        + neighbour_toml(key)
-    )
-    await wait_status(d, "faulty", "unavailable", "remote_runtime_malformed_response")
-    record = await status_of(d, "faulty")
-    assert "larger than max_response_bytes" in record["last_error"]["message"]
+    d, record = await start_beside_an_oversized_remote(start_daemon, tmp_path, server, limit, key)
     await wait_for(lambda: server.accepted >= 3, message="several refusals")
     await healthy_neighbour(d, key)
     # Inflated only up to the limit: the peak grows by about the limit (the body kept, then
