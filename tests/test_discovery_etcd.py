@@ -15,15 +15,9 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import RunningDaemon, StartDaemon, wait_for
+from tests.conftest import StartDaemon, wait_for
 from tests.daemon_process import free_port
-from tests.fake_runtime import (
-    SERVER_ID,
-    WORKSPACE_ID,
-    current_runtime,
-    registry_identity,
-    start_fake,
-)
+from tests.discovery_support import discovery_toml, follows, listed_runtimes, serve_runtimes
 from yoi_registryd.discovery.etcd import prefix_range_end
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -103,41 +97,8 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
 
 
 def etcd_toml(url: str, key_path: Path) -> str:
-    return f"""
-sources = []
-
-[supervisor]
-backoff_initial = "100ms"
-backoff_max = "500ms"
-
-[[discovery]]
-kind = "etcd"
-name = "etcd"
-endpoints = ["{url}"]
-prefix = "/yoi/runtimes/"
-auth = "capability"
-server_id = "{SERVER_ID}"
-signing_key_file = "{key_path}"
-workspace_id = "{WORKSPACE_ID}"
-poll_interval = "100ms"
-"""
-
-
-async def listed(d: RunningDaemon) -> dict[str, Any]:
-    response = await d.client.get("/api/runtimes")
-    assert response.status_code == 200, response.text
-    return {r["runtime_id"]: r for r in response.json()["items"]}
-
-
-async def wait_listed(d: RunningDaemon, expected: dict[str, str], deadline_s: float) -> float:
-    """Wait until the listed runtimes and labels are ``expected``; seconds it took."""
-    started = trio.current_time()
-
-    async def reached() -> bool:
-        return {rid: r["label"] for rid, r in (await listed(d)).items()} == expected
-
-    await wait_for(reached, deadline_s=deadline_s, interval=0.02, message=f"{expected}")
-    return trio.current_time() - started
+    settings = f'endpoints = ["{url}"]\nprefix = "/yoi/runtimes/"'
+    return discovery_toml("etcd", "etcd", settings, key_path)
 
 
 def test_prefix_range_end() -> None:
@@ -149,28 +110,26 @@ def test_prefix_range_end() -> None:
 async def test_runtimes_in_etcd_follow_puts_deletes_leases_and_an_etcd_restart(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, etcd: Etcd
 ) -> None:
-    key, key_path = registry_identity(tmp_path)
-    a, b = current_runtime("rt-a", key), current_runtime("rt-b", key)
-    server = await start_fake(nursery, ("/a", a), ("/b", b))
+    key_path, server, _ = await serve_runtimes(nursery, tmp_path, "rt-a", "rt-b")
     await etcd.ready()
-    record_a = {"runtime_id": "rt-a", "base_url": server.url("/a"), "label": "A"}
+    record_a = {"runtime_id": "rt-a", "base_url": server.url("/rt-a"), "label": "A"}
     await etcd.put("/yoi/runtimes/a", record_a)
     d = await start_daemon(etcd_toml(etcd.url, key_path))
-    await wait_listed(d, {"rt-a": "A"}, deadline_s=10)
+    await follows(d, {"rt-a": "A"}, 10, available=False)
 
     # Added under a 5 s lease: listed within 1 s; gone within TTL + 1 s of the revoke.
     lease = (await etcd.call("/v3/lease/grant", {"TTL": 5}))["ID"]
-    record_b = {"runtime_id": "rt-b", "base_url": server.url("/b"), "label": "B"}
+    record_b = {"runtime_id": "rt-b", "base_url": server.url("/rt-b"), "label": "B"}
     await etcd.put("/yoi/runtimes/b", record_b, lease)
-    took = await wait_listed(d, {"rt-a": "A", "rt-b": "B"}, deadline_s=5)
+    took = await follows(d, {"rt-a": "A", "rt-b": "B"}, 5, available=False)
     assert took < 1.0, f"listed after {took:.3f}s"
     await etcd.call("/v3/kv/lease/revoke", {"ID": lease})
-    took = await wait_listed(d, {"rt-a": "A"}, deadline_s=10)
+    took = await follows(d, {"rt-a": "A"}, 10, available=False)
     assert took < 6.0, f"gone after {took:.3f}s"
 
     # Changed, then etcd killed mid-watch: the last good set stays; restarted, it recovers.
     await etcd.put("/yoi/runtimes/a", {**record_a, "label": "A2"})
-    await wait_listed(d, {"rt-a": "A2"}, deadline_s=5)
+    await follows(d, {"rt-a": "A2"}, 5, available=False)
     etcd.kill()
 
     async def failed() -> bool:
@@ -179,10 +138,10 @@ async def test_runtimes_in_etcd_follow_puts_deletes_leases_and_an_etcd_restart(
         return error is not None and error["code"] == "discovery_etcd_unavailable"
 
     await wait_for(failed, deadline_s=10, message="the watch failure seen")
-    assert set(await listed(d)) == {"rt-a"}
+    assert set(await listed_runtimes(d)) == {"rt-a"}
     etcd.start()
     await etcd.ready()
     await etcd.put("/yoi/runtimes/b", record_b)
-    await wait_listed(d, {"rt-a": "A2", "rt-b": "B"}, deadline_s=10)
+    await follows(d, {"rt-a": "A2", "rt-b": "B"}, 10, available=False)
     await etcd.delete("/yoi/runtimes/a")
-    await wait_listed(d, {"rt-b": "B"}, deadline_s=5)
+    await follows(d, {"rt-b": "B"}, 5, available=False)

@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from tests.conftest import RunningDaemon, StartDaemon, wait_for
-from tests.fake_runtime import (
-    SERVER_ID,
-    WORKSPACE_ID,
-    current_runtime,
-    registry_identity,
-    start_fake,
+from tests.conftest import StartDaemon, wait_for
+from tests.daemon_process import free_port
+from tests.discovery_support import (
+    discovery_status,
+    discovery_toml,
+    follows,
+    listed_runtimes,
+    serve_runtimes,
 )
 from yoi_registryd.config import ConfigError, parse_config
 
@@ -29,59 +29,19 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def discovery_toml(path: Path, key_path: Path) -> str:
-    return f"""
-sources = []
-
-[[discovery]]
-kind = "file"
-name = "static"
-path = "{path}"
-auth = "capability"
-server_id = "{SERVER_ID}"
-signing_key_file = "{key_path}"
-workspace_id = "{WORKSPACE_ID}"
-poll_interval = "100ms"
-"""
-
-
-async def runtimes(d: RunningDaemon) -> dict[str, Any]:
-    response = await d.client.get("/api/runtimes")
-    assert response.status_code == 200, response.text
-    return {r["runtime_id"]: r for r in response.json()["items"]}
-
-
-async def discovery_status(d: RunningDaemon) -> dict[str, Any]:
-    response = await d.client.get("/api/sources")
-    assert response.status_code == 200, response.text
-    (entry,) = response.json()["discovery"]
-    assert isinstance(entry, dict)
-    return entry
-
-
-async def follows(d: RunningDaemon, expected: dict[str, str | None]) -> None:
-    """Wait until the available runtimes and their labels are ``expected``."""
-
-    async def listed() -> bool:
-        found = await runtimes(d)
-        return {
-            rid: r["label"] for rid, r in found.items() if r["registry_status"] == "available"
-        } == expected and set(found) == set(expected)
-
-    await wait_for(listed, deadline_s=10, message=f"runtimes {expected}")
+def file_toml(path: Path, key_path: Path) -> str:
+    return discovery_toml("file", "static", f'path = "{path}"', key_path)
 
 
 async def test_runtimes_in_a_watched_file_are_added_changed_and_removed(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    key, key_path = registry_identity(tmp_path)
-    a, b = current_runtime("rt-a", key), current_runtime("rt-b", key)
-    server = await start_fake(nursery, ("/a", a), ("/b", b))
+    key_path, server, (_, b) = await serve_runtimes(nursery, tmp_path, "rt-a", "rt-b")
     listing = tmp_path / "runtimes.json"
-    record_a = {"runtime_id": "rt-a", "base_url": server.url("/a"), "label": "A"}
-    record_b = {"runtime_id": "rt-b", "base_url": server.url("/b"), "label": "B"}
+    record_a = {"runtime_id": "rt-a", "base_url": server.url("/rt-a"), "label": "A"}
+    record_b = {"runtime_id": "rt-b", "base_url": server.url("/rt-b"), "label": "B"}
     write_atomically(listing, json.dumps([record_a]))
-    d = await start_daemon(discovery_toml(listing, key_path))
+    d = await start_daemon(file_toml(listing, key_path))
     await follows(d, {"rt-a": "A"})
 
     write_atomically(listing, json.dumps({"runtimes": [record_a, record_b]}))
@@ -109,13 +69,11 @@ async def test_runtimes_in_a_watched_file_are_added_changed_and_removed(
 async def test_a_garbage_file_keeps_the_last_good_set_with_a_typed_refusal(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    key, key_path = registry_identity(tmp_path)
-    a = current_runtime("rt-a", key)
-    server = await start_fake(nursery, ("/a", a))
+    key_path, server, _ = await serve_runtimes(nursery, tmp_path, "rt-a")
     listing = tmp_path / "runtimes.toml"
-    good = f'[[runtimes]]\nruntime_id = "rt-a"\nbase_url = "{server.url("/a")}"\nlabel = "A"\n'
+    good = f'[[runtimes]]\nruntime_id = "rt-a"\nbase_url = "{server.url("/rt-a")}"\nlabel = "A"\n'
     write_atomically(listing, good)
-    d = await start_daemon(discovery_toml(listing, key_path))
+    d = await start_daemon(file_toml(listing, key_path))
     await follows(d, {"rt-a": "A"})
 
     write_atomically(listing, "[[runtimes]\nthis is not toml")
@@ -125,7 +83,7 @@ async def test_a_garbage_file_keeps_the_last_good_set_with_a_typed_refusal(
         return error is not None and error["code"] == "discovery_file_invalid"
 
     await wait_for(refused, deadline_s=10, message="the garbage file refused")
-    assert set(await runtimes(d)) == {"rt-a"}
+    assert set(await listed_runtimes(d)) == {"rt-a"}
     metrics = (await d.client.get("/metrics")).text
     assert 'yoi_registryd_discovery_refresh_failures_total{discovery="static",kind="file"}' in (
         metrics
@@ -139,7 +97,7 @@ async def test_a_garbage_file_keeps_the_last_good_set_with_a_typed_refusal(
         return error is not None and error["code"] == "discovery_file_missing"
 
     await wait_for(missing, deadline_s=10, message="the missing file refused")
-    assert set(await runtimes(d)) == {"rt-a"}
+    assert set(await listed_runtimes(d)) == {"rt-a"}
 
     # Bad records are refused one by one, with a typed reason; the good one stays.
     other_workspace = "0192f0e8-4d84-7d6e-a000-00000000beef"
@@ -168,7 +126,7 @@ async def test_a_garbage_file_keeps_the_last_good_set_with_a_typed_refusal(
     }
     assert status["last_error"] is None and status["runtime_count"] == 1
     assert "nowhere" not in json.dumps(status)  # a refusal never repeats a URL
-    assert set(await runtimes(d)) == {"rt-a"}
+    assert set(await listed_runtimes(d)) == {"rt-a"}
 
 
 @pytest.mark.parametrize(
@@ -189,3 +147,33 @@ def test_discovery_entries_are_validated_like_sources(extra: str, problem: str) 
     with pytest.raises(ConfigError) as caught:
         parse_config(text)
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+async def test_a_runtime_found_once_ready_never_makes_the_daemon_unready(
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Readiness is about the daemon: a runtime discovered later that cannot be reached is
+    listed (not available) while ``/readyz`` stays 200, instead of waiting its grace."""
+    key_path, server, _ = await serve_runtimes(nursery, tmp_path, "rt-a")
+    listing = tmp_path / "runtimes.json"
+    record_a = {"runtime_id": "rt-a", "base_url": server.url("/rt-a"), "label": "A"}
+    write_atomically(listing, json.dumps([record_a]))
+    d = await start_daemon(file_toml(listing, key_path))
+    await follows(d, {"rt-a": "A"})
+
+    async def ready() -> bool:
+        return (await d.client.get("/readyz")).status_code == 200
+
+    await wait_for(ready, message="ready")
+    nowhere = {"runtime_id": "rt-x", "base_url": f"http://127.0.0.1:{free_port()}/rt-x"}
+    write_atomically(listing, json.dumps([record_a, nowhere]))
+
+    async def tried_and_failed() -> bool:
+        sources = (await d.client.get("/api/sources")).json()["items"]
+        return any(s["runtime_id"] == "rt-x" and s["last_error"] for s in sources)
+
+    await wait_for(tried_and_failed, message="rt-x tried and failed")
+    probe = await d.client.get("/readyz", params={"verbose": ""})
+    assert probe.status_code == 200, probe.text
+    assert "[+]source/rt-x ok" in probe.text
+    assert (await listed_runtimes(d))["rt-x"]["registry_status"] != "available"

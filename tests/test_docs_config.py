@@ -41,6 +41,7 @@ REQUIRED_VALUES: Final[dict[str, dict[str, Any]]] = {
     "RemoteSourceConfig": {"runtime_id": "r", "base_url": "http://127.0.0.1:1"},
     "FileDiscoveryConfig": {"name": "n", "path": "/x.json"},
     "EtcdDiscoveryConfig": {"name": "n", "endpoints": ["http://127.0.0.1:2379"], "prefix": "/p/"},
+    "DnsSrvDiscoveryConfig": {"name": "n", "srv_name": "_yoi-runtime._tcp.example"},
 }
 """What each section needs besides the key under test, to build it with its defaults."""
 

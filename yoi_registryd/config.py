@@ -7,6 +7,7 @@ that caused it, so ``yoi-registryd check-config`` can tell an operator exactly w
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pkgutil
 import re
@@ -21,6 +22,7 @@ import msgspec
 from yoi_registryd.config_walk import MISSING, KeyHints, Walker
 from yoi_registryd.ids import is_valid_identifier
 from yoi_registryd.model import SourceKind
+from yoi_registryd.record_templates import template_fields
 from yoi_registryd.secrets import Secret
 
 DEFAULT_PORT: Final = 38790
@@ -636,7 +638,56 @@ class EtcdDiscoveryConfig(_DiscoveryBase, tag="etcd", frozen=True):
         return problems
 
 
-DiscoveryConfig = FileDiscoveryConfig | EtcdDiscoveryConfig
+class DnsSrvDiscoveryConfig(_DiscoveryBase, tag="dns_srv", frozen=True):
+    """Runtimes published as DNS SRV records (a Kubernetes headless Service, Consul's DNS
+    interface), re-resolved at ``min(TTL, refresh_interval)``; the templates' grammar is
+    :mod:`yoi_registryd.record_templates`, the backend :mod:`yoi_registryd.discovery.dns_srv`."""
+
+    implementation: ClassVar[str] = "yoi_registryd.discovery.dns_srv:DnsSrvDiscovery"
+
+    srv_name: str
+    """The SRV name, e.g. ``_yoi-runtime._tcp.example.internal`` (always absolute)."""
+    nameservers: list[str] = msgspec.field(default_factory=list)
+    """IP addresses of the servers to ask; empty: the system's (``/etc/resolv.conf``)."""
+    nameserver_port: int = 53
+    refresh_interval: Duration = Duration(seconds=30)
+    """Re-resolved after the records' TTL or this, whichever is shorter (at least 1 s)."""
+    timeout: Duration = Duration(seconds=5)
+    """Deadline of one refresh's resolution (every retry and server included)."""
+    runtime_id_template: str = "{host}"
+    base_url_template: str = "http://{target}:{port}"
+    label_template: str | None = None
+    """Fields: ``{target}``, ``{host}``, ``{port}``, ``{priority}``, ``{weight}``,
+    ``{txt.KEY}`` (a ``KEY=value`` string of the target's TXT records)."""
+
+    def validate(self, key: str) -> list[str]:
+        problems = super().validate(key)
+        labels = self.srv_name.rstrip(".").split(".")
+        if not 0 < len(self.srv_name) < 254 or not all(0 < len(label) < 64 for label in labels):
+            problems.append(f"{key}.srv_name: not a DNS name")
+        for i, server in enumerate(self.nameservers):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                problems.append(f"{key}.nameservers[{i}]: expected an IP address")
+        if not 1 <= self.nameserver_port <= 65535:
+            problems.append(f"{key}.nameserver_port: expected 1 to 65535")
+        problems.extend(_positive(key, self, "refresh_interval", "timeout"))
+        templates = {
+            "runtime_id_template": self.runtime_id_template,
+            "base_url_template": self.base_url_template,
+            "label_template": self.label_template,
+        }
+        for name, template in templates.items():
+            try:
+                if template is not None:
+                    template_fields(template)
+            except ValueError as exc:
+                problems.append(f"{key}.{name}: {exc}")
+        return problems
+
+
+DiscoveryConfig = FileDiscoveryConfig | EtcdDiscoveryConfig | DnsSrvDiscoveryConfig
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

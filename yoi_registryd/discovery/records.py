@@ -42,10 +42,14 @@ DUPLICATE_RUNTIME_ID: Final = "duplicate_runtime_id"
 WORKSPACE_MISMATCH: Final = "workspace_mismatch"
 RUNTIME_ID_IN_USE: Final = "runtime_id_in_use"
 TOO_MANY_RUNTIMES: Final = "too_many_runtimes"
+TEMPLATE_FAILED: Final = "template_failed"
 
 
 def describe(raw: Any, where: str) -> RuntimeDescription | Refusal:
-    """Decode one record of a backend (a mapping) or refuse it."""
+    """Decode one record of a backend (a mapping) or refuse it (a backend that could not
+    make a record of what it found passes its :class:`Refusal` through)."""
+    if isinstance(raw, Refusal):
+        return raw
     try:
         return msgspec.convert(raw, RuntimeDescription)
     except msgspec.ValidationError as exc:
