@@ -67,6 +67,8 @@ async def test_readiness_waits_for_a_first_observation(
     script = Script("scripted")
     await d.daemon.supervisor.start(nursery, script.spec(stale_after=60))
     await wait_for(lambda: "scripted" in d.daemon.actor.snapshot.runtimes)
+    # Added after start-up, this source is waited for as if known at start-up:
+    d.daemon.lifecycle.ready_since = None
     status, body = await probe(d, "/readyz")
     assert status == 503
     assert "[-]source/scripted failed: no first observation yet; start-up grace ends in" in body
@@ -104,6 +106,8 @@ async def test_a_failing_source_holds_readiness_only_for_its_grace(
     await d.daemon.supervisor.start(nursery, failing_spec("unreachable", stale_after=grace))
     started = trio.current_time()
     await wait_for(lambda: "unreachable" in d.daemon.actor.snapshot.runtimes)
+    # Added after start-up, this source is waited for as if known at start-up:
+    d.daemon.lifecycle.ready_since = None
     status, body = await probe(d, "/readyz?verbose")
     assert status == 503, body
     assert "[-]source/unreachable failed" in body

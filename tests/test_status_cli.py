@@ -86,6 +86,8 @@ async def test_status_exits_1_when_not_ready(
     d = await start_daemon("sources = []\n")
     await d.daemon.supervisor.start(nursery, Script("pending").spec(stale_after=60))
     await wait_for(lambda: "pending" in d.daemon.actor.snapshot.runtimes)
+    # Added after start-up, this source is waited for as if known at start-up:
+    d.daemon.lifecycle.ready_since = None
     code, out, _ = await run_status("status", "--address", f"127.0.0.1:{port_of(d)}")
     assert code == EXIT_NOT_READY, out
     assert ": NOT READY (revision " in out.splitlines()[0]

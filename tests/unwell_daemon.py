@@ -60,4 +60,6 @@ async def unwell_daemon(
         )
 
     await wait_for(settled)
+    # Added after start-up, these sources are waited for as if known at start-up:
+    d.daemon.lifecycle.ready_since = None
     return d

@@ -11,7 +11,10 @@ traffic be sent here?": the listeners are up, every source has either completed 
 observation or used up its start-up grace, and the daemon is not shutting down. A source
 that fails *after* its first observation does not make the daemon unready: the registry keeps
 serving, and that runtime shows as ``unavailable`` or ``stale`` instead (a flapping runtime
-must not take the whole registry out of a load balancer).
+must not take the whole registry out of a load balancer). For the same reason only the
+sources known when the daemon first became ready are waited for: a runtime registered later
+(found by ``[[discovery]]``, added by a reload) never makes a ready daemon unready, even
+while it cannot be reached (readiness is about this daemon, not about every runtime).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Lifecycle:
 
     shutdown: trio.Event = field(default_factory=trio.Event)
     listening: bool = False
+    ready_since: float | None = None
+    """When every readiness check first passed (trio's clock); sources registered after it
+    are not waited for."""
 
     @property
     def shutting_down(self) -> bool:
@@ -113,13 +119,15 @@ async def _actor_check(actor: RegistryActor) -> Check:
     return Check("registry-actor", True)
 
 
-def source_checks(snapshot: Snapshot, now: float) -> list[Check]:
-    """One check per source: first observation done, or its start-up grace has passed."""
+def source_checks(snapshot: Snapshot, now: float, ready_since: float | None = None) -> list[Check]:
+    """One check per source: first observation done, or its start-up grace has passed, or
+    registered after the daemon was first ready (``ready_since``)."""
     checks: list[Check] = []
     for rid in snapshot.sorted_runtime_ids:
-        left = startup_grace_left(snapshot.runtimes[rid].stats, now)
+        stats = snapshot.runtimes[rid].stats
+        left = startup_grace_left(stats, now)
         name = f"source/{rid}"
-        if left is None:
+        if left is None or (ready_since is not None and stats.registered_at > ready_since):
             checks.append(Check(name, True))
         else:
             reason = f"no first observation yet; start-up grace ends in {left:.1f}s"
@@ -153,7 +161,10 @@ async def evaluate(
             if lifecycle.shutting_down
             else Check("shutdown", True)
         )
-        checks.extend(source_checks(actor.snapshot, trio.current_time()))
+        now = trio.current_time()
+        checks.extend(source_checks(actor.snapshot, now, lifecycle.ready_since))
+        if lifecycle.ready_since is None and all(c.ok for c in checks):
+            lifecycle.ready_since = now
     names = {c.name for c in checks}
     return ProbeResult(
         kind,
