@@ -36,6 +36,11 @@ kind = "etcd"
 name = "from-etcd"
 endpoints = ["http://127.0.0.1:9"]
 prefix = "/yoi/runtimes/"
+
+[[discovery]]
+kind = "dns_srv"
+name = "from-dns"
+srv_name = "_yoi-runtime._tcp.example.test"
 """
 
 
