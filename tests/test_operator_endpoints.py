@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import trio
 
 from tests.conftest import RunningDaemon, StartDaemon, wait_for
+from tests.daemon_process import free_port
 from tests.embedded_plugins import embedded_source_toml
 from tests.test_policy import sha256_hex
 
@@ -205,10 +205,3 @@ scrape_configs:
         if process.poll() is None:
             process.kill()
             await process.wait()
-
-
-def free_port() -> int:
-    """A loopback port free now, for Prometheus to listen on (it takes no pre-bound socket)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -245,8 +245,10 @@ async def test_many_concurrent_watchers_all_see_one_change(
     assert all(r.status_code == 200 and index_of(r) > index for _, r in answers)
     bodies = {r.content for _, r in answers}
     assert len(bodies) == 1
+    # A deadline for liveness, not a latency figure (the benchmarks measure that): generous
+    # enough for a loaded 2-core machine running the suite on both cores.
     latest = max(t for t, _ in answers) - changed
-    assert latest < 5.0, latest
+    assert latest < 15.0, latest
     assert d.daemon.api.watches.held == 0
 
 
