@@ -34,7 +34,7 @@ import trio
 
 from yoi_registryd.backoff import Backoff
 from yoi_registryd.config import AuditConfig, ConfigError, default_state_dir, import_object
-from yoi_registryd.errors import RegistryError
+from yoi_registryd.errors import AuditUnavailable
 from yoi_registryd.policy import Decision
 
 log = logging.getLogger(__name__)
@@ -269,18 +269,6 @@ def build_sink(config: AuditConfig) -> AuditSink:
 
 OnFailure = Literal["refuse", "serve"]
 Durability = Literal["batched", "before_response"]
-
-
-class AuditUnavailable(RegistryError):
-    """The audit trail cannot take another record (its sink fails and its queue is full), and
-    ``audit.on_failure = "refuse"``: the request is refused rather than answered unaudited."""
-
-    code = "audit_unavailable"
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__("the audit trail cannot record this request right now; retry later")
-        self.headers["Retry-After"] = "1"
 
 
 class Ticket:

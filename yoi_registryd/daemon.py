@@ -252,11 +252,18 @@ class Daemon:
         quart_app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
         quart_app.config["BODY_TIMEOUT"] = config.server.body_timeout.total_seconds()
         self.fastpath = ReadFastPath(quart_app, api)
+        actor = self.actor
+
+        def revision() -> int:
+            """For the X-Registry-Index of an answer refused before the app."""
+            return actor.snapshot.revision
+
         self.security = SecurityMiddleware(
-            PathGuard(self.fastpath, max_head_bytes=config.server.max_header_bytes),
+            PathGuard(self.fastpath, revision, max_head_bytes=config.server.max_header_bytes),
             routes=MemoizedRouteTable(quart_app.url_map),
             access=self.access,
             audit=self.audit,
+            revision=revision,
             metrics=self.metrics,
         )
         app: Any = self.security

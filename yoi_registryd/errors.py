@@ -1,17 +1,22 @@
-"""The typed error family: one code, one HTTP status, one place that renders them.
+"""The typed error family: one code, one HTTP status, one function that renders them.
 
-Errors are raised from the registry layer (lookups, validation, routing) and rendered by
-the HTTP layer in yoi's error shape (contract-v2 section 1.8.1), with our typed code beside
-it: ``{"error": <reason phrase>, "message", "diagnostics": [{code, severity, message}],
-"code", ...details}``. Messages are written here, from ids the caller already knows, so no
-error body can carry an endpoint, path or token.
+Every error a client can see is a :class:`RegistryError` defined here, whoever raises it: the
+registry layer (lookups, validation, routing), the audit trail, the HTTP edge (watches, the
+connection cap, the request head bound) and the HTTP framework itself (:class:`HttpRefusal`).
+:func:`render_error` turns any of them into its status, headers and body, in yoi's error
+shape (contract-v2 section 1.8.1) with our typed code beside it: ``{"error": <reason phrase>,
+"message", "diagnostics": [{code, severity, message}], "code", ...details}``; the quart app,
+the ASGI middleware and the connection cap all answer through it. Messages are written here,
+from ids the caller already knows, so no error body can carry an endpoint, path or token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, NamedTuple
+
+import msgspec
 
 
 def reason_phrase(status: int) -> str:
@@ -42,8 +47,8 @@ def error_document(
 class RegistryError(Exception):
     """Base of every error that reaches a client as a typed JSON body."""
 
-    code: ClassVar[str] = "internal_error"
-    status: ClassVar[int] = 500
+    code: str = "internal_error"
+    status: int = 500
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -269,8 +274,10 @@ class MethodNotAllowed(RegistryError):
     code = "method_not_allowed"
     status = 405
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
         super().__init__("method not allowed on this route")
+        if allowed:  # RFC 9110: a 405 names the methods the route takes
+            self.headers["Allow"] = ", ".join(sorted(allowed))
 
 
 class InternalError(RegistryError):
@@ -284,3 +291,112 @@ class InternalError(RegistryError):
             super().__init__("internal error")
         else:
             super().__init__("internal error", request_id=request_id)
+
+
+class HttpRefusal(RegistryError):
+    """A request the HTTP framework refused before any handler ran (a body too large or too
+    slow, a malformed request): its status, a code made of the status's name, its message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RequestHeadTooLarge(RegistryError):
+    """The request line and headers are larger than ``server.max_header_bytes``."""
+
+    code = "request_head_too_large"
+    status = 431
+
+    def __init__(self) -> None:
+        super().__init__("the request line and headers are too large")
+
+
+class TooManyWatches(RegistryError):
+    code = "too_many_watches"
+    status = 429
+
+    def __init__(self, retry_after: int = 2) -> None:
+        super().__init__("too many requests are waiting for changes; retry later")
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class TooManyConnections(RegistryError):
+    """The server holds ``server.max_connections`` connections: this one is refused."""
+
+    code = "too_many_connections"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the server has too many open connections; retry later")
+        self.headers["Retry-After"] = "1"
+
+
+class AuditUnavailable(RegistryError):
+    """The audit trail cannot take another record (its sink fails and its queue is full), and
+    ``audit.on_failure = "refuse"``: the request is refused rather than answered unaudited."""
+
+    code = "audit_unavailable"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the audit trail cannot record this request right now; retry later")
+        self.headers["Retry-After"] = "1"
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+REVISION_HEADER: Final = "X-Registry-Index"
+"""The registry revision an answer was made from (``docs/api.md``, Headers)."""
+_JSON_HEADER: Final = (b"content-type", b"application/json")
+_REVISION_NAME: Final = REVISION_HEADER.lower().encode("ascii")
+_encoder: Final = msgspec.json.Encoder()
+
+
+class ErrorAnswer(NamedTuple):
+    """A rendered error: status, headers (lower-case names, as ASGI wants them) and body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def render_error(
+    error: RegistryError, revision: int | None, *, conceal_invisible: bool = True
+) -> ErrorAnswer:
+    """The one rendering of a typed error, for the app, the middleware and the server alike.
+
+    The headers an error answer carries follow one rule:
+
+    - ``Content-Type: application/json`` and ``Content-Length``, always;
+    - ``X-Registry-Index``, the registry's current revision, on every answer to a request
+      (``revision``), whichever layer refused it: authentication, policy, the audit trail,
+      the path guard or the app. Only ``too_many_connections`` goes without (``revision``
+      None): it is sent on a connection before any request is read;
+    - the error's own headers, which belong to its kind: ``Retry-After`` on the errors that
+      ask to retry later (429 and 503), ``WWW-Authenticate`` on 401, ``Allow`` on 405.
+
+    ``X-Request-Id`` is not the renderer's: the security middleware adds it to every answer
+    to a request, an error or not. ``conceal_invisible``: a :class:`NotVisible` error is
+    answered as its "unknown" twin (``server.conceal_invisible_workers``).
+    """
+    status, document = error.wire(conceal_invisible=conceal_invisible)
+    body = _encoder.encode(document)
+    headers = [_JSON_HEADER, (b"content-length", b"%d" % len(body))]
+    if revision is not None:
+        headers.append((_REVISION_NAME, b"%d" % revision))
+    headers.extend(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in error.headers.items()
+    )
+    return ErrorAnswer(status, headers, body)
+
+
+async def send_error(
+    send: Callable[[dict[str, Any]], Awaitable[None]], error: RegistryError, revision: int | None
+) -> None:
+    """Answer with ``error`` through an ASGI ``send``, before (or instead of) the app."""
+    status, headers, body = render_error(error, revision)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

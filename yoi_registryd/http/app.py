@@ -15,16 +15,19 @@ from typing import Any, Final, cast
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from yoi_registryd.discovery.runner import DiscoveryStatus
 from yoi_registryd.errors import (
+    REVISION_HEADER,
+    HttpRefusal,
     InternalError,
     InvalidQuery,
     NotVisible,
     RegistryError,
     RouteNotFound,
-    error_document,
+    render_error,
 )
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
 from yoi_registryd.http import probes, reads, views
@@ -63,8 +66,6 @@ from yoi_registryd.registry import RegistryActor, Snapshot
 log = logging.getLogger(__name__)
 
 JSON: Final = "application/json"
-REVISION_HEADER: Final = "X-Registry-Index"
-STATE_EXTENSION: Final = "yoi_registryd"
 
 
 class ApiState:
@@ -148,7 +149,6 @@ def create_app(state: ApiState) -> QuartTrio:
     # ``/api//runtimes`` must not be answered with an HTML redirect to a merged path (which
     # would also echo the base URL): it matches no route and gets the JSON 404.
     app.url_map.merge_slashes = False
-    app.extensions[STATE_EXTENSION] = state
 
     @app.before_request
     async def note_route() -> None:
@@ -384,61 +384,42 @@ def create_app(state: ApiState) -> QuartTrio:
     async def registry_error(error: RegistryError) -> Response:
         if isinstance(error, NotVisible):
             _access().note_denied()
-        return render_error(error, state)
+        return error_response(error, state)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        if isinstance(error, NotFound):
-            return render_error(RouteNotFound(), state)
-        if isinstance(error, MethodNotAllowed):
-            response = render_error(MethodNotAllowedError(), state)
-            if error.valid_methods:  # RFC 9110: a 405 names the methods the route takes
-                response.headers["Allow"] = ", ".join(sorted(error.valid_methods))
-            return response
-        status = error.code or 400
-        message = error.description or "bad request"
-        body = error_document(status, _http_code(error), message)
-        return _render(status, body, revision_headers(state))
+        return error_response(typed_http_error(error), state)
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         request_id = _access().request_id
         log.error("request %s failed", request_id, exc_info=error)
-        return render_error(InternalError(request_id), state)
+        return error_response(InternalError(request_id), state)
 
     return app
 
 
-def _http_code(error: HTTPException) -> str:
+def typed_http_error(error: HTTPException) -> RegistryError:
+    """werkzeug's own refusal (no route, wrong method, body too large or too slow) as a
+    typed error."""
+    if isinstance(error, NotFound):
+        return RouteNotFound()
+    if isinstance(error, MethodNotAllowed):
+        return MethodNotAllowedError(error.valid_methods or ())
     name = (error.name or "http_error").lower().replace(" ", "_")
-    return "".join(ch for ch in name if ch.isalnum() or ch == "_") or "http_error"
+    code = "".join(ch for ch in name if ch.isalnum() or ch == "_") or "http_error"
+    return HttpRefusal(error.code or 400, code, error.description or "bad request")
 
 
-def revision_headers(state: ApiState | None) -> dict[str, str]:
-    """The revision header for a response built outside :func:`_json` (errors)."""
-    return {} if state is None else {REVISION_HEADER: str(state.actor.snapshot.revision)}
+def error_response(error: RegistryError, state: ApiState) -> Response:
+    """The app's answer with ``error``, rendered by :func:`errors.render_error`."""
+    status, headers, body = render_error(
+        error,
+        state.actor.snapshot.revision,
+        conceal_invisible=state.conceal_invisible_workers,
+    )
+    fields = Headers([(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers])
+    return Response(body, status, fields)
 
 
-def render_error(error: RegistryError, state: ApiState | None) -> Response:
-    conceal = state.conceal_invisible_workers if state is not None else True
-    status, body = error.wire(conceal_invisible=conceal)
-    return _render(status, body, {**revision_headers(state), **error.headers})
-
-
-def _render(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:
-    response = Response(views.encode(body), status=status, content_type=JSON)
-    for name, value in headers.items():
-        response.headers[name] = value
-    return response
-
-
-def error_body(error: RegistryError, app: object = None) -> tuple[int, bytes, dict[str, str]]:
-    """Status, encoded body and headers, for middleware that answers before ``app`` does."""
-    extensions = getattr(app, "extensions", None)
-    state = extensions.get(STATE_EXTENSION) if isinstance(extensions, dict) else None
-    status, body = error.wire()
-    headers = revision_headers(state if isinstance(state, ApiState) else None)
-    return status, views.encode(body), {**headers, **error.headers}
-
-
-__all__ = ["ApiState", "InvalidQuery", "create_app", "error_body", "render_error"]
+__all__ = ["ApiState", "InvalidQuery", "create_app"]

@@ -108,12 +108,6 @@ class ReadFastPath:
         self.served = 0
         """Requests answered here rather than by quart (for tests and benchmarks)."""
 
-    @property
-    def extensions(self) -> Any:
-        """The quart app's extensions: middleware in front (``PathGuard``) finds the API
-        state there, through this app as through quart itself."""
-        return self.app.extensions
-
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             answer = self._answer(scope)

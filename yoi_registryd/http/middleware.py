@@ -12,26 +12,22 @@ only bounds a head that is still incomplete, and one that arrives complete in a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-from yoi_registryd.errors import InvalidIdentifier, InvalidQuery, RegistryError
-from yoi_registryd.http.app import error_body
+from yoi_registryd.errors import (
+    InvalidIdentifier,
+    InvalidQuery,
+    RegistryError,
+    RequestHeadTooLarge,
+    send_error,
+)
 
 Scope = dict[str, Any]
 ASGIApp = Any
 
 _FORBIDDEN_ENCODED: Final = (b"%2f", b"%5c", b"%00")
-
-
-class RequestHeadTooLarge(RegistryError):
-    """The request line and headers are larger than ``server.max_header_bytes``."""
-
-    code = "request_head_too_large"
-    status = 431
-
-    def __init__(self) -> None:
-        super().__init__("the request line and headers are too large")
 
 
 def head_bytes(scope: Scope) -> int:
@@ -41,8 +37,12 @@ def head_bytes(scope: Scope) -> int:
 
 
 class PathGuard:
-    def __init__(self, app: ASGIApp, max_head_bytes: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, revision: Callable[[], int], max_head_bytes: int | None = None
+    ) -> None:
         self.app = app
+        self.revision = revision
+        """The registry's current revision, for the ``X-Registry-Index`` of a refusal."""
         self.max_head_bytes = max_head_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -52,7 +52,7 @@ class PathGuard:
                 error = RequestHeadTooLarge()
             error = error or self._check(scope)
             if error is not None:
-                await _send_error(send, error, self.app)
+                await send_error(send, error, self.revision())
                 return
         await self.app(scope, receive, send)
 
@@ -71,22 +71,3 @@ class PathGuard:
         except UnicodeDecodeError:
             return InvalidQuery("the query string is not valid UTF-8")
         return None
-
-
-async def _send_error(send: Any, error: RegistryError, app: ASGIApp) -> None:
-    status, body, headers = error_body(error, app)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in headers.items()
-                ),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

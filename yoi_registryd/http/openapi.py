@@ -28,14 +28,11 @@ import msgspec
 from werkzeug.routing import Map
 
 from yoi_registryd import __version__, errors
-from yoi_registryd.audit import AuditUnavailable
 from yoi_registryd.auth import WORKSPACE_HEADER
 from yoi_registryd.config import DURATION_NUMBER, DURATION_PATTERN
 from yoi_registryd.http import reads, views
-from yoi_registryd.http.middleware import RequestHeadTooLarge
-from yoi_registryd.http.server import TooManyConnections
 from yoi_registryd.http.source_status import SourceList
-from yoi_registryd.http.watch import MAX_WAIT, TooManyWatches
+from yoi_registryd.http.watch import MAX_WAIT
 from yoi_registryd.ids import ID_PATTERN, MAX_ID_BYTES
 from yoi_registryd.model import RuntimeRecord, WorkerDetail
 from yoi_registryd.operations import (
@@ -272,7 +269,7 @@ PROBE_QUERY: Final = (
 )
 
 ANY_ROUTE: Final = typed(
-    errors.InvalidQuery, errors.InternalError, TooManyConnections, RequestHeadTooLarge
+    errors.InvalidQuery, errors.InternalError, errors.TooManyConnections, errors.RequestHeadTooLarge
 )
 """On every route: a query string that is not UTF-8 or a head over ``server.max_header_bytes``
 is refused before routing, and a connection over ``server.max_connections`` before any
@@ -281,7 +278,7 @@ OPERATOR: Final = typed(errors.Unauthenticated, errors.Forbidden)
 """Once clients are configured: no or a wrong token, or one of a client that is no operator
 (not ``workspaces = ["*"]``, not ``operator = true``)."""
 GUARDED: Final = typed(
-    errors.Unauthenticated, errors.Forbidden, errors.InvalidIdentifier, AuditUnavailable
+    errors.Unauthenticated, errors.Forbidden, errors.InvalidIdentifier, errors.AuditUnavailable
 )
 """Authentication, policy and audit: no or a wrong token, a workspace the client may not act
 for or a policy that says no, an ``X-Yoi-Workspace`` that is not an id, an audit trail that
@@ -291,7 +288,7 @@ PATH_IDS: Final = typed(errors.InvalidIdentifier, errors.RouteNotFound)
 RUNTIME: Final = (*PATH_IDS, *typed(errors.UnknownRuntime, errors.RuntimeNotVisible))
 WORKER: Final = (*RUNTIME, *typed(errors.UnknownWorker, errors.WorkerNotVisible))
 HOST: Final = (*PATH_IDS, *typed(errors.UnknownHost, errors.HostNotVisible))
-WATCH: Final = typed(TooManyWatches)
+WATCH: Final = typed(errors.TooManyWatches)
 UNROUTED: Final = typed(errors.MethodNotAllowed)
 """Answered to a method a path does not take (with ``Allow``): no operation to attach it to."""
 OPERATION: Final = (
@@ -519,7 +516,6 @@ ROUTES.update(
 # -- building the document -----------------------------------------------------------------
 
 _RULE_ARGUMENT: Final = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
-REVISION_HEADER: Final = "X-Registry-Index"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 
 
@@ -594,7 +590,8 @@ HEADERS: Final[dict[str, dict[str, Any]]] = {
         "schema": msgspec.json.schema(RevisionValue),
     },
     "RegistryIndexIfAny": {
-        "description": "The registry revision; absent on refusals made before the app runs.",
+        "description": "The registry revision; absent only on too_many_connections, which is "
+        "sent before any request is read.",
         "required": False,
         "schema": msgspec.json.schema(RevisionValue),
     },
@@ -626,15 +623,11 @@ def _header_refs(**names: str) -> dict[str, Any]:
     return {header: {"$ref": f"#/components/headers/{name}"} for header, name in names.items()}
 
 
-def _headers(route: Route, ok: bool) -> dict[str, Any]:
+def _headers(route: Route, ok: bool, index: str = "RegistryIndex") -> dict[str, Any]:
+    """A guarded route's response headers; ``index``: the X-Registry-Index header's entry."""
     if not route.guarded:
         return {}
-    headers = _header_refs(
-        **{
-            REQUEST_ID_HEADER: "RequestId",
-            REVISION_HEADER: "RegistryIndex" if ok else "RegistryIndexIfAny",
-        }
-    )
+    headers = _header_refs(**{REQUEST_ID_HEADER: "RequestId", errors.REVISION_HEADER: index})
     if ok and route.conditional:
         headers.update(_header_refs(ETag="ETag"))
     return headers
@@ -655,7 +648,11 @@ def _error_responses(found: Iterable[TypedError], route: Route) -> dict[str, Any
     responses: dict[str, Any] = {}
     for status, codes in sorted(by_status.items()):
         schema = _error_schema(codes)
-        headers = _headers(route, ok=False)
+        # Every error answer carries the revision but the connection cap's (errors.render_error).
+        connection = errors.TooManyConnections.code in codes
+        headers = _headers(
+            route, ok=False, index="RegistryIndexIfAny" if connection else "RegistryIndex"
+        )
         if status in (429, 503):
             headers.update(_header_refs(**{"Retry-After": "RetryAfter"}))
         if status == 401:

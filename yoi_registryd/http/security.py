@@ -39,11 +39,16 @@ import trio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RoutingException
 
-from yoi_registryd.audit import AuditRecord, AuditTrail, AuditUnavailable
+from yoi_registryd.audit import AuditRecord, AuditTrail
 from yoi_registryd.auth import PATH_WORKSPACE, Authenticator, load_clients
 from yoi_registryd.config import Config
-from yoi_registryd.errors import Forbidden, InternalError, RegistryError
-from yoi_registryd.http.views import encode
+from yoi_registryd.errors import (
+    AuditUnavailable,
+    Forbidden,
+    InternalError,
+    RegistryError,
+    send_error,
+)
 from yoi_registryd.ids import is_valid_identifier
 from yoi_registryd.metrics import HELD_SCOPE_KEY, ROUTE_SCOPE_KEY, UNMATCHED_ROUTE, Metrics
 from yoi_registryd.policy import (
@@ -197,12 +202,15 @@ class _Reply:
     whole response before the final, empty, body message). One object and one frame per
     message, where a wrapper per concern cost a frame and a copy of the message each."""
 
-    __slots__ = ("audit", "exchange", "header", "send", "status")
+    __slots__ = ("audit", "exchange", "header", "revision", "send", "status")
 
-    def __init__(self, send: Send, request_id: str, audit: AuditTrail) -> None:
+    def __init__(
+        self, send: Send, request_id: str, audit: AuditTrail, revision: Callable[[], int]
+    ) -> None:
         self.send = send
         self.header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
         self.audit = audit
+        self.revision = revision
         self.exchange: _Exchange | None = None
         """Set for an audited request."""
         self.status: int | None = None
@@ -221,7 +229,7 @@ class _Reply:
                     # The sink began failing while this record waited for room: refused
                     # like the requests after it, unrecorded.
                     exchange.refused = True
-                    await send_error(self.deliver, self.audit.refusal())
+                    await send_error(self.deliver, self.audit.refusal(), self.revision())
                     return
         await self.deliver(message)
 
@@ -243,6 +251,7 @@ class SecurityMiddleware:
         routes: RouteTable,
         access: AccessControl,
         audit: AuditTrail,
+        revision: Callable[[], int],
         metrics: Metrics | None = None,
     ) -> None:
         self.app = app
@@ -250,6 +259,8 @@ class SecurityMiddleware:
         self.access = access
         """Replace with a new :class:`AccessControl` to apply a reloaded config."""
         self.audit = audit
+        self.revision = revision
+        """The registry's current revision, for the ``X-Registry-Index`` of a refusal."""
         self.metrics = metrics
         """Counts every request by route template and status, and times it. The app names
         the matched route template in the scope (``ROUTE_SCOPE_KEY``); requests that match
@@ -263,7 +274,7 @@ class SecurityMiddleware:
         started = time.perf_counter()
         request_id = request_id_from(scope.get("headers", []))
         token = request_id_var.set(request_id)
-        reply = _Reply(send, request_id, self.audit)
+        reply = _Reply(send, request_id, self.audit, self.revision)
         try:
             path = scope["path"]
             if path in OPEN_PATHS:
@@ -292,7 +303,7 @@ class SecurityMiddleware:
             except RegistryError as error:
                 refusal = error
             if refusal is not None and scope["path"] == "/metrics":
-                await send_error(send, refusal)
+                await send_error(send, refusal, self.revision())
                 return
             scope[OPERATOR_REFUSAL_KEY] = refusal
         await self.app(scope, receive, send)
@@ -303,7 +314,7 @@ class SecurityMiddleware:
         except AuditUnavailable as error:
             # Its record could not be kept either: refused before anything runs, unrecorded
             # (counted in ``audit.requests_refused``).
-            await send_error(reply.deliver, error)
+            await send_error(reply.deliver, error, self.revision())
             return
         access = self.access  # one configuration for the whole request, even across a reload
         method = scope["method"]
@@ -326,7 +337,7 @@ class SecurityMiddleware:
             except RegistryError as error:
                 exchange.decision = "denied"
                 log.debug("request %s refused: %s", request_id, error.code)
-                await send_error(reply, error)
+                await send_error(reply, error, self.revision())
                 return
             exchange.access = RequestAccess(request_id, principal, access.policy.view(principal))
             scope[ACCESS_SCOPE_KEY] = exchange.access
@@ -368,19 +379,3 @@ class SecurityMiddleware:
         if not allowed:
             raise Forbidden("the policy does not allow this request")
         return principal
-
-
-async def send_error(send: Send, error: RegistryError) -> None:
-    """Answer with a typed error body before the app runs."""
-    status, body = error.wire()
-    encoded = encode(body)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(encoded)).encode("ascii")),
-        *(
-            (name.lower().encode("ascii"), value.encode("ascii"))
-            for name, value in error.headers.items()
-        ),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": encoded})

@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, Final, cast
 
-import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import RawData, Updated
@@ -53,7 +52,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr, wrap_app
 
 from yoi_registryd.backoff import Backoff
-from yoi_registryd.errors import RegistryError
+from yoi_registryd.errors import RegistryError, TooManyConnections, render_error
 from yoi_registryd.http import reason_phrase
 from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refused, Http11Only
 
@@ -459,28 +458,15 @@ def _accept_queued(sock: socket.socket) -> list[socket.socket]:
         accepted.append(conn)
 
 
-class TooManyConnections(RegistryError):
-    """The server holds ``server.max_connections`` connections: this one is refused."""
-
-    code = "too_many_connections"
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__("the server has too many open connections; retry later")
-        self.headers["Retry-After"] = "1"
-
-
 def _refusal(error: RegistryError) -> bytes:
-    status, body = error.wire()
-    payload = msgspec.json.encode(body)
+    """The whole HTTP/1.1 answer to a connection refused before any request was read."""
+    status, headers, body = render_error(error, None)
     head = [
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-        "content-type: application/json",
-        f"content-length: {len(payload)}",
-        "connection: close",
-        *(f"{name.lower()}: {value}" for name, value in error.headers.items()),
+        b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode("ascii")),
+        *(b"%s: %s" % header for header in headers),
+        b"connection: close",
     ]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + payload
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 REFUSE_S: Final = 1.0

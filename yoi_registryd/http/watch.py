@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from yoi_registryd.config import DURATION_NUMBER, Duration
-from yoi_registryd.errors import InvalidQuery, RegistryError
+from yoi_registryd.errors import InvalidQuery, TooManyWatches
 from yoi_registryd.registry import RegistryActor, Snapshot
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ DEFAULT_WAIT: Final = 300.0
 MAX_WAIT: Final = 300.0
 JITTER_FRACTION: Final = 1 / 16
 DEFAULT_MAX_HELD: Final = 1000
-RETRY_AFTER_SECONDS: Final = 2
 _MAX_INDEX: Final = 2**63 - 1
 _INDEX_DIGITS: Final = len(str(_MAX_INDEX))
 _MAX_WAIT_CHARS: Final = 32
@@ -82,15 +81,6 @@ class ViewHistory:
         if len(self._since) > self._max:
             self._since.popitem(last=False)
         return since
-
-
-class TooManyWatches(RegistryError):
-    code = "too_many_watches"
-    status = 429
-
-    def __init__(self, retry_after: int = RETRY_AFTER_SECONDS) -> None:
-        super().__init__("too many requests are waiting for changes; retry later")
-        self.headers["Retry-After"] = str(retry_after)
 
 
 @dataclass(frozen=True, slots=True)
