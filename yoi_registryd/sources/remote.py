@@ -62,7 +62,7 @@ from yoi_registryd.sources.remote_client import (
     RemoteClient,
     RemoteFailure,
     failure_for_status,
-    open_http_client,
+    open_client,
     tls_context,
 )
 from yoi_registryd.sources.remote_projection import (
@@ -154,14 +154,13 @@ class RemoteRuntimeSource:
 
     async def run(self, reporter: Reporter) -> None:
         config = self.config
-        async with open_http_client() as http:
-            self._client = RemoteClient(
-                http,
-                config.base_url,
-                config.timeout.total_seconds(),
-                config.max_response_bytes,
-                self._credentials,
-            )
+        with open_client(
+            config.base_url,
+            config.timeout.total_seconds(),
+            config.max_response_bytes,
+            self._credentials,
+        ) as client:
+            self._client = client
             with reporter.operations(RemoteOperations(self, reporter)):
                 log.debug(
                     "remote source %s: base URL %s", self.runtime_id, config.base_url.reveal()

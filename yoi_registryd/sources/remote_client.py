@@ -1,8 +1,7 @@
-"""HTTP plumbing of the remote source: a keep-alive pool, bounded requests, typed failures.
+"""HTTP plumbing of the remote source: keep-alive connections, bounded requests, typed failures.
 
-Each remote runtime gets its own small keep-alive ``httpcore.AsyncConnectionPool`` (httpx's
-connection layer, on trio through anyio) for as long as its source runs; all of them share
-one TLS context.
+Each remote runtime gets its own client with a few keep-alive HTTP/1.1 connections (h11 on
+trio streams) for as long as its source runs; all of them share one TLS context.
 
 Whatever goes wrong is reduced here to a :class:`RemoteFailure` carrying one of the typed
 codes of contract section 3. Its ``str`` is the code alone: the exception text (which may
@@ -14,14 +13,16 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import ssl
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Final, Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final, Protocol, cast
+from urllib.parse import urlsplit
 
 import certifi
-import httpcore
+import h11
 import msgspec
 import trio
 
@@ -42,10 +43,15 @@ WORKER_NOT_FOUND: Final = "remote_worker_not_found"
 TOKEN_UNAVAILABLE: Final = "remote_runtime_token_unavailable"
 KEY_UNAVAILABLE: Final = "remote_runtime_key_unavailable"
 
-_KEEPALIVE_EXPIRY: Final = 60.0
+_KEEPALIVE_EXPIRY: Final = 4.0
+"""Seconds an idle connection may be used again: less than the 5 s after which common HTTP
+servers (hypercorn, uvicorn, Node) close an idle one, so that a request is not written
+onto a connection the runtime is closing at that moment (it would end unanswered)."""
 _MAX_CONNECTIONS: Final = 16
 """Polls use one connection; the rest serve concurrent worker operations."""
-_MAX_KEEPALIVE: Final = 2
+_MAX_IDLE: Final = 2
+_RECEIVE_BYTES: Final = 65536
+_END: Final = h11.EndOfMessage()
 _MAX_PREPARED: Final = 16
 _USER_AGENT: Final = f"yoi-registryd/{__version__}".encode()
 
@@ -161,37 +167,62 @@ class RemoteResponse(msgspec.Struct, frozen=True):
     body: bytes
 
 
-class RemoteClient:
-    """One source's view of its connection pool: base URL, token, timeout and size cap.
+class _ClosedUnanswered(Exception):
+    """The connection ended (closed or reset) before a single byte of the answer came."""
 
-    Requests go straight to httpcore (the connection layer under httpx): a poll's GET is
-    built once and sent again as long as its credentials stay the same, where httpx would parse
-    the URL, merge headers and cookies and build a request and response model every time
-    (most of a poll's CPU, measured: ``benchmarks/remote_freshness.py``).
+
+class _Connection:
+    """One HTTP/1.1 connection to the runtime: its stream and h11's state of it."""
+
+    __slots__ = ("_poll", "idle_since", "protocol", "socket", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType) -> None:
+        self.stream = stream
+        self.socket = sock
+        self.protocol = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    def ended(self) -> bool:
+        """Readable while idle: the runtime closed it (or sent what nobody asked for)."""
+        return bool(self._poll.poll(0))
+
+    def close(self) -> None:
+        """Close at once: nothing is owed on a connection being dropped (an HTTPS
+        runtime's close_notify included, as for any HTTP client)."""
+        self.socket.close()
+
+
+class RemoteClient:
+    """One runtime's HTTP/1.1 client: its keep-alive connections, base URL, token, timeout
+    and size cap.
+
+    Requests are written with h11 (HTTP/1.1's framing and keep-alive rules) straight onto
+    trio streams. A poll's request is built once and sent again as long as its credentials
+    stay the same; a general-purpose client (httpx, even its connection layer httpcore)
+    builds models, takes locks and enters a dozen context managers per request, which was
+    most of a poll's CPU (``benchmarks/remote_freshness.py``, ``benchmarks/README.md``).
     """
 
     def __init__(
-        self,
-        pool: httpcore.AsyncConnectionPool,
-        base_url: Secret,
-        timeout: float,
-        max_bytes: int,
-        credentials: Credentials,
+        self, base_url: Secret, timeout: float, max_bytes: int, credentials: Credentials
     ) -> None:
-        self._pool = pool
-        base = base_url.reveal().rstrip("/")
-        self._base = Secret(base)
-        netloc = base.split("://", 1)[1].split("/", 1)[0]
-        self._host_header = netloc.encode("ascii")
+        url = urlsplit(base_url.reveal())
+        self._tls = url.scheme == "https"
+        self._hostname = url.hostname or ""
+        self._port = url.port or (443 if self._tls else 80)
+        self._host_header = url.netloc.encode("ascii")
+        self._prefix = url.path.rstrip("/")
         self._timeout = timeout
-        self._extensions = {
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        }
         self._max_bytes = max_bytes
         self.credentials = credentials
-        self._prepared: dict[tuple[str, str, str], tuple[Secret | None, httpcore.Request]] = {}
+        self._prepared: dict[tuple[str, str, str], tuple[Secret | None, h11.Request]] = {}
         """Bodiless requests built once per method, path and permission, with the
         ``Authorization`` value they carry (rebuilt when the credentials give another)."""
+        self._idle: list[_Connection] = []
+        self._busy = 0
+        self._slot_freed = trio.lowlevel.ParkingLot()
 
     async def get(self, path: str, permission: str) -> bytes:
         """GET a 2xx body, or raise a typed :class:`RemoteFailure`."""
@@ -205,7 +236,7 @@ class RemoteClient:
 
     def _build(
         self, method: str, path: str, authorization: Secret | None, body: bytes | None
-    ) -> httpcore.Request:
+    ) -> h11.Request:
         headers = [
             (b"Host", self._host_header),
             (b"Accept", b"application/json"),
@@ -217,17 +248,10 @@ class RemoteClient:
         if body is not None:
             headers.append((b"Content-Type", b"application/json"))
             headers.append((b"Content-Length", str(len(body)).encode()))
-        return httpcore.Request(
-            method,
-            self._base.reveal() + path,
-            headers=headers,
-            content=body,
-            extensions=self._extensions,
-        )
+        target = (self._prefix + path).encode("ascii")
+        return h11.Request(method=method.encode("ascii"), target=target, headers=headers)
 
-    def _prepare(
-        self, method: str, path: str, permission: str, body: bytes | None
-    ) -> httpcore.Request:
+    def _prepare(self, method: str, path: str, permission: str, body: bytes | None) -> h11.Request:
         authorization = self.credentials.authorization(permission)
         if body is not None:
             return self._build(method, path, authorization, body)
@@ -251,46 +275,169 @@ class RemoteClient:
         capability token carries exactly it.
         """
         request = self._prepare(method, path, permission, body)
-        try:
-            with trio.fail_after(self._timeout):
-                response = await self._pool.handle_async_request(request)
-                try:
-                    return RemoteResponse(response.status, await self._read(response))
-                finally:
-                    await response.aclose()
-        except trio.TooSlowError:
-            raise RemoteFailure(TIMEOUT, detail=f"{method} {path}: overall deadline") from None
-        except httpcore.TimeoutException as exc:
-            raise RemoteFailure(TIMEOUT, detail=f"{method} {path}: {exc!r}") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
-            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {path}: {exc!r}") from None
-        except (httpcore.ConnectionNotAvailable, OSError) as exc:
-            raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {path}: {exc!r}") from None
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout) as deadline:
+            try:
+                return await self._send(request, body)
+            except _ClosedUnanswered:
+                detail = f"{method} {path}: the connection closed before an answer"
+                raise RemoteFailure(NETWORK_ERROR, detail=detail) from None
+            except h11.ProtocolError as exc:
+                # Named, not quoted: h11 quotes the offending bytes, which are the runtime's.
+                detail = f"{method} {path}: {type(exc).__name__}: not a valid HTTP/1.1 answer"
+                raise RemoteFailure(NETWORK_ERROR, detail=detail) from None
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise RemoteFailure(NETWORK_ERROR, detail=f"{method} {path}: {exc!r}") from None
+        assert deadline.cancelled_caught
+        raise RemoteFailure(TIMEOUT, detail=f"{method} {path}: overall deadline")
 
-    async def _read(self, response: httpcore.Response) -> bytes:
-        """The decoded body, refused as soon as it grows past ``max_bytes`` (decoded, as it
-        streams in: a small compressed answer cannot inflate past the bound in memory) or
-        nests JSON deeper than :data:`~yoi_registryd.json_depth.MAX_JSON_DEPTH`."""
+    async def _send(self, request: h11.Request, body: bytes | None) -> RemoteResponse:
+        """Send on an idle connection (or a new one) and read the answer. A reused
+        connection that ends before answering is one the runtime closed as it went idle:
+        a GET (idempotent) is sent once more on a new connection; a POST is not, as the
+        runtime may have acted on it."""
+        retry = body is None
+        while True:
+            connection, reused = await self._checkout()
+            try:
+                response, reusable = await self._exchange(connection, request, body)
+            except _ClosedUnanswered:
+                self._discard(connection)
+                if reused and retry:
+                    retry = False
+                    continue
+                raise
+            except BaseException:
+                self._discard(connection)
+                raise
+            if reusable:
+                self._checkin(connection)
+            else:
+                self._discard(connection)
+            return response
+
+    async def _checkout(self) -> tuple[_Connection, bool]:
+        """A connection for one exchange (True: a kept-alive one), at most
+        ``_MAX_CONNECTIONS`` at once."""
+        while self._busy >= _MAX_CONNECTIONS:
+            await self._slot_freed.park()
+        self._busy += 1
+        now = trio.current_time()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < _KEEPALIVE_EXPIRY and not connection.ended():
+                return connection, True
+            connection.close()
+        try:
+            return await self._connect(), False
+        except BaseException:
+            self._release()
+            raise
+
+    async def _connect(self) -> _Connection:
+        tcp = await trio.open_tcp_stream(self._hostname, self._port)
+        if not self._tls:
+            return _Connection(tcp, tcp.socket)
+        stream = trio.SSLStream(
+            tcp, tls_context(), server_hostname=self._hostname, https_compatible=True
+        )
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            tcp.socket.close()
+            raise
+        return _Connection(stream, tcp.socket)
+
+    def _checkin(self, connection: _Connection) -> None:
+        connection.idle_since = trio.current_time()
+        self._idle.append(connection)
+        if len(self._idle) > _MAX_IDLE:
+            self._idle.pop(0).close()
+        self._release()
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._slot_freed.unpark()
+
+    def close(self) -> None:
+        """Close the idle connections (one in use is closed by its own request)."""
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+    async def _exchange(
+        self, connection: _Connection, request: h11.Request, body: bytes | None
+    ) -> tuple[RemoteResponse, bool]:
+        """Write the request, read the answer: the response and whether the connection
+        may be kept alive (h11's verdict: both sides done, no ``Connection: close``)."""
+        protocol = connection.protocol
+        data = protocol.send(request)
+        if body is not None:
+            data += protocol.send(h11.Data(data=body))
+        data += protocol.send(_END)
+        answered = [False]
+        try:
+            await connection.stream.send_all(data)
+        except trio.BrokenResourceError:
+            raise _ClosedUnanswered from None
+        event = await self._next_event(connection, answered)
+        while type(event) is h11.InformationalResponse:
+            event = await self._next_event(connection, answered)
+        if type(event) is not h11.Response:
+            raise h11.RemoteProtocolError("no response")
+        status = event.status_code
         limit = self._max_bytes
         encoding = b""
-        for name, value in response.headers:
+        for name, value in event.headers.raw_items():
             lowered = name.lower()
             if lowered == b"content-length" and value.isdigit():
                 if len(value) > 19 or int(value) > limit:
                     raise RemoteFailure(MALFORMED, reason=_TOO_LARGE)
             elif lowered == b"content-encoding":
                 encoding = value
-        body = BoundedBody(encoding.decode("latin-1"), limit)
-        stream = response.stream
-        assert isinstance(stream, AsyncIterable)
-        async for chunk in stream:
-            body.feed(chunk)
-        data = body.finish()
+        received = BoundedBody(encoding.decode("latin-1"), limit)
+        while True:
+            event = await self._next_event(connection, answered)
+            if isinstance(event, h11.Data):
+                received.feed(event.data)
+            elif type(event) is h11.EndOfMessage:
+                break
+            else:
+                raise h11.RemoteProtocolError("the answer ended early")
+        data = received.finish()
         try:
             check_depth(data)
         except TooDeep:
             raise RemoteFailure(MALFORMED, reason=_TOO_DEEP) from None
-        return data
+        reusable = protocol.our_state is h11.DONE and protocol.their_state is h11.DONE
+        if reusable:
+            protocol.start_next_cycle()
+        return RemoteResponse(status, data), reusable
+
+    @staticmethod
+    async def _next_event(connection: _Connection, answered: list[bool]) -> h11.Event:
+        """h11's next event, reading from the stream as it needs; the connection ending
+        before any byte of the answer is :class:`_ClosedUnanswered`."""
+        protocol = connection.protocol
+        while True:
+            event = protocol.next_event()
+            if event is not h11.NEED_DATA:
+                if event is h11.PAUSED:
+                    raise h11.RemoteProtocolError("more than one answer")
+                return cast(h11.Event, event)
+            try:
+                chunk = await connection.stream.receive_some(_RECEIVE_BYTES)
+            except trio.BrokenResourceError:
+                if not answered[0]:
+                    raise _ClosedUnanswered from None
+                raise
+            if not chunk and not answered[0]:
+                raise _ClosedUnanswered
+            answered[0] = True
+            protocol.receive_data(cast(bytes, chunk))  # h11 takes a bytearray as well
 
 
 _TOO_LARGE: Final = "the response is larger than max_response_bytes"
@@ -367,28 +514,18 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-@asynccontextmanager
-async def open_http_client() -> AsyncIterator[httpcore.AsyncConnectionPool]:
-    """A keep-alive connection pool for one remote runtime, closed when the source stops.
+@contextmanager
+def open_client(
+    base_url: Secret, timeout: float, max_bytes: int, credentials: Credentials
+) -> Iterator[RemoteClient]:
+    """One runtime's client for as long as its source runs; its connections closed after.
 
-    One pool per runtime rather than one for the whole daemon: httpcore's pool walks every
-    pooled connection on each request, and N runtimes are N origins, so one shared pool
-    costs O(N) per request. Measured with 200 runtimes polled every second
-    (``benchmarks/remote_freshness.py``): a shared pool kept the daemon at a full core;
-    one small pool per runtime, sharing one TLS context, costs far less (see
-    ``docs/remote-source.md``). No proxy variables, ``.netrc`` or redirects: httpcore
-    reads no environment and follows nothing.
+    One client per runtime, each with its own few connections: nothing is walked per
+    request, whatever the number of runtimes. No proxy variables, ``.netrc`` or redirects:
+    nothing is read from the environment and nothing is followed.
     """
-    pool = httpcore.AsyncConnectionPool(
-        ssl_context=tls_context(),
-        max_connections=_MAX_CONNECTIONS,
-        max_keepalive_connections=_MAX_KEEPALIVE,
-        keepalive_expiry=_KEEPALIVE_EXPIRY,
-        http1=True,
-        http2=False,
-    )
+    client = RemoteClient(base_url, timeout, max_bytes, credentials)
     try:
-        yield pool
+        yield client
     finally:
-        with trio.CancelScope(shield=True):
-            await pool.aclose()
+        client.close()
