@@ -83,7 +83,14 @@ class Reporter:
         runtime: RuntimeDescriptor | None = None,
         duration: float | None = None,
     ) -> None:
-        """Report an incremental change (also a successful observation)."""
+        """Report what changed since the last report (also a successful observation).
+
+        Nothing at all is reported as :meth:`succeeded`: every source hands over what it
+        compared and this one place tells a change from a heartbeat.
+        """
+        if not (upserts or removals or diagnostics or hosts is not None or runtime is not None):
+            await self.succeeded(duration=duration)
+            return
         await self._channel.send(
             WorkersChanged(
                 self.runtime_id,

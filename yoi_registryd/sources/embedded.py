@@ -589,11 +589,8 @@ class EmbeddedRuntimeSource:
                 if self._descriptor is None:
                     continue  # the first snapshot is not reported yet
                 descriptor = projection.descriptor(self._summary(runtime), bool(self._invalid_ids))
-                if descriptor != self._descriptor:
-                    self._descriptor = descriptor
-                    await reporter.changed(runtime=descriptor)
-                else:
-                    await reporter.succeeded()
+                changed, self._descriptor = descriptor != self._descriptor, descriptor
+                await reporter.changed(runtime=descriptor if changed else None)
 
 
 def embedded_source_factory(config: EmbeddedSourceConfig) -> Callable[[], Source]:

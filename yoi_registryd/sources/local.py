@@ -317,17 +317,14 @@ class LocalCompatibilitySource:
         hosts = self._compute_hosts()
         new_hosts = hosts if hosts != self._hosts else None
         self._hosts = hosts
-        if upserts or removals or diagnostics or new_hosts is not None or registry_changed:
-            await reporter.changed(
-                upserts=tuple(upserts),
-                removals=tuple(removals),
-                diagnostics=diagnostics,
-                hosts=new_hosts,
-                runtime=self._descriptor() if registry_changed else None,
-                duration=duration,
-            )
-        else:
-            await reporter.succeeded(duration=duration)
+        await reporter.changed(
+            upserts=tuple(upserts),
+            removals=tuple(removals),
+            diagnostics=diagnostics,
+            hosts=new_hosts,
+            runtime=self._descriptor() if registry_changed else None,
+            duration=duration,
+        )
 
     async def _rescan(self, reporter: Reporter) -> None:
         async with self._lock:

@@ -332,22 +332,14 @@ class RemoteRuntimeSource:
             )
             self._needs_full = False
         else:
-            upserts = tuple(w for wid, w in view.workers.items() if old.workers.get(wid) != w)
-            removals = tuple(wid for wid in old.workers if wid not in view.workers)
-            descriptor = view.descriptor if view.descriptor != old.descriptor else None
-            hosts = view.hosts if view.hosts != old.hosts else None
-            diagnostics = {"": view.diagnostics} if view.diagnostics != old.diagnostics else {}
-            if upserts or removals or descriptor or hosts or diagnostics:
-                await reporter.changed(
-                    upserts=upserts,
-                    removals=removals,
-                    diagnostics=diagnostics,
-                    hosts=hosts,
-                    runtime=descriptor,
-                    duration=duration,
-                )
-            else:
-                await reporter.succeeded(duration=duration)
+            await reporter.changed(
+                upserts=tuple(w for wid, w in view.workers.items() if old.workers.get(wid) != w),
+                removals=tuple(wid for wid in old.workers if wid not in view.workers),
+                diagnostics={"": view.diagnostics} if view.diagnostics != old.diagnostics else {},
+                hosts=view.hosts if view.hosts != old.hosts else None,
+                runtime=view.descriptor if view.descriptor != old.descriptor else None,
+                duration=duration,
+            )
         self._reported = view
         self._bodies = bodies
 
