@@ -1,5 +1,6 @@
 """The remote source's HTTP/1.1 client against a scripted server on a real loopback socket:
-which connection each request goes on, and which failed request is sent again.
+which connection each request goes on, and which failed request is sent again, over plain
+TCP and over TLS (a certificate authority made for the test with ``cryptography``).
 
 The server (h11, server side) answers or closes each request as its script says, per
 connection, and records what reached it, so each test sees exactly which connections and
@@ -8,15 +9,24 @@ requests the client made.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import h11
 import pytest
 import trio
 import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from tests.conftest import wait_for
 from yoi_registryd.secrets import Secret
 from yoi_registryd.sources import remote_client
 from yoi_registryd.sources.remote_client import (
@@ -50,7 +60,7 @@ class ScriptedServer:
     """Set when a connection closed after its last answer (while the client is idle)."""
     port: int = 0
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         number = self.connections
         self.connections += 1
         budget = self.answers[number] if number < len(self.answers) else None
@@ -60,10 +70,13 @@ class ScriptedServer:
             while True:
                 event = protocol.next_event()
                 if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
+                    try:
+                        data = await stream.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        return  # a TLS handshake the client gave up
                     if not data:
                         return
-                    protocol.receive_data(data)
+                    protocol.receive_data(bytes(data))
                     continue
                 if isinstance(event, h11.Request):
                     self.requests.append((number, event.method))
@@ -154,3 +167,91 @@ async def test_a_connection_idle_past_the_keepalive_expiry_is_not_used_again(
     mock_clock.jump(idle)
     assert await client.get("/v1/workers", "") == BODY
     assert server.connections == connections
+
+
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for ``localhost`` and a client context that
+    trusts only the authority that signed it."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        signer: ec.EllipticCurvePrivateKey,
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+        )
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        certificate("test authority", ca_key, "test authority", ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        certificate("localhost", key, "test authority", ca_key)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    chain, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(chain, key_file)
+    client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server, client
+
+
+@pytest.mark.parametrize("answers", [[], [1]], ids=["kept-alive", "closed-unanswered"])
+async def test_over_tls_a_connection_is_kept_alive_and_a_closed_one_replaced(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answers: list[int],
+) -> None:
+    server_context, client_context = tls_contexts(tmp_path)
+    monkeypatch.setattr(remote_client, "tls_context", lambda: client_context)
+    server = ScriptedServer(answers=answers)
+    serve_tls = partial(trio.serve_ssl_over_tcp, host="127.0.0.1", https_compatible=True)
+    listeners = await nursery.start(serve_tls, server.handle, 0, server_context)
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    client = RemoteClient(Secret(f"https://localhost:{port}/yoi"), 5.0, 1 << 20, NoCredentials())
+    for _ in range(3):
+        assert await client.get("/v1/workers", "") == BODY
+    assert server.connections == 1 + len(answers)
+    assert [method for _, method in server.requests] == [b"GET"] * (3 + len(answers))
+
+
+async def test_over_tls_a_certificate_the_client_does_not_trust_is_a_network_error(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server_context, _ = tls_contexts(tmp_path)  # the client keeps certifi's authorities
+    server = ScriptedServer()
+    serve_tls = partial(trio.serve_ssl_over_tcp, host="127.0.0.1", https_compatible=True)
+    listeners = await nursery.start(serve_tls, server.handle, 0, server_context)
+    port = listeners[0].transport_listener.socket.getsockname()[1]
+    client = RemoteClient(Secret(f"https://localhost:{port}/yoi"), 5.0, 1 << 20, NoCredentials())
+    with pytest.raises(RemoteFailure) as failure:
+        await client.get("/v1/workers", "")
+    assert failure.value.code == NETWORK_ERROR
+    await wait_for(lambda: server.connections == 1, message="the server to see the handshake")
+    assert server.requests == []
