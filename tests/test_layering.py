@@ -21,7 +21,6 @@ PACKAGE_DIR: Final = ROOT / PACKAGE
 ARCHITECTURE: Final = ROOT / "docs" / "architecture.md"
 IN_PROGRESS: Final = frozenset(
     {
-        ("yoi_registryd.http.reads", "yoi_registryd.http.app"),  # handler modules (i17a)
         ("yoi_registryd.http.openapi", "yoi_registryd.http.app"),
     }
 )

@@ -28,7 +28,7 @@ from yoi_registryd.audit import AuditTrail
 from yoi_registryd.config import Config, ServerConfig, parse_listen
 from yoi_registryd.discovery.manager import Discoveries
 from yoi_registryd.http import probes
-from yoi_registryd.http.app import ApiState, create_app
+from yoi_registryd.http.app import create_app
 from yoi_registryd.http.cursors import CursorKey
 from yoi_registryd.http.fastpath import MemoizedRouteTable, ReadFastPath
 from yoi_registryd.http.http2 import Http2Limits
@@ -36,6 +36,7 @@ from yoi_registryd.http.middleware import PathGuard
 from yoi_registryd.http.probes import Lifecycle
 from yoi_registryd.http.security import AccessControl, SecurityMiddleware
 from yoi_registryd.http.server import serve
+from yoi_registryd.http.state import ApiState
 from yoi_registryd.metrics import Metrics
 from yoi_registryd.operations import OperationRouter
 from yoi_registryd.registry import RegistryActor, Snapshot

@@ -15,18 +15,16 @@ answer the same bytes with the same headers.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from werkzeug.routing import Map
 
 from yoi_registryd.http import reads
 from yoi_registryd.http.security import FILTERED_HEADER, RouteTable
+from yoi_registryd.http.state import ApiState
 from yoi_registryd.metrics import ROUTE_SCOPE_KEY
 from yoi_registryd.policy import RequestAccess, access_of
-
-if TYPE_CHECKING:
-    from yoi_registryd.http.app import ApiState
 
 Scope = dict[str, Any]
 

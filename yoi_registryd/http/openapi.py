@@ -829,7 +829,8 @@ def encode_document(document: Mapping[str, Any]) -> bytes:
 
 def main() -> None:
     """Print the document of the app the daemon serves (no sources, no I/O)."""
-    from yoi_registryd.http.app import ApiState, create_app
+    from yoi_registryd.http.app import create_app
+    from yoi_registryd.http.state import ApiState
     from yoi_registryd.registry import RegistryActor
 
     app = create_app(ApiState(RegistryActor(1)))

@@ -2,7 +2,7 @@
 
 A read route's answer depends only on the snapshot, the caller's visibility and the request's
 validated parameters, so it is named by a cache key and built by a pure function. Both the
-quart handlers (``yoi_registryd.http.app``) and the fast path in front of them
+quart handlers (``yoi_registryd.http.read_routes``) and the fast path in front of them
 (``yoi_registryd.http.fastpath``) resolve a request through :func:`resolve` and answer
 through :func:`render`: one definition of every read route's parameters, cache key, body
 and headers, whichever of the two serves it.
@@ -11,17 +11,15 @@ and headers, whichever of the two serves it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Final, NamedTuple
 
 from yoi_registryd.http import views
 from yoi_registryd.http.cursors import CursorKey
+from yoi_registryd.http.state import ApiState
 from yoi_registryd.http.watch import ViewIndex, WatchQuery, etag_for, split_watch_query
 from yoi_registryd.ids import validate_identifier
 from yoi_registryd.policy import Principal, RequestAccess, Visibility
 from yoi_registryd.registry import Snapshot
-
-if TYPE_CHECKING:
-    from yoi_registryd.http.app import ApiState
 
 RUNTIMES: Final = "/api/runtimes"
 RUNTIME: Final = "/api/runtimes/<runtime_id>"
