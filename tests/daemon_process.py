@@ -1,8 +1,9 @@
 """Helpers for tests that run the daemon as operators do: a real ``python -m yoi_registryd``
-subprocess, real signals, real sockets, and the service manager's sd_notify socket.
+subprocess, real signals, real sockets, the service manager's sd_notify socket and its socket
+activation (listening sockets passed as systemd passes them).
 
 Readiness is awaited by polling (HTTP or notifications) with a deadline, never by sleeping
-a fixed time. Shared by the process, signal, reload, systemd, audit and demo tests.
+a fixed time. Shared by the process, signal, reload, systemd, replica, audit and demo tests.
 """
 
 from __future__ import annotations
@@ -270,3 +271,40 @@ def logged_seconds(stderr: str, first: str, then: str) -> float:
             if len(times) == 2:
                 return (times[1] - times[0]).total_seconds()
     raise AssertionError(f"no log line {first!r} followed by {then!r} in:\n{stderr}")
+
+
+# A stand-in for systemd's exec of a socket-activated service: move the passed listening
+# sockets to descriptors 3.., set LISTEN_PID to our own pid (kept across exec) and exec.
+_ACTIVATE = """
+import os, sys
+sep = sys.argv.index("--")
+fds, names, argv = [int(a) for a in sys.argv[1:sep:2]], sys.argv[2:sep:2], sys.argv[sep + 1:]
+copies = [os.dup(fd) for fd in fds]
+for i, fd in enumerate(copies):
+    os.dup2(fd, 3 + i)
+    os.set_inheritable(3 + i, True)  # dup2 onto itself keeps close-on-exec
+for fd in {*copies, *fds} - set(range(3, 3 + len(fds))):
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)),
+                  LISTEN_FDNAMES=":".join(names))
+os.execv(argv[0], argv)
+"""
+
+
+@asynccontextmanager
+async def run_activated(
+    sockets: Sequence[tuple[socket.socket, str]],
+    args: list[str],
+    env: Mapping[str, str],
+    workdir: Path,
+) -> AsyncIterator[DaemonProcess]:
+    """Start the daemon with ``sockets`` passed as systemd passes them (named)."""
+    fd_args = [str(part) for sock, name in sockets for part in (sock.fileno(), name)]
+    async with spawn(
+        [sys.executable, "-c", _ACTIVATE, *fd_args, "--", *DAEMON_COMMAND, *args],
+        env,
+        workdir,
+        stderr_name=f"stderr-{uuid.uuid4().hex[:8]}.log",
+        pass_fds=[sock.fileno() for sock, _ in sockets],
+    ) as daemon:
+        yield daemon

@@ -19,10 +19,9 @@ import httpx
 import trio
 
 from tests.conftest import copy_fixtures, wait_for
-from tests.daemon_process import clean_env
+from tests.daemon_process import clean_env, run_activated
 from tests.discovery_support import serve_runtimes
 from tests.fake_runtime import SERVER_ID, WORKSPACE_ID
-from tests.test_systemd import run_activated
 
 SAME_BYTES = (
     "/api/workers",

@@ -18,8 +18,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -30,7 +28,6 @@ import trio.testing
 from tests.conftest import copy_fixtures, wait_for
 from tests.daemon_process import (
     DAEMON_COMMAND,
-    DaemonProcess,
     clean_env,
     free_port,
     is_set,
@@ -39,6 +36,7 @@ from tests.daemon_process import (
     port_is_free,
     port_is_listening,
     raw_get,
+    run_activated,
     run_daemon,
     short_tmpdir,
     spawn,
@@ -64,43 +62,6 @@ def local_config(path: Path, data: Path, runtime_dir: Path, listen: str, extra: 
         f'[[sources]]\nkind = "local"\ndata_dir = "{data}"\nruntime_dir = "{runtime_dir}"\n' + extra
     )
     return path
-
-
-# A stand-in for systemd's exec of a socket-activated service: move the passed listening
-# sockets to descriptors 3.., set LISTEN_PID to our own pid (kept across exec) and exec.
-_ACTIVATE = """
-import os, sys
-sep = sys.argv.index("--")
-fds, names, argv = [int(a) for a in sys.argv[1:sep:2]], sys.argv[2:sep:2], sys.argv[sep + 1:]
-copies = [os.dup(fd) for fd in fds]
-for i, fd in enumerate(copies):
-    os.dup2(fd, 3 + i)
-    os.set_inheritable(3 + i, True)  # dup2 onto itself keeps close-on-exec
-for fd in {*copies, *fds} - set(range(3, 3 + len(fds))):
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)),
-                  LISTEN_FDNAMES=":".join(names))
-os.execv(argv[0], argv)
-"""
-
-
-@asynccontextmanager
-async def run_activated(
-    sockets: Sequence[tuple[socket.socket, str]],
-    args: list[str],
-    env: Mapping[str, str],
-    workdir: Path,
-) -> AsyncIterator[DaemonProcess]:
-    """Start the daemon with ``sockets`` passed as systemd passes them (named)."""
-    fd_args = [str(part) for sock, name in sockets for part in (sock.fileno(), name)]
-    async with spawn(
-        [sys.executable, "-c", _ACTIVATE, *fd_args, "--", *DAEMON_COMMAND, *args],
-        env,
-        workdir,
-        stderr_name=f"stderr-{uuid.uuid4().hex[:8]}.log",
-        pass_fds=[sock.fileno() for sock, _ in sockets],
-    ) as daemon:
-        yield daemon
 
 
 # -- sd_notify -----------------------------------------------------------------------------
