@@ -149,6 +149,30 @@ def test_discovery_entries_are_validated_like_sources(extra: str, problem: str) 
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
 
 
+@pytest.mark.parametrize(
+    ("interval", "stale", "expire", "backoff"),
+    [("2s", 30, 600, 30), ("20s", 60, 600, 30), ("10m", 1800, 12000, 600)],
+)
+def test_a_long_poll_interval_brings_the_bounds_that_must_exceed_it(
+    interval: str, stale: float, expire: float, backoff: float
+) -> None:
+    """An entry polling its runtimes every 10 minutes (10,000 of them) is valid: their
+    stale, expiry and backoff bounds follow the interval; short intervals keep the remote
+    defaults."""
+    text = f'''sources = []
+[[discovery]]
+kind = "file"
+name = "n"
+path = "/x.json"
+poll_interval = "{interval}"
+'''
+    (entry,) = parse_config(text).discovery
+    source = entry.remote_template("rt-a", "http://127.0.0.1:1", None, ())
+    assert source.validate("record") == []
+    got = (source.stale_after, source.expire_after, source.backoff_max)
+    assert tuple(d.total_seconds() for d in got) == (stale, expire, backoff)
+
+
 async def test_a_runtime_found_once_ready_never_makes_the_daemon_unready(
     start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -574,8 +574,13 @@ class _DiscoveryBase(
         self, runtime_id: str, base_url: str, label: str | None, workspaces: tuple[str, ...]
     ) -> RemoteSourceConfig:
         """The remote source of one discovered runtime: address and label from the record,
-        everything else from this entry."""
-        return RemoteSourceConfig(
+        everything else from this entry.
+
+        The runtime's other settings keep the remote defaults, except the bounds that must
+        exceed its poll interval: a long interval (10,000 runtimes polled every few minutes)
+        brings them along, stale after 3 intervals, expired after 20, backing off at most
+        one; at intervals up to 10 s they are the defaults."""
+        source = RemoteSourceConfig(
             runtime_id=runtime_id,
             base_url=Secret(base_url),
             label=label,
@@ -591,6 +596,13 @@ class _DiscoveryBase(
             token_reuse=self.token_reuse,
             poll_interval=self.poll_interval,
             workspaces=workspaces,
+        )
+        poll = self.poll_interval.total_seconds()
+        return msgspec.structs.replace(
+            source,
+            stale_after=max(source.stale_after, Duration(seconds=3 * poll)),
+            expire_after=max(source.expire_after, Duration(seconds=20 * poll)),
+            backoff_max=max(source.backoff_max, self.poll_interval),
         )
 
 
