@@ -7,6 +7,7 @@ its bounded channel.
 from __future__ import annotations
 
 import copy
+import random
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -340,3 +341,29 @@ async def test_removed_source_is_forgotten_and_late_messages_ignored(
     await send(actor, observed(worker("late")), ObservationSucceeded(RID))
     assert RID not in actor.snapshot.runtimes
     assert actor.snapshot.revision == revision
+
+
+async def test_the_runtime_order_follows_runtimes_coming_and_going(nursery: trio.Nursery) -> None:
+    """The sorted ids are patched when a few runtimes come or go (and sorted again after a
+    larger change); every snapshot's order is its runtimes' order, and an older snapshot
+    keeps its own."""
+    rng = random.Random(4)
+    actor = await started_actor(nursery)
+    present: set[str] = set()
+    for step in range(60):
+        snapshot = actor.snapshot
+        order = list(snapshot.sorted_runtime_ids)
+        burst = 100 if step == 30 else rng.choice((1, 1, 2, 3))
+        messages: list[Any] = []
+        for _ in range(burst):
+            rid = f"rt-{rng.randrange(400):03d}"
+            if rid in present and rng.random() < 0.4:
+                present.discard(rid)
+                messages.append(SourceRemoved(rid))
+            elif rid not in present:
+                present.add(rid)
+                messages.append(registered(rid))
+        await send(actor, *messages)
+        assert actor.snapshot.sorted_runtime_ids == sorted(present)
+        assert set(actor.snapshot.runtimes) == present
+        assert snapshot.sorted_runtime_ids == order

@@ -228,6 +228,29 @@ class Snapshot:
 
 EMPTY_SNAPSHOT: Final = Snapshot(0, immutables.Map())
 
+_REORDER_AT_MOST: Final = 64
+"""Runtime ids come or go at most this many at once for the order to be patched in place
+(a copy and a bisection each); more, and the next reader sorts them all again."""
+
+
+def _reordered(ids: list[str] | None, came: list[str], gone: list[str]) -> list[str] | None:
+    """The sorted runtime ids ``ids`` with ``came`` added and ``gone`` removed (a new list:
+    older snapshots keep theirs), or None (sorted when first read) when ``ids`` was never
+    sorted or too many changed. One runtime added to 10,000 costs a copy of the list, not a
+    sort of it."""
+    if not came and not gone:
+        return ids
+    if ids is None or len(came) + len(gone) > _REORDER_AT_MOST:
+        return None
+    ordered = ids.copy()
+    for rid in gone:
+        at = bisect.bisect_left(ordered, rid)
+        if at < len(ordered) and ordered[at] == rid:
+            del ordered[at]
+    for rid in came:
+        bisect.insort(ordered, rid)
+    return ordered
+
 
 @dataclass(slots=True)
 class _RuntimeState:
@@ -631,21 +654,25 @@ class RegistryActor:
         started = time.perf_counter()
         previous = self.snapshot
         revision = previous.revision + 1
-        # While no runtime comes or goes, the previous snapshot's runtime order still holds;
-        # while no host id moves either, so do its host owners.
-        same_ids = same_hosts = True
+        # While no host id moves, the previous snapshot's host owners still hold; its
+        # runtime order is carried over, with the ids that came or went put in their place.
+        same_hosts = True
+        gone: list[str] = []
+        came: list[str] = []
         with self._entries.mutate() as entries:
             for rid in self._removed:
                 if rid in entries:
                     del entries[rid]
-                    same_ids = same_hosts = False
+                    gone.append(rid)
+                    same_hosts = False
             for rid in self._dirty:
                 st = self._states[rid]
                 old = entries.get(rid)
                 entry = self._build_entry(st, revision)
                 entries[rid] = entry
                 if old is None:
-                    same_ids = same_hosts = False
+                    came.append(rid)
+                    same_hosts = False
                 elif old.record.host_ids != entry.record.host_ids:
                     same_hosts = False
             self._entries = entries.finish()
@@ -654,7 +681,7 @@ class RegistryActor:
         self.snapshot = Snapshot(
             revision,
             self._entries,
-            sorted_runtime_ids=previous._sorted_runtime_ids if same_ids else None,
+            sorted_runtime_ids=_reordered(previous._sorted_runtime_ids, came, gone),
             host_owners=previous._host_owners if same_hosts else None,
         )
         self._changed.set()
