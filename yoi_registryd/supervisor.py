@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from datetime import timedelta
+from types import MappingProxyType
 
 import trio
 
@@ -72,12 +74,15 @@ class Supervisor:
         self.config = config
         self._rng = rng or random.Random()
         self._running: dict[str, _Running] = {}
+        self._specs: dict[str, SourceSpec] = {}
         self.changing = trio.Lock()
         """Held while a set of sources is changed (a reload, a discovery refresh)."""
 
     @property
-    def specs(self) -> dict[str, SourceSpec]:
-        return {rid: r.spec for rid, r in self._running.items()}
+    def specs(self) -> Mapping[str, SourceSpec]:
+        """The running sources' specs by runtime id: a live read-only view (not a copy, so
+        that planning a change of one source does not cost one entry per source)."""
+        return MappingProxyType(self._specs)
 
     async def start(self, nursery: trio.Nursery, spec: SourceSpec) -> None:
         """Register the source with the registry, then start its supervised task."""
@@ -90,11 +95,13 @@ class Supervisor:
         )
         running = _Running(spec)
         self._running[spec.runtime_id] = running
+        self._specs[spec.runtime_id] = spec
         nursery.start_soon(self._supervise, running, name=f"source:{spec.runtime_id}")
 
     async def stop(self, runtime_id: str, *, forget: bool = True) -> None:
         """Cancel a source task, wait for it to end, and (by default) forget its runtime."""
         running = self._running.pop(runtime_id)
+        del self._specs[runtime_id]
         running.scope.cancel()
         await running.done.wait()
         if forget:

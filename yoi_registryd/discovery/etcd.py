@@ -3,9 +3,11 @@
 One range request reads the prefix and its revision, then a watch from the next revision
 follows every change (etcd's v3 HTTP/JSON gateway over httpx: ``/v3/kv/range`` and the
 streaming ``/v3/watch``; keys and values are base64). A key deleted, or whose lease expired,
-removes its runtime. A broken stream, an etcd that went away or a compacted revision ends
-the backend with a :class:`DiscoveryFailure`: it is restarted with backoff (trying the next
-endpoint) and reads the prefix again; meanwhile the last good set stays.
+removes its runtime. The read reports the whole set, each watch message only the keys it
+names (decoded once), so one key put costs one record whatever the size of the set. A broken
+stream, an etcd that went away or a compacted revision ends the backend with a
+:class:`DiscoveryFailure`: it is restarted with backoff (trying the next endpoint) and reads
+the prefix again; meanwhile the last good set stays.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 
 class EtcdDiscovery:
-    """Reads the prefix, then watches it, reporting the whole set after each change."""
+    """Reads the prefix, then watches it: reports the whole set, then each change."""
 
     _rotation = 0
 
@@ -51,17 +53,16 @@ class EtcdDiscovery:
         self.range = {"key": _b64(self.prefix), "range_end": _b64(prefix_range_end(self.prefix))}
         EtcdDiscovery._rotation += 1
         self.endpoint = entry.endpoints[EtcdDiscovery._rotation % len(entry.endpoints)]
-        self.values: dict[bytes, bytes] = {}
 
-    def _records(self) -> list[tuple[str, Any]]:
-        records: list[tuple[str, Any]] = []
-        for key in sorted(self.values):
-            where = key[len(self.prefix) :].decode("utf-8", "replace")[:120] or "(prefix)"
-            try:
-                records.append((where, decode_bounded(msgspec.json.decode, self.values[key])))
-            except (msgspec.DecodeError, ValueError):
-                records.append((where, "not a JSON object"))
-        return records
+    def _record(self, key: bytes, value: bytes) -> tuple[str, tuple[str, Any]]:
+        """A key's record by its identity (the whole key: distinct keys never collide) with
+        where it was (the key below the prefix, shortened, for refusals)."""
+        where = key[len(self.prefix) :].decode("utf-8", "replace")[:120] or "(prefix)"
+        try:
+            raw = decode_bounded(msgspec.json.decode, value)
+        except (msgspec.DecodeError, ValueError):
+            raw = "not a JSON object"
+        return key.decode("utf-8", "surrogateescape"), (where, raw)
 
     async def run(self, reporter: DiscoveryReporter) -> None:
         timeout = self.entry.timeout.total_seconds()
@@ -69,8 +70,8 @@ class EtcdDiscovery:
             base_url=self.endpoint, timeout=httpx.Timeout(timeout, read=None)
         ) as client:
             try:
-                revision = await self._read(client)
-                await reporter.found(self._records())
+                revision, records = await self._read(client)
+                await reporter.changed(records, complete=True)
                 await self._watch(client, reporter, revision)
             except httpx.HTTPError as exc:
                 raise DiscoveryFailure(
@@ -82,16 +83,17 @@ class EtcdDiscovery:
                 ) from None
         raise DiscoveryFailure(ETCD_UNAVAILABLE, "etcd ended the watch")
 
-    async def _read(self, client: httpx.AsyncClient) -> int:
+    async def _read(self, client: httpx.AsyncClient) -> tuple[int, dict[str, tuple[str, Any]]]:
         deadline = self.entry.timeout.total_seconds()
         response = await client.post("/v3/kv/range", json=self.range, timeout=deadline)
         if response.status_code != 200 or len(response.content) > _MAX_LINE:
             raise DiscoveryFailure(ETCD_PROTOCOL, f"range answered HTTP {response.status_code}")
         body = self._decode(response.content)
-        self.values = {}
-        for kv in body.get("kvs") or ():
-            self.values[base64.b64decode(kv["key"])] = base64.b64decode(kv.get("value", ""))
-        return int(body["header"]["revision"])
+        records = dict(
+            self._record(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", "")))
+            for kv in body.get("kvs") or ()
+        )
+        return int(body["header"]["revision"]), records
 
     async def _watch(
         self, client: httpx.AsyncClient, reporter: DiscoveryReporter, revision: int
@@ -110,16 +112,21 @@ class EtcdDiscovery:
                     raise DiscoveryFailure(ETCD_PROTOCOL, "a watch message has no result")
                 if result.get("canceled") or result.get("compact_revision"):
                     raise DiscoveryFailure(ETCD_PROTOCOL, "etcd cancelled the watch")
-                events = result.get("events") or ()
-                for event in events:
+                put: dict[str, tuple[str, Any]] = {}
+                deleted: set[str] = set()
+                for event in result.get("events") or ():
                     kv = event["kv"]
                     key = base64.b64decode(kv["key"])
                     if event.get("type") == "DELETE":
-                        self.values.pop(key, None)
+                        name = key.decode("utf-8", "surrogateescape")
+                        put.pop(name, None)
+                        deleted.add(name)
                     else:
-                        self.values[key] = base64.b64decode(kv.get("value", ""))
-                if events:
-                    await reporter.found(self._records())
+                        name, record = self._record(key, base64.b64decode(kv.get("value", "")))
+                        deleted.discard(name)
+                        put[name] = record
+                if put or deleted:
+                    await reporter.changed(put, deleted)
 
     @staticmethod
     def _decode(data: bytes) -> dict[str, Any]:

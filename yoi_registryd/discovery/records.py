@@ -57,18 +57,29 @@ def describe(raw: Any, where: str) -> RuntimeDescription | Refusal:
         return Refusal(where, INVALID_RECORD, str(exc))
 
 
+def outcome(entry: DiscoveryConfig, where: str, raw: Any) -> RemoteSourceConfig | Refusal:
+    """One record on its own: its remote source, or why it is refused."""
+    described = describe(raw, where)
+    if isinstance(described, Refusal):
+        return described
+    return _to_source(entry, described, where)
+
+
 def to_sources(
     entry: DiscoveryConfig, found: list[tuple[str, Any]]
 ) -> tuple[list[RemoteSourceConfig], list[Refusal]]:
     """The remote sources of the records ``found`` (each with where it was), and the refused."""
+    return select(entry, [outcome(entry, where, raw) for where, raw in found])
+
+
+def select(
+    entry: DiscoveryConfig, outcomes: list[RemoteSourceConfig | Refusal]
+) -> tuple[list[RemoteSourceConfig], list[Refusal]]:
+    """What a whole set keeps, in order: the first record of each runtime id, up to
+    ``max_runtimes``; the others are refused."""
     sources: dict[str, RemoteSourceConfig] = {}
     refused: list[Refusal] = []
-    for where, raw in found:
-        described = describe(raw, where)
-        if isinstance(described, Refusal):
-            refused.append(described)
-            continue
-        result = _to_source(entry, described, where)
+    for result in outcomes:
         if isinstance(result, Refusal):
             refused.append(result)
         elif result.runtime_id in sources:

@@ -1,11 +1,14 @@
 """One supervised task per ``[[discovery]]`` entry, applying what its backend finds.
 
-A backend reports complete sets of runtime descriptions (``found``) or a failed refresh
-(``failed``). A set becomes remote sources through :func:`yoi_registryd.reload.apply_sources`,
-the path a reload takes: new runtimes start, vanished ones stop, changed ones restart and
-unchanged ones are not touched. A failed refresh, or a backend that raises (restarted with
-the supervisor's backoff), keeps the last good set: discovery never empties the registry
-because its backend is down; the set is only marked stale after ``stale_after``.
+A backend reports complete sets of runtime descriptions (``found``), or records by key as
+they change (``changed``: etcd's watch), or a failed refresh (``failed``). A set becomes remote
+sources through :func:`yoi_registryd.reload.apply_sources`, the path a reload takes: new
+runtimes start, vanished ones stop, changed ones restart and unchanged ones are not touched; a
+change of a few keyed records goes through :func:`~yoi_registryd.reload.apply_source_changes`
+on those runtimes only, so that one runtime added costs the same at 10,000 as at 100. A
+failed refresh, or a backend that raises (restarted with the supervisor's backoff), keeps the
+last good set: discovery never empties the registry because its backend is down; the set is
+only marked stale after ``stale_after``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Final, Protocol
 
@@ -22,9 +25,16 @@ import trio
 
 from yoi_registryd.clock import utcnow
 from yoi_registryd.config import DiscoveryConfig, RemoteSourceConfig, SourceConfig
-from yoi_registryd.discovery.records import RUNTIME_ID_IN_USE, Refusal, to_sources
+from yoi_registryd.discovery.records import (
+    DUPLICATE_RUNTIME_ID,
+    RUNTIME_ID_IN_USE,
+    TOO_MANY_RUNTIMES,
+    Refusal,
+    outcome,
+    select,
+)
 from yoi_registryd.model import ErrorInfo
-from yoi_registryd.reload import apply_sources
+from yoi_registryd.reload import SourcePlan, apply_source_changes, apply_sources
 from yoi_registryd.sources.base import SourceSpec
 from yoi_registryd.supervisor import Supervisor, restart_backoff
 
@@ -46,6 +56,16 @@ class DiscoveryFailure(Exception):
 class DiscoveryReporter(Protocol):
     async def found(self, records: list[tuple[str, Any]]) -> None:
         """A complete set of records, each with where it was (for refusals)."""
+
+    async def changed(
+        self,
+        put: Mapping[str, tuple[str, Any]],
+        deleted: Collection[str] = (),
+        *,
+        complete: bool = False,
+    ) -> None:
+        """Records by a key unique in the backend, each with where it was: ``put`` added or
+        changed, ``deleted`` gone; with ``complete``, ``put`` is the whole set."""
 
     def failed(self, failure: DiscoveryFailure) -> None:
         """A refresh failed; the last good set stays."""
@@ -84,13 +104,33 @@ class DiscoveryStatus(msgspec.Struct, frozen=True):
 class _State:
     started_at: datetime = dataclasses.field(default_factory=utcnow)
     state: str = "running"
-    runtime_ids: tuple[str, ...] = ()
+    runtime_count: int = 0
     last_refresh_at: datetime | None = None
     last_success_at: datetime | None = None
     last_error: ErrorInfo | None = None
     refreshes: int = 0
     failures: int = 0
     refused: list[Refusal] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Keyed:
+    """The set of a backend reporting records by key, and what each record became."""
+
+    records: dict[str, tuple[str, Any]]
+    refusals: dict[str, Refusal] = dataclasses.field(default_factory=dict)
+    """By key: the records refused on their own."""
+    holders: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Runtime id -> the key of the record it runs from."""
+    held: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Key -> the runtime id it runs (the inverse of ``holders``)."""
+    plain: bool = False
+    """No record is refused for another record's sake (a duplicate id, beyond
+    ``max_runtimes``, an id another source holds): only then may a change be applied on
+    its own, as it would be within the whole set."""
+
+    def ordered(self) -> list[tuple[str, tuple[str, Any]]]:
+        return [(key, self.records[key]) for key in sorted(self.records)]
 
 
 class DiscoveryRunner:
@@ -113,7 +153,8 @@ class DiscoveryRunner:
         self._make_spec = make_spec
         self._rng = rng or random.Random()
         self._state = _State()
-        self.changed = trio.Event()
+        self._keyed: _Keyed | None = None
+        self.refreshed = trio.Event()
         """Set (and replaced) after every refresh: for tests and waiters."""
 
     def status(self, now: datetime | None = None) -> DiscoveryStatus:
@@ -125,7 +166,7 @@ class DiscoveryRunner:
             kind=self.entry.kind,
             state=s.state,
             stale=now - fresh_since > self.entry.stale_after,
-            runtime_count=len(s.runtime_ids),
+            runtime_count=s.runtime_count,
             last_refresh_at=s.last_refresh_at,
             last_success_at=s.last_success_at,
             last_error=s.last_error,
@@ -135,12 +176,87 @@ class DiscoveryRunner:
             refused=s.refused[:MAX_REFUSALS_SHOWN],
         )
 
-    @property
-    def runtime_ids(self) -> tuple[str, ...]:
-        return self._state.runtime_ids
-
     async def found(self, records: list[tuple[str, Any]]) -> None:
-        sources, refused = to_sources(self.entry, records)
+        self._keyed = None
+        await self._apply_set([outcome(self.entry, where, raw) for where, raw in records])
+
+    async def changed(
+        self,
+        put: Mapping[str, tuple[str, Any]],
+        deleted: Collection[str] = (),
+        *,
+        complete: bool = False,
+    ) -> None:
+        """Apply keyed records. A change costs the records it touches, unless the set has
+        (or the change would make) a record refused for another's sake: then the whole set
+        is applied again, in key order, so that the outcome never depends on the order in
+        which changes came."""
+        keyed = self._keyed
+        if complete or keyed is None:
+            keyed = self._keyed = _Keyed(dict(put))
+        else:
+            for key in deleted:
+                keyed.records.pop(key, None)
+            keyed.records.update(put)
+            if keyed.plain and await self._apply_change(keyed, put, deleted):
+                return
+        ordered = keyed.ordered()
+        outcomes = [outcome(self.entry, where, raw) for _, (where, raw) in ordered]
+        plan, kept = await self._apply_set(outcomes)
+        keyed.refusals = {}
+        keyed.holders = {}
+        for (key, _), result in zip(ordered, outcomes, strict=True):
+            if isinstance(result, Refusal):
+                keyed.refusals[key] = result
+            elif result.runtime_id in kept:
+                keyed.holders.setdefault(result.runtime_id, key)
+        keyed.held = {key: rid for rid, key in keyed.holders.items()}
+        crowded = (DUPLICATE_RUNTIME_ID, TOO_MANY_RUNTIMES)
+        keyed.plain = not plan.taken and all(r.code not in crowded for r in self._state.refused)
+
+    async def _apply_change(
+        self, keyed: _Keyed, put: Mapping[str, tuple[str, Any]], deleted: Collection[str]
+    ) -> bool:
+        """Apply a change of a plain set on its own; False (nothing done) when it would
+        refuse a record for another's sake."""
+        touched = {*put, *deleted}
+        outcomes = {key: outcome(self.entry, where, raw) for key, (where, raw) in put.items()}
+        sources = {k: r for k, r in outcomes.items() if isinstance(r, RemoteSourceConfig)}
+        ids = [source.runtime_id for source in sources.values()]
+        freed = {keyed.held[key] for key in touched if key in keyed.held}
+        running = self._supervisor.specs
+        if (
+            len(set(ids)) < len(ids)
+            or any(rid in keyed.holders and keyed.holders[rid] not in touched for rid in ids)
+            or len(keyed.holders) - len(freed) + len(ids) > self.entry.max_runtimes
+            or any(rid in running and running[rid].owner != self.owner for rid in ids)
+        ):
+            return False
+        specs = [self._spec(source) for source in sources.values()]
+        with trio.CancelScope(shield=True):  # a change is applied whole, even on reload
+            plan = await apply_source_changes(
+                self._supervisor, self._nursery, specs, freed - set(ids), self.owner
+            )
+        for key in touched:
+            keyed.refusals.pop(key, None)
+            rid = keyed.held.pop(key, None)
+            if rid is not None:
+                del keyed.holders[rid]
+        for key, result in outcomes.items():
+            if isinstance(result, Refusal):
+                keyed.refusals[key] = result
+            else:
+                keyed.holders[result.runtime_id] = key
+                keyed.held[key] = result.runtime_id
+        refused = [keyed.refusals[key] for key in sorted(keyed.refusals)]
+        self._applied(len(keyed.holders), refused, plan)
+        return True
+
+    async def _apply_set(
+        self, outcomes: list[RemoteSourceConfig | Refusal]
+    ) -> tuple[SourcePlan, set[str]]:
+        """Make the runtimes of a whole set the running ones; the plan and the ids kept."""
+        sources, refused = select(self.entry, outcomes)
         specs = [self._spec(source) for source in sources]
         with trio.CancelScope(shield=True):  # a set is applied whole, even on reload
             plan = await apply_sources(self._supervisor, self._nursery, specs, self.owner)
@@ -149,18 +265,22 @@ class DiscoveryRunner:
             refused.append(
                 Refusal(rid, RUNTIME_ID_IN_USE, "another source already has this runtime id")
             )
+        kept = {src.runtime_id for src in sources if src.runtime_id not in taken}
+        self._applied(len(kept), refused, plan)
+        return plan, kept
+
+    def _applied(self, count: int, refused: list[Refusal], plan: SourcePlan) -> None:
         s = self._state
         s.refreshes += 1
         s.last_refresh_at = s.last_success_at = utcnow()
         s.last_error = None
-        kept = (src.runtime_id for src in sources if src.runtime_id not in taken)
-        s.runtime_ids = tuple(sorted(kept))
+        s.runtime_count = count
         s.refused = refused
         if plan.start or plan.stop or plan.restart:
             log.info(
                 "discovery %s: %d runtimes (%d started, %d stopped, %d restarted), %d refused",
                 self.entry.name,
-                len(s.runtime_ids),
+                count,
                 len(plan.start),
                 len(plan.stop),
                 len(plan.restart),
@@ -185,8 +305,8 @@ class DiscoveryRunner:
         return dataclasses.replace(self._make_spec(source), owner=self.owner)
 
     def _notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        self.refreshed.set()
+        self.refreshed = trio.Event()
 
     async def run(self) -> None:
         """Run the backend; restart it with the supervisor's backoff when it fails."""
@@ -214,4 +334,5 @@ class DiscoveryRunner:
     async def remove_all(self) -> None:
         """Stop every runtime this entry found (the entry was removed from the config)."""
         await apply_sources(self._supervisor, self._nursery, [], self.owner)
-        self._state.runtime_ids = ()
+        self._state.runtime_count = 0
+        self._keyed = None
