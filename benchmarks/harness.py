@@ -142,6 +142,8 @@ class DaemonProcess:
     """``[[sources]]`` tables (TOML text)."""
     env: dict[str, str] = field(default_factory=dict)
     extra_toml: str = ""
+    preamble: str = ""
+    """Top-level keys, written before every table (``sources = []``)."""
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="yoi-bench-")))
@@ -160,6 +162,7 @@ class DaemonProcess:
         self.port = free_port()
         config = self.tmp / "config.toml"
         config.write_text(
+            f"{self.preamble}\n"
             "[server]\n"
             f'listen = ["127.0.0.1:{self.port}"]\n'
             "[logging]\n"

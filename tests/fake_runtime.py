@@ -771,15 +771,15 @@ async def _serve_standalone(
         runtime.add(*(f"w-{j}" for j in range(workers)))
         if subscription:
             with_subscription(runtime)
-        runtime.requests = _Discard()
-        runtime.auth_headers = _Discard()
+        runtime.requests = Discard()
+        runtime.auth_headers = Discard()
         server.app.mount(runtime_prefix(i), runtime)
     async with trio.open_nursery() as nursery:
         await server.start(nursery, listeners=runtimes)
         print("READY", *server.ports, flush=True)
 
 
-class _Discard(list[Any]):
+class Discard(list[Any]):
     """A list that keeps nothing (long benchmark runs must not grow memory)."""
 
     def append(self, item: Any) -> None:
