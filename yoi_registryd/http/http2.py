@@ -27,12 +27,18 @@ from typing import Any, Final
 import h2.errors
 import h2.exceptions
 import trio
-from hypercorn.events import Closed, RawData, Updated
-from hypercorn.protocol.events import Body, Data
-from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
 from hyperframe.frame import GoAwayFrame, SettingsFrame
+
+from yoi_registryd.http.hypercorn_internals import (
+    Body,
+    Closed,
+    Data,
+    H2Protocol,
+    H11Protocol,
+    RawData,
+    Updated,
+)
+from yoi_registryd.http.hypercorn_internals import Event as StreamEvent
 
 REAP_INTERVAL_MAX: Final = 1.0
 

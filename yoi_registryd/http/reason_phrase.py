@@ -4,9 +4,8 @@ hypercorn hands h11 its responses without a reason, and h11 then writes an empty
 is legal (RFC 9112 lets a client ignore the phrase), but people and tools reading a status
 line expect it. h11 writes the event's ``reason``; :func:`install` fills it in from
 :class:`http.HTTPStatus` as each response leaves hypercorn's HTTP/1.1 protocol (HTTP/2 has
-no reason phrase). hypercorn is pinned to a minor version (``pyproject.toml``) for this and
-the other internals ``http/server.py`` relies on; ``tests/test_reason_phrase.py`` notices if
-an upgrade stops it working.
+no reason phrase). That method is one of hypercorn's internals (``http/hypercorn_internals.py``
+says why the pin); ``tests/test_reason_phrase.py`` notices if an upgrade stops it working.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import h11
-from hypercorn.protocol.h11 import H11Protocol
+
+from yoi_registryd.http.hypercorn_internals import H11Protocol
 
 PHRASES: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 _MARK: Final = "_yoi_registryd_reason_phrase"

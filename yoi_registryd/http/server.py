@@ -41,20 +41,25 @@ from typing import Any, Final, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import RawData, Updated
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import parse_socket_addr, wrap_app
 
 from yoi_registryd.backoff import Backoff
 from yoi_registryd.errors import RegistryError, TooManyConnections, render_error
 from yoi_registryd.http import reason_phrase
 from yoi_registryd.http.http2 import BoundedH2Protocol, Http2Limits, Http2Refused, Http11Only
+from yoi_registryd.http.hypercorn_internals import (
+    ConnectionState,
+    H2CProtocolRequiredError,
+    H2ProtocolAssumedError,
+    Lifespan,
+    ProtocolWrapper,
+    RawData,
+    TaskGroup,
+    TCPServer,
+    Updated,
+    WorkerContext,
+    parse_socket_addr,
+    wrap_app,
+)
 
 log = logging.getLogger(__name__)
 
