@@ -69,6 +69,11 @@ async def test_a_missing_data_dir_is_a_warning_naming_the_directory(
     )
     [source] = messages(caplog, str(missing), logging.WARNING)
     assert "local_pod_registry_unavailable" in source
+    # The actor logs the status change once it has applied the source's report: later.
+    await wait_for(
+        lambda: bool(messages(caplog, "unknown -> degraded", logging.WARNING)),
+        message="the registry's warning about the status change",
+    )
     [change] = messages(caplog, "unknown -> degraded", logging.WARNING)
     assert "local_pod_registry_unavailable" in change
     assert str(missing) not in change  # the registry's reason is the served diagnostic
