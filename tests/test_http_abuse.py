@@ -224,6 +224,29 @@ async def test_a_client_sending_headers_slowly_is_cut_off(
         assert all(c.buffer == b"" for c in slow), "no answer was owed to a partial request"
 
 
+async def test_the_keep_alive_timeout_counts_idleness_after_the_last_answer(
+    start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """A request held longer than ``keep_alive_timeout`` is answered (the timer is stopped
+    while a request runs), and a connection is closed once it has been idle that long after
+    its last answer, not after its first (the timer restarts with every answer)."""
+    d = await start(start_daemon, tmp_path)
+    c = await connect(d)
+    await c.send(get(b"/api/runtimes"))
+    index = (await c.reply()).headers["x-registry-index"]
+    held = f"/api/runtimes?index={index}&wait={2 * TIMEOUT_S:g}s".encode()
+    await c.send(get(held))
+    assert (await c.reply()).status == 200
+    await trio.sleep(TIMEOUT_S / 2)  # idle, but not for long enough to be closed
+    await c.send(get(b"/api/runtimes"))
+    assert (await c.reply()).status == 200
+    answered = trio.current_time()
+    with trio.fail_after(TIMEOUT_S + 5):
+        assert await c.closed_by_server()
+    idle = trio.current_time() - answered
+    assert TIMEOUT_S * 0.9 <= idle < TIMEOUT_S + 1.5, idle
+
+
 async def test_a_body_sent_slowly_gets_408_and_a_too_large_body_413(
     start_daemon: StartDaemon, tmp_path: Path
 ) -> None:

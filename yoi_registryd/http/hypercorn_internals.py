@@ -8,8 +8,9 @@ machinery itself. Each piece, and what uses it:
 * ``TCPServer`` (``hypercorn.trio.tcp_server``): one connection's read loop, keep-alive timer
   and writes. ``http/server.py`` subclasses it to run over a stream that tracks what the
   shutdown needs, to choose the protocols, and to stop its keep-alive timer once the peer
-  has gone; it overrides ``run``, ``_read_data`` and ``protocol_send`` and uses ``_close``,
-  ``_idle_timeout``, ``_task_group`` and ``idle_task``.
+  has gone, and to serve a request with less scheduling; it overrides ``run``,
+  ``_read_data`` and ``protocol_send`` and uses ``_close``, ``_initiate_server_close``,
+  ``_task_group`` and ``send_lock``.
 * ``ProtocolWrapper`` (``hypercorn.protocol``): the switch from HTTP/1.1 to HTTP/2 on a
   prior-knowledge preface or ``Upgrade: h2c``, signalled by ``H2ProtocolAssumedError`` and
   ``H2CProtocolRequiredError``. ``http/server.py`` replaces the protocols it switches
@@ -126,21 +127,21 @@ USES: Final[tuple[Use, ...]] = (
         (
             "__await__",
             "_close",
-            "_idle_timeout",
+            "_initiate_server_close",
             "_read_data",
             "_task_group",
             "app",
             "config",
             "context",
-            "idle_task",
             "protocol",
             "protocol_send",
             "run",
+            "send_lock",
             "state",
             "stream",
         ),
     ),
-    Use("hypercorn.trio.worker_context", "WorkerContext", ("max_requests",)),
+    Use("hypercorn.trio.worker_context", "WorkerContext", ("max_requests",), ("terminated",)),
     Use("hypercorn.typing", "ConnectionState"),
     Use("hypercorn.utils", "parse_socket_addr", ("family", "address")),
     Use("hypercorn.utils", "wrap_app", ("app", "wsgi_max_body_size", "mode")),
