@@ -243,8 +243,9 @@ class _AppAdapter:
     bookkeeping is cut short and the connection is left open. Writing to the socket itself
     is shielded by hypercorn already. A shielded send is registered with its connection so
     that a forced close can still end it (an HTTP/2 stream waiting for flow control). The
-    start message is only noted by hypercorn: it is passed on as it is. This runs for every
-    request: what only the shutdown needs is done once it has begun.
+    start message writes the head (a write hypercorn shields) and finishes nothing: it is
+    passed on as it is. This runs for every request: what only the shutdown needs is done
+    once it has begun.
     """
 
     def __init__(self, app: Any, connections: _Connections) -> None:
@@ -269,8 +270,8 @@ class _AppAdapter:
 
         async def tracked_send(message: Any) -> None:
             if message["type"] == "http.response.start":
-                # hypercorn only takes note of it (the head goes out with the first body
-                # message): nothing to shield, nothing to finish.
+                # hypercorn writes the head here (the write itself shielded) and
+                # finishes nothing with it: nothing to shield, nothing to finish.
                 if self.connections.closing:
                     headers = [*message["headers"], (b"connection", b"close")]
                     message = {**message, "headers": headers}
