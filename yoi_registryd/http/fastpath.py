@@ -7,7 +7,7 @@ quart sits (inside the security middleware and ``PathGuard``, so request ids,
 authentication, policy, audit and metrics apply unchanged) and answers only the plain case:
 a ``GET`` of a read route with a simple query string, no blocking query, no conditional
 request, and a body that renders without error. Everything else, every error included, goes
-to quart, which answers exactly as it always has. The parameters, cache key, body and
+to quart's handlers. The parameters, cache key, body and
 ETag come from :mod:`yoi_registryd.http.reads`, shared with quart's handlers, so both paths
 answer the same bytes with the same headers.
 """

@@ -149,7 +149,7 @@ class AccessControl:
 
 
 @dataclass
-class _Exchange:
+class _RequestAuditRecord:
     """One request as the audit will record it."""
 
     started: float
@@ -187,7 +187,7 @@ class _Exchange:
         )
 
 
-async def _record(audit: AuditTrail, exchange: _Exchange) -> None:
+async def _record(audit: AuditTrail, exchange: _RequestAuditRecord) -> None:
     """Queue the exchange's record; with ``durability = "before_response"``, wait until it
     is on disk (:class:`AuditUnavailable` when it cannot be)."""
     ticket = await audit.emit(exchange.record())
@@ -211,7 +211,7 @@ class _Reply:
         self.header = (_REQUEST_ID_NAME, request_id.encode("ascii"))
         self.audit = audit
         self.revision = revision
-        self.exchange: _Exchange | None = None
+        self.exchange: _RequestAuditRecord | None = None
         """Set for an audited request."""
         self.status: int | None = None
         """The status sent, once the response has started."""
@@ -321,7 +321,7 @@ class SecurityMiddleware:
         route, params = self.routes.match(method, scope["path"])
         if route is not None:
             scope[ROUTE_SCOPE_KEY] = route
-        exchange = _Exchange(
+        exchange = _RequestAuditRecord(
             started=trio.current_time(),
             time=datetime.now(UTC),
             request_id=request_id,
@@ -356,7 +356,9 @@ class SecurityMiddleware:
                     self.audit.records_lost += 1
                     log.error("request %s: its audit record could not be queued", request_id)
 
-    def _admit(self, scope: Scope, access: AccessControl, exchange: _Exchange) -> Principal:
+    def _admit(
+        self, scope: Scope, access: AccessControl, exchange: _RequestAuditRecord
+    ) -> Principal:
         """Authenticate, then ask the policy; the exchange learns who as soon as it is known."""
         client = access.authenticator.authenticate(scope)
         exchange.client = client.name if client is not None else None
