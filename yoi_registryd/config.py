@@ -349,29 +349,17 @@ class LocalSourceConfig(_SourceBase, tag="local", frozen=True):
         return problems
 
 
-class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
-    """A remote yoi runtime polled over the worker-runtime REST API v1 (contract section 3).
+class _RemoteAccess(msgspec.Struct, kw_only=True, frozen=True):
+    """How a remote runtime is called: its credentials and poll interval. Declared once for
+    a ``[[sources]]`` remote entry and a ``[[discovery]]`` entry, which passes them to every
+    runtime it finds (:meth:`_DiscoveryBase.remote_template`)."""
 
-    ``base_url`` (and any token, which is only ever named here, never written) are
-    :class:`~yoi_registryd.secrets.Secret`: this object prints them as ``<redacted>``.
-    """
-
-    source_kind: ClassVar[SourceKind] = "remote_http"
-    implementation: ClassVar[str] = "yoi_registryd.sources.remote:RemoteRuntimeSource"
-
-    runtime_id: str
-    base_url: Secret
-    """``http(s)://host:port[/prefix]`` of the runtime; never served, never logged at INFO+."""
-    label: str | None = None
-    """Display label; default the runtime's own ``display_name``, else ``runtime_id``."""
     token_file: str | None = None
     """Absolute path of a file holding the bearer token (trailing newline ignored)."""
     token_env: str | None = None
     """Name of an environment variable holding the bearer token."""
     token_credential: str | None = None
     """Name of a systemd credential (``LoadCredential=``): ``$CREDENTIALS_DIRECTORY/<name>``."""
-    token: Secret | None = None
-    """Refused by validation: tokens are never written inline. Kept so the error is clear."""
     auth: Literal["bearer", "capability"] = "bearer"
     """``bearer``: send the static token named by ``token_*`` (if any) as it is.
     ``capability``: mint a short-lived signed yoi capability token for every request
@@ -393,9 +381,29 @@ class RemoteSourceConfig(_SourceBase, tag="remote", frozen=True):
     """``auth = "capability"``: a token is reused for requests needing the same permission
     while younger than this (at most half of ``token_ttl``); ``0s``: a new token for every
     request."""
+    poll_interval: Duration = Duration(seconds=2)
+    """Time between polls while the runtime answers (one that serves no subscription)."""
+
+
+class RemoteSourceConfig(_SourceBase, _RemoteAccess, tag="remote", frozen=True):
+    """A remote yoi runtime polled over the worker-runtime REST API v1 (contract section 3).
+
+    ``base_url`` (and any token, which is only ever named here, never written) are
+    :class:`~yoi_registryd.secrets.Secret`: this object prints them as ``<redacted>``.
+    """
+
+    source_kind: ClassVar[SourceKind] = "remote_http"
+    implementation: ClassVar[str] = "yoi_registryd.sources.remote:RemoteRuntimeSource"
+
+    runtime_id: str
+    base_url: Secret
+    """``http(s)://host:port[/prefix]`` of the runtime; never served, never logged at INFO+."""
+    label: str | None = None
+    """Display label; default the runtime's own ``display_name``, else ``runtime_id``."""
+    token: Secret | None = None
+    """Refused by validation: tokens are never written inline. Kept so the error is clear."""
     workspaces: tuple[str, ...] = ()
     """Workspace ids the runtime is bound to; empty: visible wherever the runtime is."""
-    poll_interval: Duration = Duration(seconds=2)
     poll_jitter: float = 0.1
     """Each wait is the interval times a factor drawn from ``1 +- poll_jitter``."""
     timeout: Duration = Duration(seconds=5)
@@ -519,11 +527,12 @@ SourceConfig = LocalSourceConfig | RemoteSourceConfig | EmbeddedSourceConfig
 
 
 class _DiscoveryBase(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="kind", frozen=True
+    _RemoteAccess, forbid_unknown_fields=True, kw_only=True, tag_field="kind", frozen=True
 ):
     """What every ``[[discovery]]`` entry has: a name, how long its last good set stays
     fresh, a bound, and the credentials every runtime it finds is called with (never taken
-    from what was discovered: see :meth:`remote_template`)."""
+    from what was discovered: see :meth:`remote_template`; with ``auth = "capability"``, a
+    record naming a workspace other than ``workspace_id`` is refused)."""
 
     implementation: ClassVar[str]
     """``module:attribute`` of the backend class, built with the entry (``discovery/
@@ -539,20 +548,6 @@ class _DiscoveryBase(
     (it is kept: a failing backend never empties the registry)."""
     max_runtimes: int = 10_000
     """Runtimes one refresh may yield at most; records beyond are refused."""
-    auth: Literal["bearer", "capability"] = "bearer"
-    token_file: str | None = None
-    token_env: str | None = None
-    token_credential: str | None = None
-    server_id: str | None = None
-    signing_key_file: str | None = None
-    signing_key_credential: str | None = None
-    workspace_id: str | None = None
-    """``auth = "capability"``: the workspace every token is scoped to; a record naming
-    another workspace is refused."""
-    token_ttl: Duration = Duration(seconds=300)
-    token_reuse: Duration = Duration(seconds=60)
-    poll_interval: Duration = Duration(seconds=2)
-    """Passed to every discovered runtime's remote source, as in ``[[sources]]``."""
 
     @property
     def kind(self) -> str:
@@ -584,18 +579,8 @@ class _DiscoveryBase(
             runtime_id=runtime_id,
             base_url=Secret(base_url),
             label=label,
-            auth=self.auth,
-            token_file=self.token_file,
-            token_env=self.token_env,
-            token_credential=self.token_credential,
-            server_id=self.server_id,
-            signing_key_file=self.signing_key_file,
-            signing_key_credential=self.signing_key_credential,
-            workspace_id=self.workspace_id,
-            token_ttl=self.token_ttl,
-            token_reuse=self.token_reuse,
-            poll_interval=self.poll_interval,
             workspaces=workspaces,
+            **{name: getattr(self, name) for name in _RemoteAccess.__struct_fields__},
         )
         poll = self.poll_interval.total_seconds()
         return msgspec.structs.replace(
@@ -832,6 +817,23 @@ def _earlier_use(first_use: dict[str, int], value: str, index: int, section: str
     return f"{section}[{first}]" if first != index else ""
 
 
+_NAME: Final = "name ([A-Za-z0-9_:-])"
+"""What a name (of a client, a discovery entry) must be, as a problem says it."""
+
+
+def _name_problem(
+    first_use: dict[str, int], section: str, index: int, field: str, value: str, what: str
+) -> list[str]:
+    """The problem with entry ``index``'s name ``field`` in ``section``, which must be a
+    valid identifier (else it is "not a valid ``what``") used by no earlier entry."""
+    key = f"{section}[{index}].{field}"
+    if not is_valid_identifier(value):
+        return [f"{key}: {value!r} is not a valid {what}"]
+    if first := _earlier_use(first_use, value, index, section):
+        return [f"{key}: {value!r} is already used by {first}"]
+    return []
+
+
 def validate_config(config: Config) -> list[str]:
     """Checks that span keys or need more than a type: ids, uniqueness, addresses."""
     problems: list[str] = []
@@ -894,12 +896,8 @@ def _validate_discovery(entries: list[DiscoveryConfig]) -> list[str]:
     problems: list[str] = []
     names: dict[str, int] = {}
     for i, entry in enumerate(entries):
-        key = f"discovery[{i}]"
-        if not is_valid_identifier(entry.name):
-            problems.append(f"{key}.name: {entry.name!r} is not a valid name ([A-Za-z0-9_:-])")
-        elif first := _earlier_use(names, entry.name, i, "discovery"):
-            problems.append(f"{key}.name: {entry.name!r} is already used by {first}")
-        problems.extend(entry.validate(key))
+        problems.extend(_name_problem(names, "discovery", i, "name", entry.name, _NAME))
+        problems.extend(entry.validate(f"discovery[{i}]"))
     return problems
 
 
@@ -998,10 +996,7 @@ def _validate_access(config: Config) -> list[str]:
     digests: dict[str, int] = {}
     for i, client in enumerate(config.clients):
         key = f"clients[{i}]"
-        if not is_valid_identifier(client.name):
-            problems.append(f"{key}.name: {client.name!r} is not a valid name ([A-Za-z0-9_:-])")
-        elif first := _earlier_use(names, client.name, i, "clients"):
-            problems.append(f"{key}.name: {client.name!r} is already used by {first}")
+        problems.extend(_name_problem(names, "clients", i, "name", client.name, _NAME))
         given = [k for k in _TOKEN_KEYS if getattr(client, k) is not None]
         if len(given) != 1:
             problems.append(f"{key}: give exactly one of {', '.join(_TOKEN_KEYS)}")
@@ -1024,13 +1019,9 @@ def _validate_access(config: Config) -> list[str]:
             problems.extend(_validate_workspaces(key, client.workspaces))
     ids: dict[str, int] = {}
     for i, workspace in enumerate(config.workspaces):
-        key = f"workspaces[{i}]"
-        if not is_valid_identifier(workspace.id):
-            problems.append(f"{key}.id: {workspace.id!r} is not a valid workspace id")
-        elif first := _earlier_use(ids, workspace.id, i, "workspaces"):
-            problems.append(f"{key}.id: {workspace.id!r} is already used by {first}")
+        problems.extend(_name_problem(ids, "workspaces", i, "id", workspace.id, "workspace id"))
         if workspace.root is not None and not workspace.root.startswith("/"):
-            problems.append(f"{key}.root: must be an absolute path")
+            problems.append(f"workspaces[{i}].root: must be an absolute path")
     if config.policy.custom is not None and not _FACTORY_RE.fullmatch(config.policy.custom):
         problems.append(
             f"policy.custom: {config.policy.custom!r} is not of the form 'module:attribute'"
