@@ -10,6 +10,7 @@ uniqueness, addresses: ``config.validate_config``) can still run over the rest.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 from collections.abc import Callable
@@ -45,6 +46,14 @@ def _union_members(type_: Any) -> tuple[Any, ...]:
 
 def _is_struct(type_: Any) -> bool:
     return isinstance(type_, type) and issubclass(type_, msgspec.Struct)
+
+
+@functools.cache
+def _fields_by_key(struct: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
+    """A Struct's fields by the key that names them in the file. Cached per type: finding
+    them resolves the type's annotations, which costs more than walking one entry, and a
+    file may hold a thousand entries of one kind."""
+    return {f.encode_name: f for f in msgspec.structs.fields(struct)}
 
 
 def _tag_of(struct: type[msgspec.Struct]) -> tuple[str, str] | None:
@@ -141,7 +150,7 @@ class Walker:
     def _struct(self, value: Any, struct: type[msgspec.Struct], path: str) -> Any:
         if not isinstance(value, dict):
             return self._problem(path, f"expected a table, got {type(value).__name__}")
-        fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+        fields = _fields_by_key(struct)
         tag = _tag_of(struct)
         cleaned: dict[str, Any] = {}
         complete = True
