@@ -170,7 +170,10 @@ class Implementation(msgspec.Struct, frozen=True):
     display_hint: str
 
 
-class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: not tracked by the cycle collector. A frozen record of strings, tuples and frozen
+# records cannot be part of a cycle, and a registry holds a hundred thousand of them, which
+# every full collection would otherwise walk (the docstring is the OpenAPI description).
+class WorkerRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One worker, keyed by ``runtime_id + worker_id``. Also its wire shape (yoi's
     ``WorkerSummary``, section 1.5, fields in yoi's order, ours after)."""
 

@@ -121,6 +121,7 @@ class MemoryRuntime:
         self.stopped = False
         self._workers: dict[str, WorkerSummary] = {}
         self._transcripts: dict[str, list[TranscriptEntry]] = {}
+        """Only for workers that took input: most never do, and a runtime may hold many."""
         self._counts: dict[WorkerStatus, int] = {"running": 0, "stopped": 0, "cancelled": 0}
         self._subscribers: set[MemorySubscription] = set()
         self._last_event_id = 0
@@ -153,7 +154,7 @@ class MemoryRuntime:
     ) -> tuple[TranscriptEntry, ...]:
         """A bounded window of the worker's transcript."""
         self.worker(worker_id)
-        return tuple(self._transcripts[worker_id][start : start + max(limit, 0)])
+        return tuple(self._transcripts.get(worker_id, ())[start : start + max(limit, 0)])
 
     @property
     def last_event_id(self) -> int:
@@ -197,7 +198,6 @@ class MemoryRuntime:
             last_event_id=self._next_event_id(),
             updated_at=datetime.now(UTC),
         )
-        self._transcripts[worker_id] = []
         self._counts["running"] += 1
         self._store(summary)
         return summary
@@ -208,7 +208,7 @@ class MemoryRuntime:
         if worker.status not in TERMINAL_STATUSES:
             raise protocol.EmbeddedRuntimeError(f"worker {worker_id!r} is running; stop it first")
         del self._workers[worker_id]
-        del self._transcripts[worker_id]
+        self._transcripts.pop(worker_id, None)
         self._counts[worker.status] -= 1
         self._next_event_id()
         self._publish(worker_id)
@@ -244,7 +244,7 @@ class MemoryRuntime:
             raise protocol.InputRejected("input content is empty")
         if len(content.encode("utf-8")) > self.max_input_bytes:
             raise protocol.InputRejected("input content is too long")
-        transcript = self._transcripts[worker_id]
+        transcript = self._transcripts.setdefault(worker_id, [])
         sequence = len(transcript)
         now = datetime.now(UTC)
         updated = self._update(worker, transcript_len=sequence + 1, updated_at=now)

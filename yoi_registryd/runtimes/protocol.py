@@ -48,8 +48,10 @@ class Profile(msgspec.Struct, frozen=True):
     value: str | None = None
 
 
-class WorkerSummary(msgspec.Struct, frozen=True):
-    """One worker as the runtime reports it: the whole state, never a delta."""
+class WorkerSummary(msgspec.Struct, frozen=True, gc=False):
+    """One worker as the runtime reports it: the whole state, never a delta. Not tracked by
+    the cycle collector: frozen, of strings, numbers and frozen records, it cannot be part
+    of a cycle, and a runtime may hold very many."""
 
     worker_id: str
     status: WorkerStatus
