@@ -12,6 +12,7 @@ yoi field with the word yoi would use, computed here, and a ``registry_<field>``
 from __future__ import annotations
 
 import platform
+import re
 from typing import Final, NamedTuple, get_args
 
 from yoi_registryd.model import (
@@ -165,14 +166,16 @@ def worker_naming(
 MAX_DISPLAY_CHARS: Final = 80
 
 
+_UNSAFE_DISPLAY_CHARS: Final = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+"""``/``, ``\\`` and the C0 and C1 control characters (and DEL)."""
+
+
 def safe_display(value: object) -> str | None:
-    """Display strings: drop control characters, ``/`` and ``\\``; first 80 chars; "" -> None."""
+    """Display strings: drop control characters, ``/`` and ``\\``; first 80 chars; "" -> None.
+    One pass in C (a regular expression): it runs for every name of every worker read."""
     if not isinstance(value, str):
         return None
-    kept = "".join(
-        ch for ch in value if ch not in "/\\" and not (ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0)
-    )
-    return kept[:MAX_DISPLAY_CHARS] or None
+    return _UNSAFE_DISPLAY_CHARS.sub("", value)[:MAX_DISPLAY_CHARS] or None
 
 
 def machine_os() -> str:
