@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import resource
 import signal
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -332,19 +333,28 @@ class Daemon:
     async def _log_when_ready(self) -> None:
         """Log "ready" once ``/readyz`` would answer 200 (every source observed once or out of
         start-up grace), not merely when listening: an operator reading the log can trust it."""
+        awaited: Iterable[str] | None = None
         while True:
-            revision = self.actor.snapshot.revision
-            result = await probes.evaluate("readyz", self.actor, self.lifecycle)
-            if result.ok:
-                log.info("yoi-registryd ready: %d sources", len(self.config.sources))
-                return
+            snapshot = self.actor.snapshot
+            # After a change only the sources still awaited are looked at again: looking at
+            # every source after each first observation costs sources squared at start-up.
+            graces = probes.awaited_sources(
+                snapshot, trio.current_time(), self.lifecycle.ready_since, awaited
+            )
+            awaited = graces.keys()
+            if not graces:
+                result = await probes.evaluate("readyz", self.actor, self.lifecycle)
+                if result.ok:
+                    log.info("yoi-registryd ready: %d sources", len(self.config.sources))
+                    return
+                awaited = None  # a source came meanwhile, or another check failed
             if self.lifecycle.shutting_down:
                 return
             # Readiness changes with the registry (a first observation) or the clock (a
             # grace ending): wait for whichever comes first.
-            grace = probes.next_grace_end(self.actor.snapshot, trio.current_time())
+            grace = min(graces.values(), default=math.inf)
             with trio.move_on_after(grace + 0.01):
-                await self.actor.wait_for_change(revision)
+                await self.actor.wait_for_change(snapshot.revision)
 
     def _log_access_mode(self) -> None:
         """Say at start-up who may call, so an open daemon is never a surprise."""

@@ -27,7 +27,7 @@ import trio
 
 from yoi_registryd.errors import InvalidQuery
 from yoi_registryd.http import views
-from yoi_registryd.registry import RegistryActor, Snapshot, startup_grace_left
+from yoi_registryd.registry import ObservationStats, RegistryActor, Snapshot, startup_grace_left
 
 ACTOR_PING_TIMEOUT: Final = 2.0
 """How long the registry actor may take to reach a probe message before it counts as stuck."""
@@ -119,15 +119,23 @@ async def _actor_check(actor: RegistryActor) -> Check:
     return Check("registry-actor", True)
 
 
+def _awaited(stats: ObservationStats, now: float, ready_since: float | None) -> float | None:
+    """Seconds of start-up grace left when readiness waits for this source, else ``None``:
+    not observed yet, grace left, and registered before the daemon was first ready."""
+    left = startup_grace_left(stats, now)
+    if left is None or (ready_since is not None and stats.registered_at > ready_since):
+        return None
+    return left
+
+
 def source_checks(snapshot: Snapshot, now: float, ready_since: float | None = None) -> list[Check]:
     """One check per source: first observation done, or its start-up grace has passed, or
     registered after the daemon was first ready (``ready_since``)."""
     checks: list[Check] = []
     for rid in snapshot.sorted_runtime_ids:
-        stats = snapshot.runtimes[rid].stats
-        left = startup_grace_left(stats, now)
+        left = _awaited(snapshot.runtimes[rid].stats, now, ready_since)
         name = f"source/{rid}"
-        if left is None or (ready_since is not None and stats.registered_at > ready_since):
+        if left is None:
             checks.append(Check(name, True))
         else:
             reason = f"no first observation yet; start-up grace ends in {left:.1f}s"
@@ -135,11 +143,22 @@ def source_checks(snapshot: Snapshot, now: float, ready_since: float | None = No
     return checks
 
 
-def next_grace_end(snapshot: Snapshot, now: float) -> float:
-    """Seconds until the first source's start-up grace ends (when readiness may change
-    without a new revision); ``inf`` when none is waiting."""
-    lefts = [startup_grace_left(snapshot.runtimes[rid].stats, now) for rid in snapshot.runtimes]
-    return min((left for left in lefts if left is not None), default=float("inf"))
+def awaited_sources(
+    snapshot: Snapshot,
+    now: float,
+    ready_since: float | None = None,
+    among: Iterable[str] | None = None,
+) -> dict[str, float]:
+    """The sources readiness still waits for, each with its start-up grace left; of
+    ``among`` only (default: every source), so that a caller waiting for readiness looks
+    again only at the sources it still waits for."""
+    runtimes = snapshot.runtimes
+    awaited: dict[str, float] = {}
+    for rid in runtimes if among is None else among:
+        entry = runtimes.get(rid)
+        if entry is not None and (left := _awaited(entry.stats, now, ready_since)) is not None:
+            awaited[rid] = left
+    return awaited
 
 
 async def evaluate(
