@@ -149,6 +149,9 @@ class RemoteRuntimeSource:
         self._polling_logged = False
         self._summary_age = 0
         """Polls since ``GET /v1/runtime`` was last read."""
+        self._probed_summary: bytes | None = None
+        """The ``GET /v1/runtime`` answer a probe just read: the poll that follows at once
+        uses it rather than asking again (a remote source's start costs two requests)."""
 
     # -- the task ------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class RemoteRuntimeSource:
             return False
         if not may_subscribe(runtime_body):
             self._poll_from_now("it predates the event subscription")
+            self._probed_summary = runtime_body
             return True
         settings = SessionSettings(
             url=websocket_url(self.config.base_url.reveal()),
@@ -274,11 +278,13 @@ class RemoteRuntimeSource:
             epoch = self._op_epoch
             try:
                 client = await self._ready_client()
+                probed, self._probed_summary = self._probed_summary, None
                 workers_body = await client.get(WORKERS_PATH, WORKERS_LIST)
-                runtime_body = self._recent_summary(workers_body)
+                runtime_body = probed if probed is not None else self._recent_summary(workers_body)
+                if probed is not None or runtime_body is None:
+                    self._summary_age = 0
                 if runtime_body is None:
                     runtime_body = await client.get(RUNTIME_PATH, NO_PERMISSION)
-                    self._summary_age = 0
             except RemoteFailure as failure:
                 if failure.code == WORKER_NOT_FOUND:  # a 404 on a runtime-wide route
                     failure.code = HTTP_ERROR
