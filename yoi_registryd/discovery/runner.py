@@ -101,19 +101,6 @@ class DiscoveryStatus(msgspec.Struct, frozen=True):
 
 
 @dataclasses.dataclass
-class _State:
-    started_at: datetime = dataclasses.field(default_factory=utcnow)
-    state: str = "running"
-    runtime_count: int = 0
-    last_refresh_at: datetime | None = None
-    last_success_at: datetime | None = None
-    last_error: ErrorInfo | None = None
-    refreshes: int = 0
-    failures: int = 0
-    refused: list[Refusal] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class _Keyed:
     """The set of a backend reporting records by key, and what each record became."""
 
@@ -152,29 +139,33 @@ class DiscoveryRunner:
         self._nursery = nursery
         self._make_spec = make_spec
         self._rng = rng or random.Random()
-        self._state = _State()
+        self._started_at = utcnow()
+        self._refused: list[Refusal] = []
+        """Every record the last good refresh refused (the status lists the first ones)."""
+        self._status = DiscoveryStatus(
+            name=entry.name,
+            kind=entry.kind,
+            state="running",
+            stale=False,
+            runtime_count=0,
+            last_refresh_at=None,
+            last_success_at=None,
+            last_error=None,
+            refreshes=0,
+            failures=0,
+            refused_count=0,
+            refused=[],
+        )
+        """Kept as served, updated by each refresh; staleness is judged when it is read."""
         self._keyed: _Keyed | None = None
         self.refreshed = trio.Event()
         """Set (and replaced) after every refresh: for tests and waiters."""
 
     def status(self, now: datetime | None = None) -> DiscoveryStatus:
-        s = self._state
-        now = now or utcnow()
-        fresh_since = s.last_success_at or s.started_at
-        return DiscoveryStatus(
-            name=self.entry.name,
-            kind=self.entry.kind,
-            state=s.state,
-            stale=now - fresh_since > self.entry.stale_after,
-            runtime_count=s.runtime_count,
-            last_refresh_at=s.last_refresh_at,
-            last_success_at=s.last_success_at,
-            last_error=s.last_error,
-            refreshes=s.refreshes,
-            failures=s.failures,
-            refused_count=len(s.refused),
-            refused=s.refused[:MAX_REFUSALS_SHOWN],
-        )
+        """The entry as ``/api/sources`` serves it, stale or not at ``now``."""
+        fresh_since = self._status.last_success_at or self._started_at
+        stale = (now or utcnow()) - fresh_since > self.entry.stale_after
+        return msgspec.structs.replace(self._status, stale=stale)
 
     async def found(self, records: list[tuple[str, Any]]) -> None:
         self._keyed = None
@@ -212,7 +203,7 @@ class DiscoveryRunner:
                 keyed.holders.setdefault(result.runtime_id, key)
         keyed.held = {key: rid for rid, key in keyed.holders.items()}
         crowded = (DUPLICATE_RUNTIME_ID, TOO_MANY_RUNTIMES)
-        keyed.plain = not plan.taken and all(r.code not in crowded for r in self._state.refused)
+        keyed.plain = not plan.taken and all(r.code not in crowded for r in self._refused)
 
     async def _apply_change(
         self, keyed: _Keyed, put: Mapping[str, tuple[str, Any]], deleted: Collection[str]
@@ -270,12 +261,18 @@ class DiscoveryRunner:
         return plan, kept
 
     def _applied(self, count: int, refused: list[Refusal], plan: SourcePlan) -> None:
-        s = self._state
-        s.refreshes += 1
-        s.last_refresh_at = s.last_success_at = utcnow()
-        s.last_error = None
-        s.runtime_count = count
-        s.refused = refused
+        now = utcnow()
+        self._refused = refused
+        self._status = msgspec.structs.replace(
+            self._status,
+            refreshes=self._status.refreshes + 1,
+            last_refresh_at=now,
+            last_success_at=now,
+            last_error=None,
+            runtime_count=count,
+            refused_count=len(refused),
+            refused=refused[:MAX_REFUSALS_SHOWN],
+        )
         if plan.start or plan.stop or plan.restart:
             log.info(
                 "discovery %s: %d runtimes (%d started, %d stopped, %d restarted), %d refused",
@@ -289,11 +286,13 @@ class DiscoveryRunner:
         self._notify()
 
     def failed(self, failure: DiscoveryFailure) -> None:
-        s = self._state
-        s.refreshes += 1
-        s.failures += 1
-        s.last_refresh_at = utcnow()
-        s.last_error = ErrorInfo(failure.code, failure.message)
+        self._status = msgspec.structs.replace(
+            self._status,
+            refreshes=self._status.refreshes + 1,
+            failures=self._status.failures + 1,
+            last_refresh_at=utcnow(),
+            last_error=ErrorInfo(failure.code, failure.message),
+        )
         log.warning(
             "discovery %s: refresh failed, keeping the last good set: %s",
             self.entry.name,
@@ -313,7 +312,7 @@ class DiscoveryRunner:
         attempt = 0
         while True:
             started = trio.current_time()
-            self._state.state = "running"
+            self._status = msgspec.structs.replace(self._status, state="running")
             try:
                 await self._backend_factory().run(self)
                 failure = DiscoveryFailure("discovery_exited", "the discovery backend ended")
@@ -328,11 +327,11 @@ class DiscoveryRunner:
             backoff = restart_backoff(self._supervisor.config, self._rng, attempt)
             delay = backoff.next_delay(ran_for=trio.current_time() - started)
             attempt = backoff.attempt
-            self._state.state = "backoff"
+            self._status = msgspec.structs.replace(self._status, state="backoff")
             await trio.sleep(delay)
 
     async def remove_all(self) -> None:
         """Stop every runtime this entry found (the entry was removed from the config)."""
         await apply_sources(self._supervisor, self._nursery, [], self.owner)
-        self._state.runtime_count = 0
+        self._status = msgspec.structs.replace(self._status, runtime_count=0)
         self._keyed = None
