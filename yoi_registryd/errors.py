@@ -49,27 +49,40 @@ class RegistryError(Exception):
 
     code: str = "internal_error"
     status: int = 500
+    retry_after: int | None = None
+    """Seconds a client should wait before asking again (``Retry-After``); None: not an
+    error that passes with time."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            self.headers["Retry-After"] = str(self.retry_after)
 
     def wire(self, *, conceal_invisible: bool = True) -> tuple[int, dict[str, Any]]:
         """The status and body as the client sees them."""
         return self.status, error_document(self.status, self.code, self.message, self.details)
 
 
-class InvalidIdentifier(RegistryError):
+class Templated(RegistryError):
+    """An error whose message is its class's ``template`` formatted with its details alone:
+    ids the caller sent, so the message cannot say more than they do."""
+
+    template: ClassVar[str]
+
+    def __init__(self, **details: str) -> None:
+        super().__init__(self.template.format(**details), **details)
+
+
+class InvalidIdentifier(Templated):
     code = "invalid_identifier"
     status = 400
+    template = "{parameter} must be 1 to 120 bytes of [A-Za-z0-9_:-]"
 
     def __init__(self, parameter: str) -> None:
-        super().__init__(
-            f"{parameter} must be 1 to 120 bytes of [A-Za-z0-9_:-]",
-            parameter=parameter,
-        )
+        super().__init__(parameter=parameter)
 
 
 class InvalidQuery(RegistryError):
@@ -90,16 +103,25 @@ class InvalidRequest(RegistryError):
     status = 400
 
 
-class RuntimeScoped(RegistryError):
-    """An error about one runtime, named only by its id (so the message cannot leak more).
-
-    Subclasses set ``template``, formatted with ``runtime_id``.
-    """
-
-    template: ClassVar[str]
+class RuntimeScoped(Templated):
+    """An error about one runtime, named only by its id."""
 
     def __init__(self, runtime_id: str) -> None:
-        super().__init__(self.template.format(runtime_id=runtime_id), runtime_id=runtime_id)
+        super().__init__(runtime_id=runtime_id)
+
+
+class WorkerScoped(Templated):
+    """An error about one worker, named only by its runtime's id and its own."""
+
+    def __init__(self, runtime_id: str, worker_id: str) -> None:
+        super().__init__(runtime_id=runtime_id, worker_id=worker_id)
+
+
+class HostScoped(Templated):
+    """An error about one host, named only by its id."""
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__(host_id=host_id)
 
 
 class UnknownRuntime(RuntimeScoped):
@@ -108,24 +130,16 @@ class UnknownRuntime(RuntimeScoped):
     template = "no runtime {runtime_id!r} is registered"
 
 
-class UnknownHost(RegistryError):
+class UnknownHost(HostScoped):
     code = "unknown_host"
     status = 404
-
-    def __init__(self, host_id: str) -> None:
-        super().__init__(f"no host {host_id!r} is registered", host_id=host_id)
+    template = "no host {host_id!r} is registered"
 
 
-class UnknownWorker(RegistryError):
+class UnknownWorker(WorkerScoped):
     code = "unknown_worker"
     status = 404
-
-    def __init__(self, runtime_id: str, worker_id: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} has no worker {worker_id!r}",
-            runtime_id=runtime_id,
-            worker_id=worker_id,
-        )
+    template = "runtime {runtime_id!r} has no worker {worker_id!r}"
 
 
 class NotVisible(RegistryError):
@@ -150,34 +164,22 @@ class NotVisible(RegistryError):
         return super().wire()
 
 
-class WorkerNotVisible(NotVisible):
+class WorkerNotVisible(NotVisible, WorkerScoped):
     code = "worker_not_visible"
     conceal_as = UnknownWorker
-
-    def __init__(self, runtime_id: str, worker_id: str) -> None:
-        super().__init__(
-            f"worker {worker_id!r} of runtime {runtime_id!r} is not visible to this workspace",
-            runtime_id=runtime_id,
-            worker_id=worker_id,
-        )
+    template = "worker {worker_id!r} of runtime {runtime_id!r} is not visible to this workspace"
 
 
-class RuntimeNotVisible(NotVisible):
+class RuntimeNotVisible(NotVisible, RuntimeScoped):
     code = "runtime_not_visible"
     conceal_as = UnknownRuntime
-
-    def __init__(self, runtime_id: str) -> None:
-        super().__init__(
-            f"runtime {runtime_id!r} is not visible to this workspace", runtime_id=runtime_id
-        )
+    template = "runtime {runtime_id!r} is not visible to this workspace"
 
 
-class HostNotVisible(NotVisible):
+class HostNotVisible(NotVisible, HostScoped):
     code = "host_not_visible"
     conceal_as = UnknownHost
-
-    def __init__(self, host_id: str) -> None:
-        super().__init__(f"host {host_id!r} is not visible to this workspace", host_id=host_id)
+    template = "host {host_id!r} is not visible to this workspace"
 
 
 class Unauthenticated(RegistryError):
@@ -194,17 +196,15 @@ class Unauthenticated(RegistryError):
         self.headers["WWW-Authenticate"] = challenge
 
 
-class WorkspaceMismatch(RegistryError):
+class WorkspaceMismatch(Templated):
     """The ``/api/w/{workspace_id}`` path and ``X-Yoi-Workspace`` name different workspaces."""
 
     code = "workspace_mismatch"
     status = 400
+    template = "the workspace in the path and the one in X-Yoi-Workspace differ"
 
     def __init__(self) -> None:
-        super().__init__(
-            "the workspace in the path and the one in X-Yoi-Workspace differ",
-            parameter="workspace_id",
-        )
+        super().__init__(parameter="workspace_id")
 
 
 class Forbidden(RegistryError):
@@ -220,8 +220,8 @@ class RuntimeUnavailable(RuntimeScoped):
     template = "runtime {runtime_id!r} is not reachable right now"
 
     def __init__(self, runtime_id: str, retry_after: int = 5) -> None:
+        self.retry_after = retry_after
         super().__init__(runtime_id)
-        self.headers["Retry-After"] = str(retry_after)
 
 
 class RuntimeTimeout(RuntimeScoped):
@@ -262,20 +262,19 @@ class RuntimeBadResponse(RuntimeScoped):
     template = "runtime {runtime_id!r} failed or sent an invalid reply"
 
 
-class RouteNotFound(RegistryError):
+class RouteNotFound(Templated):
     code = "not_found"
     status = 404
-
-    def __init__(self) -> None:
-        super().__init__("no such API route")
+    template = "no such API route"
 
 
-class MethodNotAllowed(RegistryError):
+class MethodNotAllowed(Templated):
     code = "method_not_allowed"
     status = 405
+    template = "method not allowed on this route"
 
     def __init__(self, allowed: Iterable[str] = ()) -> None:
-        super().__init__("method not allowed on this route")
+        super().__init__()
         if allowed:  # RFC 9110: a 405 names the methods the route takes
             self.headers["Allow"] = ", ".join(sorted(allowed))
 
@@ -303,53 +302,47 @@ class HttpRefusal(RegistryError):
         self.code = code
 
 
-class RequestHeadTooLarge(RegistryError):
+class RequestHeadTooLarge(Templated):
     """The request line and headers are larger than ``server.max_header_bytes``."""
 
     code = "request_head_too_large"
     status = 431
-
-    def __init__(self) -> None:
-        super().__init__("the request line and headers are too large")
+    template = "the request line and headers are too large"
 
 
-class TooManyWatches(RegistryError):
+class TooManyWatches(Templated):
     code = "too_many_watches"
     status = 429
-
-    def __init__(self, retry_after: int = 2) -> None:
-        super().__init__("too many requests are waiting for changes; retry later")
-        self.headers["Retry-After"] = str(retry_after)
+    retry_after = 2
+    template = "too many requests are waiting for changes; retry later"
 
 
-class TooManyConnections(RegistryError):
+class TooManyConnections(Templated):
     """The server holds ``server.max_connections`` connections: this one is refused."""
 
     code = "too_many_connections"
     status = 503
-
-    def __init__(self) -> None:
-        super().__init__("the server has too many open connections; retry later")
-        self.headers["Retry-After"] = "1"
+    retry_after = 1
+    template = "the server has too many open connections; retry later"
 
 
-class AuditUnavailable(RegistryError):
+class AuditUnavailable(Templated):
     """The audit trail cannot take another record (its sink fails and its queue is full), and
     ``audit.on_failure = "refuse"``: the request is refused rather than answered unaudited."""
 
     code = "audit_unavailable"
     status = 503
-
-    def __init__(self) -> None:
-        super().__init__("the audit trail cannot record this request right now; retry later")
-        self.headers["Retry-After"] = "1"
+    retry_after = 1
+    template = "the audit trail cannot record this request right now; retry later"
 
 
 # -- rendering -------------------------------------------------------------------------------
 
 REVISION_HEADER: Final = "X-Registry-Index"
 """The registry revision an answer was made from (``docs/api.md``, Headers)."""
-_JSON_HEADER: Final = (b"content-type", b"application/json")
+JSON: Final = "application/json"
+"""The media type of every API body, errors included."""
+JSON_HEADER: Final = (b"content-type", JSON.encode("ascii"))
 _REVISION_NAME: Final = REVISION_HEADER.lower().encode("ascii")
 _encoder: Final = msgspec.json.Encoder()
 
@@ -383,7 +376,7 @@ def render_error(
     """
     status, document = error.wire(conceal_invisible=conceal_invisible)
     body = _encoder.encode(document)
-    headers = [_JSON_HEADER, (b"content-length", b"%d" % len(body))]
+    headers = [JSON_HEADER, (b"content-length", b"%d" % len(body))]
     if revision is not None:
         headers.append((_REVISION_NAME, b"%d" % revision))
     headers.extend(

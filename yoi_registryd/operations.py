@@ -123,7 +123,7 @@ class InputRequest(msgspec.Struct, frozen=True):
 
 OperationRequest = StopRequest | CancelRequest | InputRequest
 
-_REQUEST_TYPES: dict[Operation, type[OperationRequest]] = {
+REQUEST_TYPES: Final[dict[Operation, type[OperationRequest]]] = {
     "stop": StopRequest,
     "cancel": CancelRequest,
     "input": InputRequest,
@@ -172,6 +172,13 @@ class WorkerInputResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 OperationResult = WorkerLifecycleResult | WorkerInputResult
+
+RESULT_TYPES: Final[dict[Operation, type[OperationResult]]] = {
+    "stop": WorkerLifecycleResult,
+    "cancel": WorkerLifecycleResult,
+    "input": WorkerInputResult,
+}
+"""The answer each operation gets, accepted or refused."""
 
 
 def _unset_if_none(value: int | None) -> int | msgspec.UnsetType:
@@ -246,7 +253,7 @@ _RUNTIME_CAPABILITY: Final[dict[Operation, str]] = {
 
 def decode_request(operation: Operation, body: bytes) -> OperationRequest:
     """Validate an operation body: unknown fields and wrong types are ``invalid_request``."""
-    request_type = _REQUEST_TYPES[operation]
+    request_type = REQUEST_TYPES[operation]
     if not body.strip():
         if operation == "input":
             raise InvalidRequest("input needs a JSON body {content, kind?}")

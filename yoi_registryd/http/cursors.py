@@ -34,6 +34,7 @@ KEY_BYTES: Final = 32
 MAX_KEY_FILE_BYTES: Final = 4096
 TAG_BYTES: Final = 16
 MAX_CURSOR_CHARS: Final = 1024
+"""Longer cursors are refused before anything is decoded (``views.parse_list_query``)."""
 
 _encoder: Final = msgspec.json.Encoder()
 _position_decoder: Final = msgspec.json.Decoder(list[str])

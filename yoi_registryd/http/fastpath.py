@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from werkzeug.routing import Map
 
+from yoi_registryd.errors import JSON_HEADER, REVISION_HEADER
 from yoi_registryd.http import reads
 from yoi_registryd.http.security import FILTERED_HEADER, RouteTable
 from yoi_registryd.http.state import ApiState
@@ -30,8 +31,7 @@ Scope = dict[str, Any]
 
 _SIMPLE_QUERY: Final = re.compile(rb"[A-Za-z0-9_.=&-]*")
 """Query strings whose decoding cannot differ from werkzeug's: no escapes, ``+`` or ``;``."""
-_CONTENT_TYPE: Final = (b"content-type", b"application/json")
-_REVISION: Final = b"x-registry-index"
+_REVISION: Final = REVISION_HEADER.lower().encode("ascii")
 _FILTERED: Final = (FILTERED_HEADER.lower().encode("ascii"), b"true")
 _CONDITIONAL: Final = b"if-none-match"
 
@@ -162,7 +162,7 @@ class ReadFastPath:
             return None  # quart raises the same error and renders it in the one place
         body = answer.rendered.body
         headers = [
-            _CONTENT_TYPE,
+            JSON_HEADER,
             (b"content-length", b"%d" % len(body)),
             (_REVISION, b"%d" % snapshot.revision),
             (b"etag", b'"%s"' % answer.etag.encode("ascii")),

@@ -8,18 +8,16 @@ Each handler module (``http/read_routes.py``, ``http/operation_routes.py``,
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Any, cast
 
 from quart import Response, request
 from werkzeug.datastructures import Headers
 
-from yoi_registryd.errors import REVISION_HEADER, RegistryError, render_error
+from yoi_registryd.errors import JSON, REVISION_HEADER, RegistryError, render_error
 from yoi_registryd.http.security import unprotected_access
 from yoi_registryd.http.state import ApiState
 from yoi_registryd.http.views import reject_query
 from yoi_registryd.policy import ACCESS_SCOPE_KEY, RequestAccess, access_of
-
-JSON: Final = "application/json"
 
 
 def scope() -> dict[str, Any]:

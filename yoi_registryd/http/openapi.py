@@ -30,28 +30,20 @@ from werkzeug.routing import Map
 from yoi_registryd import __version__, errors
 from yoi_registryd.auth import WORKSPACE_HEADER
 from yoi_registryd.config import DURATION_NUMBER, DURATION_PATTERN
+from yoi_registryd.errors import JSON
 from yoi_registryd.http import reads, views
+from yoi_registryd.http.cursors import MAX_CURSOR_CHARS
+from yoi_registryd.http.operation_routes import OPERATIONS, operation_template
 from yoi_registryd.http.source_status import SourceList
-from yoi_registryd.http.watch import MAX_WAIT
+from yoi_registryd.http.watch import MAX_INDEX, MAX_WAIT
 from yoi_registryd.ids import ID_PATTERN, MAX_ID_BYTES
 from yoi_registryd.model import RuntimeRecord, WorkerDetail
-from yoi_registryd.operations import (
-    CancelRequest,
-    InputRequest,
-    StopRequest,
-    WorkerInputResult,
-    WorkerLifecycleResult,
-)
+from yoi_registryd.operations import REQUEST_TYPES, RESULT_TYPES, Operation
 
 log = logging.getLogger(__name__)
 
 OPENAPI_VERSION: Final = "3.1.0"
 REF: Final = "#/components/schemas/{name}"
-JSON: Final = "application/json"
-MAX_CURSOR_CHARS: Final = 1024
-"""``views.parse_list_query`` refuses longer cursors before decoding them."""
-MAX_INDEX: Final = 2**63 - 1
-"""The largest ``index`` a blocking query accepts (``http.watch``)."""
 
 # -- the wire types that only exist on the wire --------------------------------------------
 
@@ -187,6 +179,7 @@ class Link:
 
 
 FIRST_ITEM: Final = "$response.body#/items/0/"
+BODY: Final = "$response.body#/"
 
 
 def next_page(endpoint: str) -> dict[str, Link]:
@@ -200,6 +193,16 @@ def runtime_links(at: str = FIRST_ITEM) -> dict[str, Link]:
         "runtime": Link("get_runtime", runtime_id, "The runtime."),
         "runtime_workers": Link("list_runtime_workers", runtime_id, "The runtime's workers."),
     }
+
+
+def host_workers_link(host_id: str, description: str) -> dict[str, Link]:
+    """The workers on the host whose id is at ``host_id`` (a runtime expression)."""
+    return {"host_workers": Link("list_host_workers", {"host_id": host_id}, description)}
+
+
+def but(links: dict[str, Link], name: str) -> dict[str, Link]:
+    """``links`` without the one to the answer itself (a detail's link to its own route)."""
+    return {k: v for k, v in links.items() if k != name}
 
 
 def worker_links(at: str = FIRST_ITEM) -> dict[str, Link]:
@@ -309,18 +312,21 @@ OPENMETRICS_TEXT: Final = "application/openmetrics-text; version=1.0.0; charset=
 PLAIN_TEXT: Final = "text/plain; charset=utf-8"
 
 
-def _operation(verb: str, body: Any, result: Any, required: bool) -> Route:
+def _operation(operation: Operation) -> Route:
+    """An operation's route: its body and answer types from ``operations``; only input
+    needs a body (``operations.decode_request``)."""
+    verb = "send input to" if operation == "input" else operation
     return Route(
         f"{verb.capitalize()} a worker",
         Json(
-            result,
+            RESULT_TYPES[operation],
             "The outcome: `state` is `accepted`, or `unsupported` / `rejected` with the "
             "typed reason as a diagnostic (`operation_unsupported`, `worker_not_running`, "
             "`runtime_stopped`, `operation_rejected`, `invalid_request`).",
         ),
         errors=OPERATION,
-        body=body,
-        body_required=required,
+        body=REQUEST_TYPES[operation],
+        body_required=operation == "input",
         description=(
             "Routed to the runtime that owns the worker (runtime_id + worker_id). A refusal "
             "of the operation itself, by the registry or the runtime, answers 200 as yoi "
@@ -329,105 +335,91 @@ def _operation(verb: str, body: Any, result: Any, required: bool) -> Route:
     )
 
 
+def _read(
+    summary: str,
+    ok: Json,
+    query: tuple[Param, ...],
+    errors: tuple[TypedError, ...],
+    links: Mapping[str, Link],
+) -> Route:
+    """A read route: blocking queries (so ``too_many_watches``), an ETag and 304s."""
+    return Route(summary, ok, query, (*errors, *WATCH), conditional=True, links=links)
+
+
+def _list(
+    summary: str,
+    ok: Json,
+    endpoint: str,
+    links: Mapping[str, Link],
+    errors: tuple[TypedError, ...] = (),
+) -> Route:
+    """A paged list route, ``endpoint`` its operationId: its next page comes first among
+    its links."""
+    return _read(summary, ok, LIST_QUERY, errors, {**next_page(endpoint), **links})
+
+
 ROUTES: Final[dict[tuple[str, str], Route]] = {
-    ("GET", "/api/runtimes"): Route(
+    ("GET", "/api/runtimes"): _list(
         "List runtimes",
         Json(views.RuntimeList, "Runtimes the caller may see, by runtime_id."),
-        LIST_QUERY,
-        WATCH,
-        conditional=True,
-        links={**next_page("list_runtimes"), **runtime_links()},
+        "list_runtimes",
+        runtime_links(),
     ),
-    ("GET", "/api/runtimes/<runtime_id>"): Route(
+    ("GET", "/api/runtimes/<runtime_id>"): _read(
         "Get a runtime",
         Json(RuntimeRecord, "The runtime (RuntimeSummary) and its status bookkeeping."),
         WATCH_QUERY,
-        (*RUNTIME, *WATCH),
-        conditional=True,
-        links={
-            "runtime_workers": Link(
-                "list_runtime_workers",
-                {"runtime_id": "$response.body#/runtime_id"},
-                "The runtime's workers.",
-            ),
-            "host_workers": Link(
-                "list_host_workers",
-                {"host_id": "$response.body#/host_ids/0"},
-                "The workers on the runtime's first host.",
-            ),
+        RUNTIME,
+        {
+            **but(runtime_links(BODY), "runtime"),
+            **host_workers_link(f"{BODY}host_ids/0", "The workers on the runtime's first host."),
         },
     ),
-    ("GET", "/api/runtimes/<runtime_id>/workers"): Route(
+    ("GET", "/api/runtimes/<runtime_id>/workers"): _list(
         "List a runtime's workers",
         Json(views.WorkerList, "Workers of the runtime, by worker_id."),
-        LIST_QUERY,
-        (*RUNTIME, *WATCH),
-        conditional=True,
-        links={**next_page("list_runtime_workers"), **worker_links()},
+        "list_runtime_workers",
+        worker_links(),
+        RUNTIME,
     ),
-    ("GET", "/api/runtimes/<runtime_id>/workers/<worker_id>"): Route(
+    ("GET", "/api/runtimes/<runtime_id>/workers/<worker_id>"): _read(
         "Get a worker",
         Json(
             WorkerDetail,
             "The worker (WorkerSummary plus updated_at), keyed by runtime_id + worker_id.",
         ),
         WATCH_QUERY,
-        (*WORKER, *WATCH),
-        conditional=True,
-        links={
-            **{k: v for k, v in worker_links("$response.body#/").items() if k != "worker"},
-            "host_workers": Link(
-                "list_host_workers",
-                {"host_id": "$response.body#/host_id"},
-                "The workers on the worker's host.",
-            ),
+        WORKER,
+        {
+            **but(worker_links(BODY), "worker"),
+            **host_workers_link(f"{BODY}host_id", "The workers on the worker's host."),
         },
     ),
-    ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/stop"): _operation(
-        "stop", StopRequest, WorkerLifecycleResult, False
-    ),
-    ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/cancel"): _operation(
-        "cancel", CancelRequest, WorkerLifecycleResult, False
-    ),
-    ("POST", "/api/runtimes/<runtime_id>/workers/<worker_id>/input"): _operation(
-        "send input to", InputRequest, WorkerInputResult, True
-    ),
-    ("GET", "/api/hosts"): Route(
+    **{("POST", operation_template(op)): _operation(op) for op in OPERATIONS},
+    ("GET", "/api/hosts"): _list(
         "List hosts",
         Json(views.HostList, "Hosts the caller may see, by (runtime_id, host_id)."),
-        LIST_QUERY,
-        WATCH,
-        conditional=True,
-        links={
-            **next_page("list_hosts"),
-            "host_workers": Link(
-                "list_host_workers", {"host_id": f"{FIRST_ITEM}host_id"}, "The host's workers."
-            ),
-        },
+        "list_hosts",
+        host_workers_link(f"{FIRST_ITEM}host_id", "The host's workers."),
     ),
-    ("GET", "/api/hosts/<host_id>/workers"): Route(
+    ("GET", "/api/hosts/<host_id>/workers"): _list(
         "List a host's workers",
         Json(views.WorkerList, "Workers on the host, by worker_id."),
-        LIST_QUERY,
-        (*HOST, *WATCH),
-        conditional=True,
-        links={**next_page("list_host_workers"), **worker_links()},
+        "list_host_workers",
+        worker_links(),
+        HOST,
     ),
-    ("GET", "/api/workers"): Route(
+    ("GET", "/api/workers"): _list(
         "List every worker",
         Json(views.WorkerList, "Every worker the caller may see, by (runtime_id, worker_id)."),
-        LIST_QUERY,
-        WATCH,
-        conditional=True,
-        links={**next_page("list_workers"), **worker_links()},
+        "list_workers",
+        worker_links(),
     ),
-    ("GET", "/api/sources"): Route(
+    ("GET", "/api/sources"): _list(
         "List sources and their health",
         Json(SourceList, "One item per configured source, by runtime_id."),
-        LIST_QUERY,
-        WATCH,
-        conditional=True,
-        links={**next_page("list_sources"), **runtime_links()},
+        "list_sources",
+        runtime_links(),
     ),
     ("GET", "/livez"): Route(
         "Liveness probe",
@@ -502,9 +494,7 @@ def _scoped(route: Route) -> Route:
     )
 
 
-_TWINNED: Final = frozenset(reads.TEMPLATES) | {
-    f"{reads.WORKER}/{verb}" for verb in ("stop", "cancel", "input")
-}
+_TWINNED: Final = frozenset(reads.TEMPLATES) | {operation_template(op) for op in OPERATIONS}
 ROUTES.update(
     {
         (method, reads.scoped(rule)): _scoped(route)

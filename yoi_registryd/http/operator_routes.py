@@ -93,8 +93,8 @@ async def status_page(state: ApiState) -> Response:
     page = render_status_page(
         snapshot.revision,
         sources_page(snapshot, everything, trio.current_time(), view, workspace).body,
-        views.runtimes_page(snapshot, everything, view, workspace).body,
-        views.workers_page(snapshot, views.ListQuery(50), view, workspace).body,
+        views.runtimes_page(snapshot, views.PageRequest(everything, view, workspace)).body,
+        views.workers_page(snapshot, views.PageRequest(views.ListQuery(50), view, workspace)).body,
     )
     return status_page_response(page, snapshot.revision)
 

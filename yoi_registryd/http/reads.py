@@ -73,7 +73,12 @@ def _runtime_index(runtime_id: str) -> ViewIndex:
     return lambda s: s.runtime(runtime_id).revision
 
 
-ListPage = Callable[[Snapshot, views.ListQuery, Visibility, str | None], views.Rendered]
+def _ask(query: views.ListQuery, access: RequestAccess) -> views.PageRequest:
+    """A page of a list as ``access``'s caller asks for it."""
+    return views.PageRequest(query, access.view, access.principal.workspace)
+
+
+ListPage = Callable[[Snapshot, views.PageRequest], views.Rendered]
 _REGISTRY_LISTS: Final[dict[str, tuple[str, ListPage]]] = {
     RUNTIMES: ("runtimes", views.runtimes_page),
     HOSTS: ("hosts", views.hosts_page),
@@ -102,9 +107,7 @@ def resolve(
         name, page = _REGISTRY_LISTS[template]
         watch, rest = split_watch_query(args)
         q = list_query(rest, name)
-        return Read(
-            (name, q), lambda s, a: page(s, q, a.view, a.principal.workspace), whole_registry
-        ), watch
+        return Read((name, q), lambda s, a: page(s, _ask(q, a)), whole_registry), watch
     if template == HOST_WORKERS:
         host_id = validate_identifier(params["host_id"], "host_id")
         watch, rest = split_watch_query(args)
@@ -112,7 +115,7 @@ def resolve(
 
         def host_workers(s: Snapshot, a: RequestAccess) -> views.Rendered:
             entry, host = views.visible_host(s, host_id, a.view)
-            return views.host_workers_page(entry, host, q, a.view, a.principal.workspace)
+            return views.runtime_workers_page(entry, _ask(q, a), host)
 
         return Read(
             ("host_workers", host_id, q), host_workers, lambda s: s.host(host_id)[0].revision
@@ -124,7 +127,7 @@ def resolve(
         return Read(
             ("runtime_workers", runtime_id, q),
             lambda s, a: views.runtime_workers_page(
-                views.visible_entry(s, runtime_id, a.view), q, a.view, a.principal.workspace
+                views.visible_entry(s, runtime_id, a.view), _ask(q, a)
             ),
             _runtime_index(runtime_id),
         ), watch

@@ -280,31 +280,38 @@ def _in_runtime_key(worker: WorkerRecord) -> tuple[str, ...]:
     return (worker.worker_id,)
 
 
-def _workers_page(
-    workers: Iterator[WorkerRecord],
-    key: Callable[[WorkerRecord], tuple[str, ...]],
-    query: ListQuery,
-    view: Visibility,
-    diagnostics: list[Diagnostic],
-    workspace_id: str | None,
-) -> Rendered:
-    """One page of the ``workers`` the view may see; ``key`` gives the cursor of the last."""
-    seen = _Filter(view)
-    return _page(seen.workers(workers), key, query, seen, diagnostics, workspace_id)
+class PageRequest(NamedTuple):
+    """One page of a list as one caller asks for it: which page, what the caller may see,
+    and the acting workspace its envelope names (None: no one workspace)."""
+
+    query: ListQuery
+    view: Visibility = SEES_ALL
+    workspace_id: str | None = None
 
 
 def _page(
     items: Iterator[T],
     key: Callable[[T], tuple[str, ...]],
-    query: ListQuery,
+    ask: PageRequest,
     seen: _Filter,
     diagnostics: list[Diagnostic],
-    workspace_id: str | None,
 ) -> Rendered:
     """Encode one page of ``items`` (filtered through ``seen``, which is read only once the
     page is taken); ``key`` gives the cursor of the last item."""
-    page, cursor = take_page(items, query, key)
-    return Rendered(encode(envelope(page, query, cursor, diagnostics, workspace_id)), seen.hid)
+    page, cursor = take_page(items, ask.query, key)
+    body = envelope(page, ask.query, cursor, diagnostics, ask.workspace_id)
+    return Rendered(encode(body), seen.hid)
+
+
+def _workers_page(
+    workers: Iterator[WorkerRecord],
+    key: Callable[[WorkerRecord], tuple[str, ...]],
+    ask: PageRequest,
+    diagnostics: list[Diagnostic],
+) -> Rendered:
+    """One page of the ``workers`` the view may see; ``key`` gives the cursor of the last."""
+    seen = _Filter(ask.view)
+    return _page(seen.workers(workers), key, ask, seen, diagnostics)
 
 
 def envelope(
@@ -324,14 +331,11 @@ def envelope(
     )
 
 
-def runtimes_page(
-    snapshot: Snapshot,
-    query: ListQuery,
-    view: Visibility = SEES_ALL,
-    workspace_id: str | None = None,
-) -> Rendered:
-    after = resume_after(query)
+def runtimes_page(snapshot: Snapshot, ask: PageRequest) -> Rendered:
+    """The runtimes the view may see (each trimmed to what it may see), by runtime_id."""
+    after = resume_after(ask.query)
     ids = snapshot.sorted_runtime_ids
+    view = ask.view
     seen = _Filter(view)
 
     def records() -> Iterator[RuntimeRecord]:
@@ -345,16 +349,13 @@ def runtimes_page(
             seen.hid |= trimmed
             yield record
 
-    return _page(records(), lambda r: (r.runtime_id,), query, seen, [], workspace_id)
+    return _page(records(), lambda r: (r.runtime_id,), ask, seen, [])
 
 
-def hosts_page(
-    snapshot: Snapshot,
-    query: ListQuery,
-    view: Visibility = SEES_ALL,
-    workspace_id: str | None = None,
-) -> Rendered:
-    after = _after_pair(query)
+def hosts_page(snapshot: Snapshot, ask: PageRequest) -> Rendered:
+    """The hosts the view may see, by ``(runtime_id, host_id)``."""
+    after = _after_pair(ask.query)
+    view = ask.view
     seen = _Filter(view)
 
     def hosts() -> Iterator[HostRecord]:
@@ -369,49 +370,31 @@ def hosts_page(
                 if seen.keep(runtime_visible and view.host_visible(host)):
                     yield host
 
-    return _page(hosts(), lambda h: (h.runtime_id, h.host_id), query, seen, [], workspace_id)
+    return _page(hosts(), lambda h: (h.runtime_id, h.host_id), ask, seen, [])
 
 
-def workers_page(
-    snapshot: Snapshot,
-    query: ListQuery,
-    view: Visibility = SEES_ALL,
-    workspace_id: str | None = None,
-) -> Rendered:
+def workers_page(snapshot: Snapshot, ask: PageRequest) -> Rendered:
     """All workers the view may see, ordered by ``(runtime_id, worker_id)``."""
-    after = _after_pair(query)
     diagnostics: list[Diagnostic] = []
     for rid in snapshot.sorted_runtime_ids:
         entry = snapshot.runtimes[rid]
-        if view.runtime_visible(entry.record):
-            diagnostics.extend(_visible_diagnostics(entry, view))
-    workers = snapshot.iter_workers_after(after)
-    return _workers_page(workers, _registry_wide_key, query, view, diagnostics, workspace_id)
+        if ask.view.runtime_visible(entry.record):
+            diagnostics.extend(_visible_diagnostics(entry, ask.view))
+    workers = snapshot.iter_workers_after(_after_pair(ask.query))
+    return _workers_page(workers, _registry_wide_key, ask, diagnostics)
 
 
 def runtime_workers_page(
-    entry: RuntimeEntry,
-    query: ListQuery,
-    view: Visibility = SEES_ALL,
-    workspace_id: str | None = None,
+    entry: RuntimeEntry, ask: PageRequest, host: HostRecord | None = None
 ) -> Rendered:
-    after = resume_after(query)
-    diagnostics = list(_visible_diagnostics(entry, view))
-    workers = entry.iter_workers_after(after)
-    return _workers_page(workers, _in_runtime_key, query, view, diagnostics, workspace_id)
-
-
-def host_workers_page(
-    entry: RuntimeEntry,
-    host: HostRecord,
-    query: ListQuery,
-    view: Visibility = SEES_ALL,
-    workspace_id: str | None = None,
-) -> Rendered:
-    after = resume_after(query)
-    diagnostics = [*host.diagnostics, *_visible_diagnostics(entry, view)]
-    on_host = (w for w in entry.iter_workers_after(after) if w.host_id == host.host_id)
-    return _workers_page(on_host, _in_runtime_key, query, view, diagnostics, workspace_id)
+    """One runtime's workers the view may see, by worker_id; ``host``: only those on that
+    host, with the host's own diagnostics before the runtime's."""
+    workers = entry.iter_workers_after(resume_after(ask.query))
+    diagnostics = list(_visible_diagnostics(entry, ask.view))
+    if host is not None:
+        workers = (w for w in workers if w.host_id == host.host_id)
+        diagnostics = [*host.diagnostics, *diagnostics]
+    return _workers_page(workers, _in_runtime_key, ask, diagnostics)
 
 
 # -- the per-revision body cache ----------------------------------------------------------

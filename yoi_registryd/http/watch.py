@@ -45,8 +45,9 @@ DEFAULT_WAIT: Final = 300.0
 MAX_WAIT: Final = 300.0
 JITTER_FRACTION: Final = 1 / 16
 DEFAULT_MAX_HELD: Final = 1000
-_MAX_INDEX: Final = 2**63 - 1
-_INDEX_DIGITS: Final = len(str(_MAX_INDEX))
+MAX_INDEX: Final = 2**63 - 1
+"""The largest ``index`` a blocking query takes."""
+_INDEX_DIGITS: Final = len(str(MAX_INDEX))
 _MAX_WAIT_CHARS: Final = 32
 _NUMBER: Final = re.compile(DURATION_NUMBER)
 
@@ -115,7 +116,7 @@ def split_watch_query(
         len(text) > _INDEX_DIGITS
         or not text.isascii()
         or not text.isdigit()
-        or int(text) > _MAX_INDEX
+        or int(text) > MAX_INDEX
     ):
         raise InvalidQuery("index must be a non-negative integer (an X-Registry-Index)", "index")
     wait = DEFAULT_WAIT
