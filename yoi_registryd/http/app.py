@@ -2,9 +2,10 @@
 
 Handlers take one snapshot at the start of a request and answer from it alone: no I/O, no
 locks, and an encoded body shared by every request at the same revision and view. They live
-in one module per concern (``read_routes``, ``operation_routes``, ``operator_routes``); this
-one builds the app from them. Errors are typed (``yoi_registryd.errors``) and rendered by
-``errors.render_error``; nothing answers with HTML or a traceback.
+in one module per concern, gathered by ``http/routes.py``; ``/openapi.json`` is
+``http/openapi.py``'s. This module adds the error handlers: errors are typed
+(``yoi_registryd.errors``) and rendered by ``errors.render_error``; nothing answers with
+HTML or a traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from yoi_registryd.errors import (
     RouteNotFound,
 )
 from yoi_registryd.errors import MethodNotAllowed as MethodNotAllowedError
-from yoi_registryd.http import operation_routes, operator_routes, read_routes
+from yoi_registryd.http import openapi
 from yoi_registryd.http.handling import access, error_response, scope
+from yoi_registryd.http.routes import new_app
 from yoi_registryd.http.state import ApiState
 from yoi_registryd.metrics import ROUTE_SCOPE_KEY
 
@@ -33,15 +35,7 @@ log = logging.getLogger(__name__)
 
 def create_app(state: ApiState) -> QuartTrio:
     """Build the ASGI app. The daemon serves it with hypercorn in its own nursery."""
-    app = QuartTrio("yoi_registryd", static_folder=None)
-    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-    # ``/api//runtimes`` must not be answered with an HTML redirect to a merged path (which
-    # would also echo the base URL): it matches no route and gets the JSON 404.
-    app.url_map.merge_slashes = False
-    read_routes.register(app, state)
-    operation_routes.register(app, state)
-    operator_routes.register(app, state)
+    app = new_app(state, openapi.register)
 
     @app.before_request
     async def note_route() -> None:

@@ -5,8 +5,9 @@ Bodies are described by the msgspec Structs the handlers really encode and decod
 touching this module. What a type cannot say (which route answers with which type, its
 parameters, which typed errors it may raise) is declared once per route in :data:`ROUTES`.
 The document is built from the app's URL map, so it describes exactly the routes the app
-has; the tests fail when a route has no entry here, when a typed error class is not
-described, and when ``docs/openapi.json`` differs from what ``GET /openapi.json`` serves.
+has, and is served at ``/openapi.json`` (:func:`register`); the tests fail when a route has
+no entry here, when a typed error class is not described, and when ``docs/openapi.json``
+differs from what ``GET /openapi.json`` serves.
 
 Regenerate the committed copy with::
 
@@ -22,9 +23,12 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
+from quart import Response
+from quart_trio import QuartTrio
 from werkzeug.routing import Map
 
 from yoi_registryd import __version__, errors
@@ -33,12 +37,16 @@ from yoi_registryd.config import DURATION_NUMBER, DURATION_PATTERN
 from yoi_registryd.errors import JSON
 from yoi_registryd.http import reads, views
 from yoi_registryd.http.cursors import MAX_CURSOR_CHARS
+from yoi_registryd.http.handling import no_query, respond
 from yoi_registryd.http.operation_routes import OPERATIONS, operation_template
+from yoi_registryd.http.routes import new_app
 from yoi_registryd.http.source_status import SourceList
+from yoi_registryd.http.state import ApiState
 from yoi_registryd.http.watch import MAX_INDEX, MAX_WAIT
 from yoi_registryd.ids import ID_PATTERN, MAX_ID_BYTES
 from yoi_registryd.model import RuntimeRecord, WorkerDetail
 from yoi_registryd.operations import REQUEST_TYPES, RESULT_TYPES, Operation
+from yoi_registryd.registry import RegistryActor
 
 log = logging.getLogger(__name__)
 
@@ -817,13 +825,24 @@ def encode_document(document: Mapping[str, Any]) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def main() -> None:
-    """Print the document of the app the daemon serves (no sources, no I/O)."""
-    from yoi_registryd.http.app import create_app
-    from yoi_registryd.http.state import ApiState
-    from yoi_registryd.registry import RegistryActor
+def register(app: QuartTrio, state: ApiState) -> None:
+    """``GET /openapi.json``, after every other route (``http/app.py``)."""
+    document = partial(serve_document, state, app, [])
+    app.add_url_rule("/openapi.json", "openapi_document", document, methods=["GET"])
 
-    app = create_app(ApiState(RegistryActor(1)))
+
+async def serve_document(state: ApiState, app: QuartTrio, built: list[bytes]) -> Response:
+    """This API's OpenAPI 3.1 document, built once (into ``built``) from the routes the app
+    really has."""
+    no_query()
+    if not built:
+        built.append(encode_document(build_document(app.url_map)))
+    return respond(built[0], state.actor.snapshot.revision)
+
+
+def main() -> None:
+    """Print the document of the routes the daemon serves (no sources, no I/O)."""
+    app = new_app(ApiState(RegistryActor(1)), register)
     sys.stdout.buffer.write(encode_document(build_document(app.url_map)))
 
 

@@ -1,6 +1,6 @@
 """The routes for operators and orchestrators rather than the backend: the probes
-(``/livez``, ``/readyz``, ``/healthz``), ``/metrics``, the OpenAPI document and the status
-page at ``/``.
+(``/livez``, ``/readyz``, ``/healthz``), ``/metrics`` and the status page at ``/`` (the
+OpenAPI document is served by ``http/openapi.py``).
 
 Who may call them is the security middleware's business (``http/security.py``): it leaves
 the probes open, and hands ``/readyz?verbose`` the reason the caller is not an operator.
@@ -16,7 +16,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from yoi_registryd.errors import RegistryError
-from yoi_registryd.http import openapi, probes, views
+from yoi_registryd.http import probes, views
 from yoi_registryd.http.handling import access, no_query, respond, scope
 from yoi_registryd.http.security import OPERATOR_REFUSAL_KEY, STATIC_PAGE_KEY
 from yoi_registryd.http.source_status import sources_page
@@ -40,8 +40,6 @@ def register(app: QuartTrio, state: ApiState) -> None:
         handler = partial(probe, state, kind, as_json=as_json)
         app.add_url_rule(f"/{endpoint}", endpoint, handler, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", partial(metrics, state), methods=["GET"])
-    document = partial(openapi_document, state, app, [])
-    app.add_url_rule("/openapi.json", "openapi_document", document, methods=["GET"])
     app.add_url_rule("/", "status_page", partial(status_page, state), methods=["GET"])
 
 
@@ -70,15 +68,6 @@ async def metrics(state: ApiState) -> Response:
     response = respond(body, state.actor.snapshot.revision, content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-async def openapi_document(state: ApiState, app: QuartTrio, document: list[bytes]) -> Response:
-    """This API's OpenAPI 3.1 document, built once (into ``document``) from the routes the
-    app really has."""
-    no_query()
-    if not document:
-        document.append(openapi.encode_document(openapi.build_document(app.url_map)))
-    return respond(document[0], state.actor.snapshot.revision)
 
 
 async def status_page(state: ApiState) -> Response:
