@@ -237,11 +237,16 @@ async def check_console(page: browser.Page) -> None:
     assert statuses["local-worker-runtime"][0] == "available"
     assert "workers: local_pod_metadata_invalid" in statuses["local-worker-runtime"][1]
     # Sources with their task state and last error.
+    # The failing source runs for a moment at each restart: wait for the page to show it
+    # between attempts (the page follows the registry through its blocking query).
+    assert await page.wait_for(
+        "document.querySelector('#sources tr[data-source=\"unreachable-runtime\"]')"
+        ".children[2].textContent === 'backoff'"
+    )
     tasks = await page.evaluate(
         "Object.fromEntries([...document.querySelectorAll('#sources tr[data-source]')]"
         ".map(r => [r.dataset.source, r.children[2].textContent]))"
     )
-    assert tasks["unreachable-runtime"] == "backoff"
     assert tasks["no-data"] == "running"
     # Every diagnostic, the malformed metadata file's among them.
     codes = await page.evaluate(ROWS.format(table="diagnostics", key="code", attr="code"))
