@@ -75,7 +75,7 @@ async def test_changes_applied_one_by_one_equal_the_whole_set_applied_at_once() 
         await apply_sources(supervisor, nursery, [idle_spec(held)], "config")
         runner = DiscoveryRunner(ENTRY, lambda: _Backend(), supervisor, nursery, idle_spec)
         records: dict[str, tuple[str, Any]] = {}
-        await runner.changed({}, complete=True)
+        await runner.found_keyed({})
         plain = 0
         for _ in range(300):
             key = f"k{rng.randrange(8)}"

@@ -71,7 +71,7 @@ class EtcdDiscovery:
         ) as client:
             try:
                 revision, records = await self._read(client)
-                await reporter.changed(records, complete=True)
+                await reporter.found_keyed(records)
                 await self._watch(client, reporter, revision)
             except httpx.HTTPError as exc:
                 raise DiscoveryFailure(

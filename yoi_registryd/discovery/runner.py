@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import msgspec
 import trio
@@ -40,6 +40,9 @@ from yoi_registryd.supervisor import Supervisor, restart_backoff
 
 log = logging.getLogger(__name__)
 
+KeyedRecords: TypeAlias = Mapping[str, tuple[str, Any]]
+"""Discovered records by a key unique in their backend, each with where it was found."""
+
 MAX_REFUSALS_SHOWN: Final = 100
 """Refused records listed on ``/api/sources`` at most (all are counted)."""
 
@@ -57,15 +60,12 @@ class DiscoveryReporter(Protocol):
     async def found(self, records: list[tuple[str, Any]]) -> None:
         """A complete set of records, each with where it was (for refusals)."""
 
-    async def changed(
-        self,
-        put: Mapping[str, tuple[str, Any]],
-        deleted: Collection[str] = (),
-        *,
-        complete: bool = False,
-    ) -> None:
-        """Records by a key unique in the backend, each with where it was: ``put`` added or
-        changed, ``deleted`` gone; with ``complete``, ``put`` is the whole set."""
+    async def found_keyed(self, records: KeyedRecords) -> None:
+        """A complete set of records by a key unique in the backend, which later
+        :meth:`changed` calls name."""
+
+    async def changed(self, put: KeyedRecords, deleted: Collection[str] = ()) -> None:
+        """Keyed records ``put`` (added or changed) and ``deleted`` (gone)."""
 
     def failed(self, failure: DiscoveryFailure) -> None:
         """A refresh failed; the last good set stays."""
@@ -171,26 +171,26 @@ class DiscoveryRunner:
         self._keyed = None
         await self._apply_set([outcome(self.entry, where, raw) for where, raw in records])
 
-    async def changed(
-        self,
-        put: Mapping[str, tuple[str, Any]],
-        deleted: Collection[str] = (),
-        *,
-        complete: bool = False,
-    ) -> None:
-        """Apply keyed records. A change costs the records it touches, unless the set has
-        (or the change would make) a record refused for another's sake: then the whole set
-        is applied again, in key order, so that the outcome never depends on the order in
-        which changes came."""
+    async def found_keyed(self, records: KeyedRecords) -> None:
+        self._keyed = _Keyed(dict(records))
+        await self._apply_keyed(self._keyed)
+
+    async def changed(self, put: KeyedRecords, deleted: Collection[str] = ()) -> None:
+        """A change costs the records it touches, unless the set has (or the change would
+        make) a record refused for another's sake: then the whole set is applied again, in
+        key order, so that the outcome never depends on the order in which changes came."""
         keyed = self._keyed
-        if complete or keyed is None:
-            keyed = self._keyed = _Keyed(dict(put))
-        else:
-            for key in deleted:
-                keyed.records.pop(key, None)
-            keyed.records.update(put)
-            if keyed.plain and await self._apply_change(keyed, put, deleted):
-                return
+        if keyed is None:
+            await self.found_keyed(put)
+            return
+        for key in deleted:
+            keyed.records.pop(key, None)
+        keyed.records.update(put)
+        if not (keyed.plain and await self._apply_change(keyed, put, deleted)):
+            await self._apply_keyed(keyed)
+
+    async def _apply_keyed(self, keyed: _Keyed) -> None:
+        """Apply the whole keyed set in key order, and note what it refused and kept."""
         ordered = keyed.ordered()
         outcomes = [outcome(self.entry, where, raw) for _, (where, raw) in ordered]
         plan, kept = await self._apply_set(outcomes)
@@ -206,7 +206,7 @@ class DiscoveryRunner:
         keyed.plain = not plan.taken and all(r.code not in crowded for r in self._refused)
 
     async def _apply_change(
-        self, keyed: _Keyed, put: Mapping[str, tuple[str, Any]], deleted: Collection[str]
+        self, keyed: _Keyed, put: KeyedRecords, deleted: Collection[str]
     ) -> bool:
         """Apply a change of a plain set on its own; False (nothing done) when it would
         refuse a record for another's sake."""
