@@ -18,7 +18,6 @@ import heapq
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -258,9 +257,10 @@ class _RuntimeState:
 
     runtime_id: str
     source_kind: SourceKind
-    stale_after: float
     expire_after: float | None
     descriptor: RuntimeDescriptor
+    stats: ObservationStats
+    """Kept as published (replaced, never mutated): the entry takes it as it is."""
     supervisor: SupervisorInfo = field(default_factory=lambda: SupervisorInfo(state="starting"))
     hosts: tuple[HostSpec, ...] = ()
     workers: WorkerSet = field(default_factory=lambda: EMPTY_WORKERS)
@@ -269,20 +269,14 @@ class _RuntimeState:
     diagnostics_flat: tuple[Diagnostic, ...] | None = None
     """``diagnostics`` in subject order, flattened; None once they change (rebuilt at publish)."""
     status: RuntimeStatus = "unknown"
-    observed: bool = False
     expired: bool = False
     last_ok_mono: float | None = None
     last_seen_at: datetime | None = None
     last_transition_at: datetime | None = None
     last_error: ErrorInfo | None = None
     consecutive_failures: int = 0
-    registered_at: float = 0.0
     registered_wall: datetime = field(default_factory=lambda: utcnow())
     """When the source was registered: a host's ``observed_at`` until it is first seen."""
-    last_attempt_at: datetime | None = None
-    last_duration: float | None = None
-    successes: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
     timer_at: float | None = None
     """When this runtime's entry in the actor's timer heap falls due (None: no entry)."""
 
@@ -292,7 +286,7 @@ class _RuntimeState:
             return math.inf
         deadline = math.inf
         if self.status != "stale":
-            deadline = self.last_ok_mono + self.stale_after
+            deadline = self.last_ok_mono + self.stats.stale_after
         if self.expire_after is not None and not self.expired:
             deadline = min(deadline, self.last_ok_mono + self.expire_after)
         return deadline
@@ -300,12 +294,12 @@ class _RuntimeState:
 
 def _derive_status(st: _RuntimeState, now_mono: float) -> RuntimeStatus:
     """The runtime status state machine, from the facts the actor holds."""
-    if not st.observed:
+    if not st.stats.observed:
         if st.consecutive_failures or st.supervisor.state == "backoff":
             return "unavailable"
         return "unknown"
     assert st.last_ok_mono is not None
-    if now_mono - st.last_ok_mono >= st.stale_after:
+    if now_mono - st.last_ok_mono >= st.stats.stale_after:
         return "stale"
     if st.consecutive_failures or st.supervisor.state == "backoff":
         return "unavailable"
@@ -531,10 +525,13 @@ class RegistryActor:
         elif isinstance(msg, ObservationFailed):
             st.last_error = msg.error
             st.consecutive_failures += 1
-            st.errors[msg.error.code] += 1
-            st.last_attempt_at = utcnow()
+            errors = dict(st.stats.errors)
+            errors[msg.error.code] = errors.get(msg.error.code, 0) + 1
+            st.stats = msgspec.structs.replace(
+                st.stats, errors=tuple(sorted(errors.items())), last_attempt_at=utcnow()
+            )
         if not isinstance(msg, SupervisorChanged) and msg.duration is not None:
-            st.last_duration = msg.duration
+            st.stats = msgspec.structs.replace(st.stats, last_duration=msg.duration)
 
     def _register(self, msg: SourceRegistered) -> None:
         old = self._states.get(msg.runtime_id)
@@ -547,37 +544,40 @@ class RegistryActor:
                 capabilities=placeholder_capabilities(msg.source_kind),
             )
         )
+        # A restart of the same source keeps what was known (reload of a changed source).
+        stats = ObservationStats(trio.current_time(), msg.stale_after.total_seconds())
+        if old is not None:
+            stats = msgspec.structs.replace(
+                old.stats, registered_at=stats.registered_at, stale_after=stats.stale_after
+            )
         st = _RuntimeState(
             runtime_id=msg.runtime_id,
             source_kind=msg.source_kind,
-            stale_after=msg.stale_after.total_seconds(),
             expire_after=_seconds(msg.expire_after),
             descriptor=descriptor,
-            registered_at=trio.current_time(),
+            stats=stats,
         )
         if old is not None:
-            # A restart of the same source keeps what was known (reload of a changed source).
             st.hosts, st.workers, st.diagnostics = old.hosts, old.workers, old.diagnostics
-            st.observed, st.last_ok_mono, st.last_seen_at = (
-                old.observed,
-                old.last_ok_mono,
-                old.last_seen_at,
-            )
+            st.last_ok_mono, st.last_seen_at = old.last_ok_mono, old.last_seen_at
             st.workers_stale = old.workers_stale
-            st.last_attempt_at, st.last_duration = old.last_attempt_at, old.last_duration
-            st.successes, st.errors = old.successes, old.errors
             st.registered_wall = old.registered_wall
         self._states[msg.runtime_id] = st
         self._removed.discard(msg.runtime_id)
         self._dirty.add(msg.runtime_id)
 
     def _succeeded(self, st: _RuntimeState) -> None:
-        st.observed = True
         st.expired = False
         st.last_ok_mono = trio.current_time()
-        st.last_seen_at = st.last_attempt_at = utcnow()
+        st.last_seen_at = utcnow()
         st.consecutive_failures = 0
-        st.successes += 1
+        st.stats = msgspec.structs.replace(
+            st.stats,
+            observed=True,
+            last_attempt_at=st.last_seen_at,
+            successes=st.stats.successes + 1,
+            mode=st.descriptor.mode,
+        )
         if st.workers_stale:
             st.workers = st.workers.marked_stale(False)
             st.workers_stale = False
@@ -731,14 +731,4 @@ class RegistryActor:
             consecutive_failures=st.consecutive_failures,
             supervisor=st.supervisor,
         )
-        stats = ObservationStats(
-            registered_at=st.registered_at,
-            stale_after=st.stale_after,
-            observed=st.observed,
-            last_attempt_at=st.last_attempt_at,
-            last_duration=st.last_duration,
-            successes=st.successes,
-            errors=tuple(sorted(st.errors.items())),
-            mode=d.mode,
-        )
-        return RuntimeEntry(record, hosts, st.workers, revision=revision, stats=stats)
+        return RuntimeEntry(record, hosts, st.workers, revision=revision, stats=st.stats)
