@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 import trio
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, RoutingException
@@ -150,14 +151,14 @@ class AccessControl:
 
 @dataclass
 class _RequestAuditRecord:
-    """One request as the audit will record it."""
+    """One request as the audit will record it: the record as far as the request's
+    arrival tells it, and what the request learns on its way (who, which workspace, the
+    decision and the status)."""
 
     started: float
-    time: datetime
-    request_id: str
-    method: str
-    route: str | None
+    arrival: AuditRecord
     targets: dict[str, str]
+    """The ids the path names, by their record field (``runtime_id``, ...)."""
     client: str | None = None
     workspace: str | None = None
     path_workspace: str | None = None
@@ -170,18 +171,11 @@ class _RequestAuditRecord:
     """Answered 503 ``audit_unavailable`` in place of the app's response."""
 
     def record(self) -> AuditRecord:
-        decision = self.access.decision if self.access is not None else self.decision
-        return AuditRecord(
-            time=self.time,
-            request_id=self.request_id,
+        return msgspec.structs.replace(
+            self.arrival,
             client=self.client,
             workspace=self.workspace,
-            method=self.method,
-            route=self.route,
-            runtime_id=self.targets.get("runtime_id"),
-            worker_id=self.targets.get("worker_id"),
-            host_id=self.targets.get("host_id"),
-            decision=decision,
+            decision=self.access.decision if self.access is not None else self.decision,
             status=self.status,
             latency_ms=round((trio.current_time() - self.started) * 1000, 3),
         )
@@ -321,14 +315,21 @@ class SecurityMiddleware:
         route, params = self.routes.match(method, scope["path"])
         if route is not None:
             scope[ROUTE_SCOPE_KEY] = route
-        exchange = _RequestAuditRecord(
-            started=trio.current_time(),
+        targets = {k: v for k in _TARGETS if is_valid_identifier(v := params.get(k, ""))}
+        arrival = AuditRecord(
             time=datetime.now(UTC),
             request_id=request_id,
+            client=None,
+            workspace=None,
             method=method if _METHOD_RE.fullmatch(method) else "OTHER",
             route=route,
-            targets={k: v for k in _TARGETS if is_valid_identifier(v := params.get(k, ""))},
-            path_workspace=params.get(PATH_WORKSPACE),
+            decision="allowed",
+            status=None,
+            latency_ms=0.0,
+            **targets,
+        )
+        exchange = _RequestAuditRecord(
+            trio.current_time(), arrival, targets, path_workspace=params.get(PATH_WORKSPACE)
         )
         reply.exchange = exchange
         try:
@@ -362,22 +363,23 @@ class SecurityMiddleware:
         """Authenticate, then ask the policy; the exchange learns who as soon as it is known."""
         client = access.authenticator.authenticate(scope)
         exchange.client = client.name if client is not None else None
-        if exchange.route in OPERATOR_ROUTES:
+        if exchange.arrival.route in OPERATOR_ROUTES:
             access.authenticator.require_operator(client)
         workspace = access.authenticator.acting_workspace(client, scope, exchange.path_workspace)
         exchange.workspace = workspace
         principal = Principal(exchange.client, workspace)
         facts = RequestFacts(
             principal=principal,
-            method=exchange.method,
-            route=exchange.route,
+            method=exchange.arrival.method,
+            route=exchange.arrival.route,
             **exchange.targets,
         )
         try:
             allowed = access.policy.allows(facts)
         except Exception:
-            log.exception("request %s: the policy failed; refusing", exchange.request_id)
-            raise InternalError(exchange.request_id) from None
+            request_id = exchange.arrival.request_id
+            log.exception("request %s: the policy failed; refusing", request_id)
+            raise InternalError(request_id) from None
         if not allowed:
             raise Forbidden("the policy does not allow this request")
         return principal
