@@ -64,7 +64,6 @@ into ``benchmarks/results/discovery_scale.svg``.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import random
@@ -89,17 +88,16 @@ from harness import (
     DaemonProcess,
     cpu_seconds,
     end_process,
-    free_port,
     host_info,
     percentile,
 )
 
+from tests.etcd_member import ETCD, EtcdMember
 from yoi_registryd.config import Duration
 
 PREFIX = "/yoi/runtimes/"
 LEASE_TTL_S = 3600
 WAIT = "30s"
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 _decode = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -110,10 +108,6 @@ def runtime_id(index: int) -> str:
 def sample_id(index: int, samples: int) -> str:
     """Each sample's id sorts before every runtime and every earlier sample."""
     return f"add-{samples - index:05d}"
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def now_ms() -> float:
@@ -209,57 +203,31 @@ class Fake:
 
 
 class Etcd:
-    """One etcd member on loopback, its data on tmpfs."""
+    """One etcd member on loopback (``tests/etcd_member.py``), its data on tmpfs."""
 
     def __init__(self) -> None:
         shm = Path("/dev/shm")
         self.dir = Path(
             tempfile.mkdtemp(prefix="yoi-bench-etcd-", dir=shm if shm.is_dir() else None)
         )
-        self.port, peer = free_port(), f"http://127.0.0.1:{free_port()}"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                *(ETCD, "--name=bench", f"--data-dir={self.dir / 'data'}"),
-                f"--listen-client-urls={self.url}",
-                f"--advertise-client-urls={self.url}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=bench={peer}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.member = EtcdMember(self.dir / "data", name="bench")
+        self.url = self.member.url
+        self.member.start()
 
-    async def ready(self, client: httpx.AsyncClient, deadline_s: float = 30) -> None:
-        with trio.fail_after(deadline_s):
-            while True:
-                try:
-                    if (await client.get(f"{self.url}/health")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await trio.sleep(0.05)
-
-    async def call(self, client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
-        response = await client.post(f"{self.url}{path}", json=body)
-        response.raise_for_status()
-        return response.json()
+    async def ready(self, deadline_s: float = 30) -> None:
+        await self.member.ready(deadline_s)
 
     async def put_runtime(
         self, client: httpx.AsyncClient, rid: str, base_url: str, lease: str
     ) -> None:
-        value = json.dumps({"runtime_id": rid, "base_url": base_url, "label": f"bench {rid}"})
-        body = {"key": b64(PREFIX + rid), "value": b64(value), "lease": lease}
-        await self.call(client, "/v3/kv/put", body)
+        value = {"runtime_id": rid, "base_url": base_url, "label": f"bench {rid}"}
+        await self.member.put(PREFIX + rid, value, lease, client)
 
     async def lease(self, client: httpx.AsyncClient) -> str:
-        granted = await self.call(client, "/v3/lease/grant", {"TTL": LEASE_TTL_S})
-        lease: str = granted["ID"]
-        return lease
+        return await self.member.grant(LEASE_TTL_S, client)
 
     def stop(self) -> None:
-        end_process(self.proc)
+        self.member.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -404,7 +372,7 @@ async def measure_size(
     daemon: DaemonProcess | None = None
     try:
         async with httpx.AsyncClient(timeout=30) as etcd_client:
-            await etcd.ready(etcd_client)
+            await etcd.ready()
             register_s = await register(etcd, etcd_client, fake, size)
             print(f"  {size} keys put in {register_s:.1f}s", file=sys.stderr, flush=True)
             limit = size + args.samples + 1

@@ -3,97 +3,28 @@ started by the test on loopback ports in a temp dir; fake runtimes over loopback
 
 from __future__ import annotations
 
-import base64
-import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
 
 from tests.conftest import StartDaemon, wait_for
-from tests.daemon_process import free_port
 from tests.discovery_support import discovery_toml, follows, listed_runtimes, serve_runtimes
+from tests.etcd_member import ETCD, EtcdMember
 from yoi_registryd.discovery.etcd import prefix_range_end
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 pytestmark = pytest.mark.skipif(
     not Path(ETCD).exists(), reason="etcd is not installed (Debian package etcd-server)"
 )
 
 
-class Etcd:
-    """One etcd member on loopback; ``kill`` and ``start`` again keep its data."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port, self.peer = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        peer = f"http://127.0.0.1:{self.peer}"
-        self.process = subprocess.Popen(
-            [
-                ETCD,
-                "--name=test",
-                f"--data-dir={self.directory}",
-                f"--listen-client-urls={self.url}",
-                f"--advertise-client-urls={self.url}",
-                f"--listen-peer-urls={peer}",
-                f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=test={peer}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    async def ready(self) -> None:
-        async def healthy() -> bool:
-            try:
-                async with httpx.AsyncClient() as client:
-                    response = await client.get(f"{self.url}/health", timeout=1)
-                return response.status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(healthy, deadline_s=20, interval=0.05, message="etcd healthy")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with httpx.AsyncClient() as client:
-            response = await client.post(f"{self.url}{path}", json=body, timeout=5)
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def put(self, key: str, value: Any, lease: str | None = None) -> None:
-        body = {"key": b64(key), "value": b64(json.dumps(value))}
-        await self.call("/v3/kv/put", {**body, **({"lease": lease} if lease else {})})
-
-    async def delete(self, key: str) -> None:
-        await self.call("/v3/kv/deleterange", {"key": b64(key)})
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    server = Etcd(tmp_path / "etcd")
+def etcd(tmp_path: Path) -> Iterator[EtcdMember]:
+    server = EtcdMember(tmp_path / "etcd")
     server.start()
     yield server
-    if server.process is not None and server.process.poll() is None:
-        server.kill()
+    server.kill()
 
 
 def etcd_toml(url: str, key_path: Path) -> str:
@@ -108,7 +39,7 @@ def test_prefix_range_end() -> None:
 
 
 async def test_runtimes_in_etcd_follow_puts_deletes_leases_and_an_etcd_restart(
-    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, etcd: Etcd
+    start_daemon: StartDaemon, nursery: trio.Nursery, tmp_path: Path, etcd: EtcdMember
 ) -> None:
     key_path, server, _ = await serve_runtimes(nursery, tmp_path, "rt-a", "rt-b")
     await etcd.ready()
@@ -118,7 +49,7 @@ async def test_runtimes_in_etcd_follow_puts_deletes_leases_and_an_etcd_restart(
     await follows(d, {"rt-a": "A"}, 10, available=False)
 
     # Added under a 5 s lease: listed within 1 s; gone within TTL + 1 s of the revoke.
-    lease = (await etcd.call("/v3/lease/grant", {"TTL": 5}))["ID"]
+    lease = await etcd.grant(5)
     record_b = {"runtime_id": "rt-b", "base_url": server.url("/rt-b"), "label": "B"}
     await etcd.put("/yoi/runtimes/b", record_b, lease)
     took = await follows(d, {"rt-a": "A", "rt-b": "B"}, 5, available=False)
