@@ -84,12 +84,12 @@ import msgspec
 import trio
 from harness import (
     BENCH_DIR,
-    ROOT,
     DaemonProcess,
     cpu_seconds,
     end_process,
     host_info,
     percentile,
+    start_announcing,
 )
 
 from tests.etcd_member import ETCD, EtcdMember
@@ -174,21 +174,13 @@ class Fake:
 
     @classmethod
     def start(cls, runtimes: int, samples: int, token_file: Path) -> Fake:
-        proc = subprocess.Popen(
+        proc, (port, *_) = start_announcing(
             [
                 *(sys.executable, __file__, "--serve-fake", str(runtimes)),
                 *("--samples", str(samples), "--token-file", str(token_file)),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+            ]
         )
-        assert proc.stdout is not None
-        ready = proc.stdout.readline().split()
-        if not ready or ready[0] != "READY":
-            end_process(proc)
-            raise RuntimeError(f"the fake runtimes did not start: {ready}")
-        return cls(proc, int(ready[1]))
+        return cls(proc, int(port))
 
     def url(self, prefix: str) -> str:
         return f"http://127.0.0.1:{self.port}{prefix}"

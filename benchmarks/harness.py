@@ -134,6 +134,18 @@ def end_process(proc: subprocess.Popen[Any]) -> None:
             proc.wait()
 
 
+def start_announcing(argv: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a helper process that prints ``READY <values...>`` once it serves (the fake
+    runtimes); the process and those values. ``RuntimeError`` if it says anything else."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline().split()
+    if not ready or ready[0] != "READY":
+        end_process(proc)
+        raise RuntimeError(f"{' '.join(argv[1:3])} did not start: {ready}")
+    return proc, ready[1:]
+
+
 @dataclass
 class DaemonProcess:
     """``python -m yoi_registryd serve`` on a loopback port, with its own temp dir."""
@@ -373,21 +385,14 @@ class FakeRemotes:
 
     def start(self) -> FakeRemotes:
         self.token_file.write_text("bench-" + os.urandom(12).hex() + "\n")
-        self.proc = subprocess.Popen(
+        self.proc, ports = start_announcing(
             [
                 *(sys.executable, "-m", "tests.fake_runtime"),
                 *("--runtimes", str(self.runtimes), "--workers", str(self.workers)),
                 *("--token-file", str(self.token_file)),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+            ]
         )
-        assert self.proc.stdout is not None
-        ready = self.proc.stdout.readline().split()
-        if not ready or ready[0] != "READY":
-            raise RuntimeError(f"the fake runtimes did not start: {ready}")
-        self.ports = [int(p) for p in ready[1:]]
+        self.ports = [int(p) for p in ports]
         return self
 
     def base_url(self, index: int) -> str:

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from harness import free_port, host_info, percentile  # noqa: E402
+from harness import free_port, host_info, percentile, start_announcing  # noqa: E402
 
 OPEN_ROUTES = ("/livez", "/readyz", "/healthz", "/metrics")
 """Not audited (``http/security.py``); every other answer must have its audit record."""
@@ -451,18 +451,12 @@ def main() -> None:
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="yoi-soak-"))
-    fake = subprocess.Popen(
+    fake, fake_ports = start_announcing(
         [
             *(sys.executable, "-m", "tests.fake_runtime"),
             *("--runtimes", str(FAKE_RUNTIMES), "--workers", str(FAKE_WORKERS)),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
+        ]
     )
-    assert fake.stdout is not None
-    ready = fake.stdout.readline().split()
-    assert ready and ready[0] == "READY", ready
     setup = Setup(
         tmp=tmp,
         data=tmp / "data",
@@ -472,7 +466,7 @@ def main() -> None:
         stats=tmp / "stats.jsonl",
         audit=tmp / "audit.jsonl",
         port=free_port(),
-        fake_ports=[int(p) for p in ready[1:]],
+        fake_ports=[int(p) for p in fake_ports],
     )
     for pods in (setup.data / "pods", setup.extra_data / "pods"):
         for i in range(LOCAL_WORKERS):
