@@ -347,7 +347,12 @@ class Daemon:
                 if result.ok:
                     log.info("yoi-registryd ready: %d sources", len(self.config.sources))
                     return
-                awaited = None  # a source came meanwhile, or another check failed
+                # A source came meanwhile, or another check failed: look at every source
+                # again, so that a newcomer's grace ending wakes this loop too.
+                graces = probes.awaited_sources(
+                    self.actor.snapshot, trio.current_time(), self.lifecycle.ready_since
+                )
+                awaited = graces.keys()
             if self.lifecycle.shutting_down:
                 return
             # Readiness changes with the registry (a first observation) or the clock (a
