@@ -292,6 +292,11 @@ class _RuntimeState:
         return deadline
 
 
+def _or(reported: float | None, known: float | None) -> float | None:
+    """A duration the message reported, else the one already known."""
+    return known if reported is None else reported
+
+
 def _derive_status(st: _RuntimeState, now_mono: float) -> RuntimeStatus:
     """The runtime status state machine, from the facts the actor holds."""
     if not st.stats.observed:
@@ -500,7 +505,7 @@ class RegistryActor:
             log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
             st.diagnostics = diagnostics
             st.diagnostics_flat = None
-            self._succeeded(st)
+            self._succeeded(st, msg.duration)
         elif isinstance(msg, WorkersChanged):
             if msg.runtime is not None:
                 st.descriptor = msg.runtime
@@ -519,19 +524,20 @@ class RegistryActor:
                 log_diagnostic_changes(st.runtime_id, st.diagnostics, diagnostics)
                 st.diagnostics = diagnostics
                 st.diagnostics_flat = None
-            self._succeeded(st)
+            self._succeeded(st, msg.duration)
         elif isinstance(msg, ObservationSucceeded):
-            self._succeeded(st)
+            self._succeeded(st, msg.duration)
         elif isinstance(msg, ObservationFailed):
             st.last_error = msg.error
             st.consecutive_failures += 1
             errors = dict(st.stats.errors)
             errors[msg.error.code] = errors.get(msg.error.code, 0) + 1
             st.stats = msgspec.structs.replace(
-                st.stats, errors=tuple(sorted(errors.items())), last_attempt_at=utcnow()
+                st.stats,
+                errors=tuple(sorted(errors.items())),
+                last_attempt_at=utcnow(),
+                last_duration=_or(msg.duration, st.stats.last_duration),
             )
-        if not isinstance(msg, SupervisorChanged) and msg.duration is not None:
-            st.stats = msgspec.structs.replace(st.stats, last_duration=msg.duration)
 
     def _register(self, msg: SourceRegistered) -> None:
         old = self._states.get(msg.runtime_id)
@@ -566,7 +572,7 @@ class RegistryActor:
         self._removed.discard(msg.runtime_id)
         self._dirty.add(msg.runtime_id)
 
-    def _succeeded(self, st: _RuntimeState) -> None:
+    def _succeeded(self, st: _RuntimeState, duration: float | None) -> None:
         st.expired = False
         st.last_ok_mono = trio.current_time()
         st.last_seen_at = utcnow()
@@ -577,6 +583,7 @@ class RegistryActor:
             last_attempt_at=st.last_seen_at,
             successes=st.stats.successes + 1,
             mode=st.descriptor.mode,
+            last_duration=_or(duration, st.stats.last_duration),
         )
         if st.workers_stale:
             st.workers = st.workers.marked_stale(False)
