@@ -277,8 +277,9 @@ class RemoteRuntimeSource:
             started = trio.current_time()
             epoch = self._op_epoch
             try:
-                client = await self._ready_client()
+                # The probe's answer is used by the poll right after it, or never.
                 probed, self._probed_summary = self._probed_summary, None
+                client = await self._ready_client()
                 workers_body = await client.get(WORKERS_PATH, WORKERS_LIST)
                 runtime_body = probed if probed is not None else self._recent_summary(workers_body)
                 if probed is not None or runtime_body is None:

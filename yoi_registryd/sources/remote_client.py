@@ -263,6 +263,7 @@ class RemoteClient:
         ``Authorization`` value they carry (rebuilt when the credentials give another)."""
         self._idle: list[_Connection] = []
         self._busy = 0
+        self._closed = False
         self._slot_freed = trio.lowlevel.ParkingLot()
 
     async def get(self, path: str, permission: str) -> bytes:
@@ -337,14 +338,15 @@ class RemoteClient:
         a GET (idempotent) is sent once more on a new connection; a POST is not, as the
         runtime may have acted on it."""
         retry = body is None
+        fresh = False
         while True:
-            connection, reused = await self._checkout()
+            connection, reused = await self._checkout(fresh)
             try:
                 response, reusable = await self._exchange(connection, request, body)
             except _ClosedUnanswered:
                 self._discard(connection)
                 if reused and retry:
-                    retry = False
+                    retry, fresh = False, True
                     continue
                 raise
             except BaseException:
@@ -356,14 +358,14 @@ class RemoteClient:
                 self._discard(connection)
             return response
 
-    async def _checkout(self) -> tuple[_Connection, bool]:
-        """A connection for one exchange (True: a kept-alive one), at most
-        ``_MAX_CONNECTIONS`` at once."""
+    async def _checkout(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection for one exchange (True: a kept-alive one; never with ``fresh``), at
+        most ``_MAX_CONNECTIONS`` at once."""
         while self._busy >= _MAX_CONNECTIONS:
             await self._slot_freed.park()
         self._busy += 1
         now = trio.current_time()
-        while self._idle:
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if now - connection.idle_since < _KEEPALIVE_EXPIRY and not connection.ended():
                 return connection, True
@@ -392,6 +394,9 @@ class RemoteClient:
         return _Connection(stream, tcp.socket)
 
     def _checkin(self, connection: _Connection) -> None:
+        if self._closed:  # the source stopped while this exchange ran
+            self._discard(connection)
+            return
         connection.idle_since = trio.current_time()
         self._idle.append(connection)
         if len(self._idle) > _MAX_IDLE:
@@ -407,7 +412,8 @@ class RemoteClient:
         self._slot_freed.unpark()
 
     def close(self) -> None:
-        """Close the idle connections (one in use is closed by its own request)."""
+        """Close the idle connections; one in use is closed when its exchange ends."""
+        self._closed = True
         for connection in self._idle:
             connection.close()
         self._idle.clear()
