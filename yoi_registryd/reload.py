@@ -85,40 +85,6 @@ def plan_sources(
         taken = tuple(rid for rid in wanted_by_id if rid in held)
         wanted_by_id = {rid: spec for rid, spec in wanted_by_id.items() if rid not in held}
     stop = tuple(rid for rid in running if rid not in wanted_by_id and rid not in held)
-    return _plan(running, wanted_by_id, stop, taken)
-
-
-def plan_changes(
-    running: Mapping[str, SourceSpec],
-    put: Iterable[SourceSpec],
-    gone: Iterable[str],
-    owner: str,
-) -> SourcePlan:
-    """The plan of a few of ``owner``'s sources, ``put`` (wanted as given) and ``gone`` (no
-    longer wanted), every other source left as it is: what one discovered change costs,
-    whatever the number of sources. Decides as :func:`plan_sources` does for these ids."""
-    wanted_by_id: dict[str, SourceSpec] = {}
-    taken: list[str] = []
-    for spec in put:
-        current = running.get(spec.runtime_id)
-        if current is not None and current.owner != owner and owner != CONFIG_OWNER:
-            taken.append(spec.runtime_id)
-        else:
-            wanted_by_id[spec.runtime_id] = spec
-    stop = tuple(
-        rid
-        for rid in gone
-        if rid not in wanted_by_id and rid in running and running[rid].owner == owner
-    )
-    return _plan(running, wanted_by_id, stop, tuple(taken))
-
-
-def _plan(
-    running: Mapping[str, SourceSpec],
-    wanted_by_id: Mapping[str, SourceSpec],
-    stop: tuple[str, ...],
-    taken: tuple[str, ...],
-) -> SourcePlan:
     restart: list[SourceSpec] = []
     start: list[SourceSpec] = []
     unchanged: list[str] = []
@@ -131,6 +97,21 @@ def _plan(
         else:
             unchanged.append(rid)
     return SourcePlan(stop, tuple(restart), tuple(start), tuple(unchanged), taken)
+
+
+def plan_changes(
+    running: Mapping[str, SourceSpec],
+    put: Iterable[SourceSpec],
+    gone: Iterable[str],
+    owner: str,
+) -> SourcePlan:
+    """The plan of a few of ``owner``'s sources, ``put`` (wanted as given) and ``gone`` (no
+    longer wanted), every other source left as it is: what one discovered change costs,
+    whatever the number of sources. It is :func:`plan_sources` over the running sources
+    these ids name."""
+    put = list(put)
+    named = [spec.runtime_id for spec in put] + [rid for rid in gone]
+    return plan_sources({rid: running[rid] for rid in named if rid in running}, put, owner)
 
 
 async def apply_sources(
