@@ -10,6 +10,7 @@ requests the client made.
 from __future__ import annotations
 
 import datetime
+import gzip
 import ipaddress
 import ssl
 from collections.abc import Callable
@@ -30,7 +31,9 @@ from tests.conftest import wait_for
 from yoi_registryd.secrets import Secret
 from yoi_registryd.sources import remote_client
 from yoi_registryd.sources.remote_client import (
+    MALFORMED,
     NETWORK_ERROR,
+    BoundedBody,
     RemoteClient,
     RemoteFailure,
     open_client,
@@ -255,3 +258,18 @@ async def test_over_tls_a_certificate_the_client_does_not_trust_is_a_network_err
     assert failure.value.code == NETWORK_ERROR
     await wait_for(lambda: server.connections == 1, message="the server to see the handshake")
     assert server.requests == []
+
+
+def test_bytes_after_the_compressed_end_are_malformed() -> None:
+    """A runtime that keeps sending after its gzip stream ended would otherwise be read
+    (and ignored) until the deadline."""
+    compressed = gzip.compress(BODY)
+    whole = BoundedBody("gzip", 1 << 20)
+    whole.feed(compressed)
+    assert whole.finish() == BODY
+    for tail in ([b"junk"], [b"", b"junk"]):
+        body = BoundedBody("gzip", 1 << 20)
+        with pytest.raises(RemoteFailure) as failure:
+            for chunk in [compressed + tail[0], *tail[1:]]:
+                body.feed(chunk)
+        assert failure.value.code == MALFORMED

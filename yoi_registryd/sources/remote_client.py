@@ -533,6 +533,9 @@ class BoundedBody:
             raise RemoteFailure(
                 MALFORMED, reason="the response is not validly compressed"
             ) from None
+        if inflate.eof and (raw or inflate.unused_data):
+            # Else a runtime could stream bytes after the compressed end until the deadline.
+            raise RemoteFailure(MALFORMED, reason="the response has data after its compressed end")
 
     def finish(self) -> bytes:
         if self._inflate is not None:
