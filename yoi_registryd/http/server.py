@@ -421,7 +421,10 @@ class _TCPServer(TCPServer):
             if lock.locked():
                 await lock.acquire()
             else:
-                lock.acquire_nowait()  # free: no need to yield first (send_all will)
+                # Free: taken without a trip through the scheduler. send_all still yields,
+                # but under the shield below it is not a cancel point: a cancelled sender
+                # still writes what it was given (the response head included).
+                lock.acquire_nowait()
             try:
                 with trio.CancelScope(shield=True):
                     await self.stream.send_all(event.data)
